@@ -1,0 +1,50 @@
+"""Explicit registry of classification methods: ``@register_method("name")`` and ``create(name, **params)``."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable
+
+_METHODS: dict[str, type] = {}
+
+
+def register_method(name: str) -> Callable[[type], type]:
+    """Class decorator registering an sklearn estimator under ``name``; a duplicate name raises."""
+
+    def decorate(cls: type) -> type:
+        if name in _METHODS and _METHODS[name] is not cls:
+            raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__qualname__}")
+        _METHODS[name] = cls
+        cls.method_name = name
+        return cls
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    import classify.methods  # noqa: F401  (importing registers every built-in method)
+
+
+def available() -> list[str]:
+    """Sorted names of every registered method."""
+    _ensure_loaded()
+    return sorted(_METHODS)
+
+
+def get(name: str) -> type:
+    """The estimator class registered as ``name``; unknown names raise with close-match suggestions."""
+    _ensure_loaded()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _METHODS, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"unknown method {name!r}: {hint}known methods: {', '.join(sorted(_METHODS))}") from None
+
+
+def create(name: str, **params):
+    """Instantiate the method registered as ``name`` with ``params`` (unknown params raise ``ValueError``)."""
+    cls = get(name)
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameter for method {name!r}: {err}") from None
