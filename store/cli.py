@@ -1,0 +1,55 @@
+"""Command line of the store package (fire)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import fire
+
+from store.h5store import FeatureStore
+
+
+def info(path: str, json_output: bool = False) -> None:
+    """Summarise a feature store: images, failures, splits, classes, backbones.
+
+    Parameters
+    ----------
+    path : str
+        The store (.h5).
+    json_output : bool
+        Print one JSON object instead of text (also ``--json``).
+    """
+    with FeatureStore(path) as store:
+        summary = store.info()
+    if json_output:
+        print(json.dumps(summary))
+        return
+    print(f"{summary['path']}: {summary['images']} images, {summary['ok']} ok, {summary['errors']} errors, "
+          f"{summary['pending']} not read yet")
+    print("splits: " + ", ".join(f"{s} {n} ({summary['labeled'][s]} labeled)" for s, n in summary["splits"].items()))
+    print(f"classes ({len(summary['classes'])}): {', '.join(summary['classes'])}")
+    for spec, b in summary["backbones"].items():
+        extras = [name for name in ("text", "probs") if b[name]] + ([f"{b['views']} views"] if b["views"] else [])
+        state = "complete" if b["complete"] else "INCOMPLETE (rerun embed to resume)"
+        print(f"  {spec}: dim {b['dim']}, {b['rows']} rows, {b['dtype']}, {state}"
+              + (f"; {', '.join(extras)}" if extras else ""))
+    for item in summary["failed"]:
+        print(f"  failed: {item['id']}: {item['error']}")
+    for group in summary["duplicates"]:
+        print(f"  identical files: {', '.join(group)}")
+
+
+def run_cli(commands: dict, argv: list[str] | None = None) -> None:
+    """Run a fire CLI, turning user errors into one line on stderr and exit status 2."""
+    argv = sys.argv[1:] if argv is None else argv
+    # fire has no flag aliases; accept the conventional --json spelling.
+    argv = ["--json_output" if a == "--json" else a for a in argv]
+    try:
+        fire.Fire(commands, command=argv)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli({"info": info}, argv)
