@@ -1,0 +1,198 @@
+"""The batch runner: every backbone runs once over every image; rows land in the store batch by batch.
+
+One writer (this process) and decoding in DataLoader worker processes. Each batch is written and flushed before
+the next, so a run killed at any moment resumes with the same command and recomputes nothing already written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from embed.backbones import Backbone, load_backbone
+from embed.images import load_image
+from embed.sources import ImageSet
+from embed.templates import DEFAULT_TEMPLATES
+from store import ERROR, OK, FeatureStore, open_for_images
+
+log = logging.getLogger(__name__)
+
+VIEW_KINDS = ("weak", "strong")
+
+
+@dataclass
+class RunSummary:
+    """What one ``embed`` call did."""
+
+    store: Path
+    embedded: dict[str, int] = field(default_factory=dict)  # spec -> rows computed in this run
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (id, message) of every failed file
+    duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical bytes
+
+
+class _Images(Dataset):
+    """Decodes and transforms the images of ``rows``; runs in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[Path], rows: np.ndarray, backbone: Backbone, n_views: int, seed: int):
+        self.paths, self.rows, self.n_views, self.seed = paths, rows, n_views, seed
+        self.transform = backbone.eval_transform
+        self.augment = [backbone.augment_transforms[VIEW_KINDS[v % len(VIEW_KINDS)]] for v in range(n_views)]
+        self.draft_size = backbone.input_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int):
+        row = int(self.rows[k])
+        loaded = load_image(self.paths[row], target_size=self.draft_size)
+        if loaded.error is not None:
+            return row, None, None, loaded.sha256, loaded.error
+        x = self.transform(loaded.image)  # (3, H, W)
+        views = None
+        if self.n_views:
+            # Seed per (row, view) so that views are identical whatever the worker count, batch size or resume point.
+            out = []
+            for v, augment in enumerate(self.augment):
+                seed = (self.seed * 1_000_003 + row * self.n_views + v) % 2**31
+                random.seed(seed)
+                torch.manual_seed(seed)
+                out.append(augment(loaded.image))
+            views = torch.stack(out)  # (V, 3, H, W)
+        return row, x, views, loaded.sha256, None
+
+
+def _collate(items):
+    rows = np.array([it[0] for it in items], dtype=np.int64)
+    ok = np.array([it[1] is not None for it in items])
+    good = [it for it in items if it[1] is not None]
+    x = torch.stack([it[1] for it in good]) if good else None  # (B_ok, 3, H, W)
+    views = torch.stack([it[2] for it in good]) if good and good[0][2] is not None else None  # (B_ok, V, 3, H, W)
+    return rows, ok, x, views, [it[3] for it in items], [it[4] for it in items]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; ``cuda`` without a GPU is a user error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"--device must be auto, cpu or cuda, not {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
+    return torch.device(device)
+
+
+def default_workers() -> int:
+    """Decode workers: enough to keep the model fed, never more than the machine's cores."""
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *, device: str = "auto",
+          batch_size: int = 64, workers: int | None = None, dtype: str = "float32", views: int = 0,
+          templates: Sequence[str] | None = None, image_size: int | None = None, seed: int = 0,
+          progress: bool = True) -> RunSummary:
+    """Embed ``images`` with each backbone into the store at ``store_path`` (created, or resumed).
+
+    Parameters
+    ----------
+    images : ImageSet
+        What to embed (see :mod:`embed.sources`).
+    store_path : path
+        The HDF5 store; an existing store must have been built for the same image list.
+    backbones : list of str
+        Backbone spec strings (``timm:…``, ``clip:…``).
+    device : {"auto", "cpu", "cuda"}
+    batch_size, workers : int
+        Images per forward pass; decode worker processes (0 decodes in this process).
+    dtype : {"float32", "float16"}
+        Storage type of the features.
+    views : int
+        Extra passes with random augmentation (alternating weak / strong), stored as ``views`` (N, V, D).
+    templates : list of str, optional
+        Prompt templates for CLIP text embeddings (default :data:`embed.templates.DEFAULT_TEMPLATES`).
+    image_size : int, optional
+        Override the backbone's input size (e.g. 112 for small images).
+    seed : int
+        Seed of the augmented views.
+    """
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
+    if batch_size < 1 or views < 0:
+        raise ValueError("--batch-size must be at least 1 and --views at least 0")
+    if not backbones:
+        raise ValueError("no backbone given; pass --backbone SPEC (e.g. timm:tf_efficientnet_lite0)")
+    torch_device = resolve_device(device)
+    workers = default_workers() if workers is None else int(workers)
+    templates = list(templates or DEFAULT_TEMPLATES)
+    summary = RunSummary(store=Path(store_path))
+    with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
+                         root=images.root) as store:
+        for spec in backbones:
+            backbone = load_backbone(spec, device=str(torch_device), image_size=image_size)
+            summary.embedded[backbone.spec] = _embed_one(store, images, backbone, torch_device, batch_size, workers,
+                                                         dtype, views, templates, seed, progress)
+        summary.errors, summary.duplicates = store.errors(), store.duplicates()
+    return summary
+
+
+def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device: torch.device, batch_size: int,
+               workers: int, dtype: str, n_views: int, templates: list[str], seed: int, progress: bool) -> int:
+    provenance = {"spec": backbone.spec, "weights_sha256": backbone.weights_sha256,
+                  "weights_source": backbone.weights_source, "preprocessing": backbone.preprocessing,
+                  "versions": backbone.versions, "dtype": dtype, "views": n_views,
+                  "view_kinds": [VIEW_KINDS[v % len(VIEW_KINDS)] for v in range(n_views)]}
+    done = store.begin_backbone(provenance, backbone.dim, prob_classes=backbone.prob_classes)
+    if backbone.logit_scale is not None:
+        _ensure_text(store, backbone, templates)
+    pending = np.flatnonzero(~done)
+    if not pending.size:
+        log.info("%s: all %d rows already embedded in %s", backbone.spec, len(done), store.path)
+        return 0
+    if done.any():
+        log.info("%s: resuming, %d of %d rows already done", backbone.spec, int(done.sum()), len(done))
+    cuda = device.type == "cuda"
+    if cuda:
+        backbone.model.to(memory_format=torch.channels_last)
+    loader = DataLoader(_Images(images.paths, pending, backbone, n_views, seed), batch_size=batch_size,
+                        num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    bar = tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1)
+    with torch.inference_mode(), autocast, bar:
+        for rows, ok, x, views, sha, errors in loader:
+            features = vfeatures = probs = None
+            if x is not None:
+                features, probs = _forward(backbone, x, device, cuda)
+                if views is not None:
+                    b, v = views.shape[:2]
+                    vfeatures = _forward(backbone, views.flatten(0, 1), device, cuda)[0].reshape(b, v, -1)
+            store.write_rows(backbone.spec, rows, np.where(ok, OK, ERROR), sha, errors, features=features,
+                             views=vfeatures, probs=probs)
+            bar.update(len(rows))
+    return int(pending.size)
+
+
+def _forward(backbone: Backbone, x: torch.Tensor, device: torch.device, cuda: bool):
+    x = x.to(device, non_blocking=cuda)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    features, probs = backbone.encode_images(x)  # (B, D), (B, K) or None
+    return features.float().cpu().numpy(), (None if probs is None else probs.float().cpu().numpy())
+
+
+def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) -> None:
+    """CLIP text side: every class × every template, (C, T, D); recomputed only when the templates changed."""
+    if store.has_text(backbone.spec) and store.text(backbone.spec)[1] == templates:
+        return
+    with torch.inference_mode():
+        text = backbone.encode_text(store.classes, templates)  # (C, T, D)
+    store.set_text(backbone.spec, text, templates, backbone.logit_scale)
+    log.info("%s: embedded %d classes x %d prompt templates", backbone.spec, len(store.classes), len(templates))
