@@ -196,6 +196,7 @@ def write_demo(folder: str | Path, shots: int = 15, test_per_class: int = 36, si
         out.parent.mkdir(parents=True, exist_ok=True)
         pixels = (255 - digits.images[i] * (255 / 16)).astype(np.uint8)  # dark ink on white paper, like a scan
         Image.fromarray(pixels, mode="L").resize((size, size), Image.Resampling.BICUBIC).save(out)
+    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in DEMO_CLASSES))  # index = the digit
     marker.write_text("scikit-learn digits\n")
     log.info("wrote the demo dataset (scikit-learn digits) to %s", folder)
     return folder
