@@ -63,9 +63,6 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     seed : int
         Seed of the augmented views.
     """
-    from embed.runner import embed
-    from embed.templates import load_templates
-
     is_demo = data is None and csv is None
     if data is not None and csv is not None:
         raise ValueError("pass either --data DIR or --csv FILE, not both")
@@ -80,6 +77,9 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         if not specs:
             raise ValueError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"
+    from embed.runner import embed  # torch, timm, open_clip: only once the inputs are known to be good
+    from embed.templates import load_templates
+
     log.info("%d images (%s) from %s", len(images), ", ".join(f"{images.splits.count(s)} {s}"
                                                              for s in ("train", "unlabeled", "test")), images.root)
     summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers, dtype=dtype,

@@ -23,6 +23,7 @@ import hashlib
 import io
 import logging
 import os
+import struct
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,8 +37,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", "
 
 # Pillow decoders we let loose on untrusted bytes. Content is sniffed (a PNG named .jpg decodes fine), but
 # only among these: others (EPS runs Ghostscript, and many rarely-used plugins) are not worth the risk.
-# MPO is the multi-picture JPEG that many cameras write with a .jpg name.
-DECODE_FORMATS: tuple[str, ...] = ("JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP", "TIFF")
+# (Multi-picture JPEGs, "MPO", come in through the JPEG opener.)
+DECODE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 
 # Same number as Pillow's hard limit (2 * its default MAX_IMAGE_PIXELS, 2 * 89_478_485): anything Pillow
 # would open by default we open too, but the check is applied to the pixels actually decoded.
@@ -48,6 +49,9 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 # Modes whose single-colour transparency key (PNG tRNS, GIF transparent index) `convert("RGBA")` honours.
 _KEYED_TRANSPARENCY_MODES = frozenset({"P", "L", "RGB"})
+# What Pillow's decoders raise on bad bytes. Anything else is still reported per file, but logged loudly
+# because it more likely means a bug (ours or Pillow's) than a bad file.
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, MemoryError, struct.error, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,8 @@ def load_image(
         with _our_pixel_limit():
             image = _decode(data, target_size=target_size, max_pixels=max_pixels)
     except Exception as exc:  # noqa: BLE001 - every per-file failure becomes `error`, by contract
-        logger.debug("decoding %s failed", path, exc_info=True)
+        expected = isinstance(exc, (_BombError, *_DECODE_ERRORS))
+        logger.log(logging.DEBUG if expected else logging.WARNING, "decoding %s failed", path, exc_info=True)
         return _failed(path, sha256, _describe(exc))
     return LoadedImage(image=image, sha256=sha256, error=None)
 
@@ -188,6 +193,8 @@ def _describe(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     if "truncat" in text.lower() or isinstance(exc, EOFError):
         return f"truncated image: {text}"
+    if not isinstance(exc, (OSError, SyntaxError, ValueError)):
+        text = f"{type(exc).__name__}: {text}"  # e.g. a bare KeyError's text is just the key
     return f"corrupt image: {text}"
 
 
@@ -201,11 +208,10 @@ def _decode(data: bytes, *, target_size: int | None, max_pixels: int) -> Image.I
         raise _BombError(f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}")
     img.load()  # the first frame of animated images
     try:
-        oriented = ImageOps.exif_transpose(img)  # always a new image, detached from the BytesIO
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no second full-size copy of the pixels
     except Exception:  # noqa: BLE001 - a damaged EXIF block should not cost us intact pixels
         logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
-        oriented = img.copy()
-    return to_rgb8(oriented)
+    return to_rgb8(img)
 
 
 def to_rgb8(img: Image.Image) -> Image.Image:

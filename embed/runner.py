@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -62,12 +62,25 @@ class _Images(Dataset):
             # Seed per (row, view) so that views are identical whatever the worker count, batch size or resume point.
             out = []
             for v, augment in enumerate(self.augment):
-                seed = (self.seed * 1_000_003 + row * self.n_views + v) % 2**31
-                random.seed(seed)
-                torch.manual_seed(seed)
-                out.append(augment(loaded.image))
+                with _seeded((self.seed * 1_000_003 + row * self.n_views + v) % 2**31):
+                    out.append(augment(loaded.image))
             views = torch.stack(out)  # (V, 3, H, W)
         return row, x, views, loaded.sha256, None
+
+
+@contextmanager
+def _seeded(seed: int):
+    """Seed the three RNGs that torchvision / timm augmentations draw from, restoring them afterwards."""
+    states = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
 
 
 def _collate(items):

@@ -1,6 +1,6 @@
 """Generators of good and bad image files for tests.
 
-`write_good_images` writes small random-content RGB images in every supported format.
+`write_good_images` writes small random-content RGB images (smooth colour fields) in every supported format.
 
 `write_bad_inputs` writes one file per tricky kind and returns ``{filename: expected_ok}`` for
 ``embed.images.load_image`` with its default ``max_pixels`` (``target_size`` given or not).
@@ -32,7 +32,7 @@ exif_rotated.jpg           stored 40x20, left half red, right half blue, EXIF Or
                            -> 20x40, top half red, bottom half blue
 huge.jpg                   10000x9000 solid grey (above Pillow's 89 M-pixel warning limit); decodes
                            quickly with ``target_size`` (JPEG draft) -> 1250x1125 at target_size=224;
-                           without it decodes fully (about 0.4 s and 360 MB peak)
+                           without it decodes fully (about 0.4 s and 360 MB for the decode)
 anim.gif                   3 frames red, green, blue -> the first, (255, 0, 0)
 png_named.jpg              PNG bytes named .jpg (content is sniffed)
 x.webp, x.bmp, x.tif       random content, lossless
@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image
 
 GOOD_EXTENSIONS: tuple[str, ...] = (".jpg", ".png", ".webp", ".bmp", ".tif", ".jpeg", ".gif", ".tiff")
+LOSSLESS_EXTENSIONS: frozenset[str] = frozenset({".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 BOMB_SIZE: tuple[int, int] = (15000, 15000)
 HUGE_SIZE: tuple[int, int] = (10000, 9000)
@@ -81,6 +82,16 @@ def _save(img: Image.Image, path: Path, **params: object) -> None:
     img.save(path, **params)
 
 
+def good_pixels(index: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    """The pixels `write_good_images` writes as image number `index`: ``(size, size, 3)`` uint8.
+
+    Smooth random colour fields (a random 4x4 grid, bilinearly upsampled) rather than white noise: they
+    survive JPEG well and differ from one another as pictures, not only as noise.
+    """
+    grid = np.random.default_rng([seed, index]).integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(grid, mode="RGB").resize((size, size), Image.Resampling.BILINEAR))
+
+
 def write_good_images(folder: str | os.PathLike[str], n: int, size: int = 32, seed: int = 0) -> list[Path]:
     """Write `n` small random-content RGB images, cycling through `GOOD_EXTENSIONS`.
 
@@ -93,20 +104,20 @@ def write_good_images(folder: str | os.PathLike[str], n: int, size: int = 32, se
     size : int, default 32
         Width and height in pixels.
     seed : int, default 0
-        Same seed, same pixels.
+        Same seed, same pixels: image ``i`` holds ``good_pixels(i, size, seed)``.
 
     Returns
     -------
     list of pathlib.Path
-        ``good_000.jpg``, ``good_001.png``, ... in order. WebP is lossless; JPEG and GIF are lossy.
+        ``good_000.jpg``, ``good_001.png``, ... in order. PNG, BMP, TIFF and WebP (lossless) keep the pixels
+        exactly; JPEG and GIF (256-colour palette) do not.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
     paths = []
     for i in range(n):
         path = folder / f"good_{i:03d}{GOOD_EXTENSIONS[i % len(GOOD_EXTENSIONS)]}"
-        _save(_random_rgb(rng, size), path)
+        _save(Image.fromarray(good_pixels(i, size, seed), mode="RGB"), path)
         paths.append(path)
     return paths
 
@@ -193,8 +204,8 @@ def write_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, bool]:
     gray16 = Image.fromarray(np.tile(np.array(SIXTEEN_BIT_ROW, dtype=np.uint16), (3, 1)))  # mode I;16
     gray16.save(put("gray16.png", True))
     gray16.save(put("gray16.tif", True))
-    checker = (np.indices((6, 8)).sum(axis=0) % 2).astype(bool)
-    Image.fromarray(checker, mode="1").save(put("bilevel_1bit.png", True))
+    checker = (np.indices((6, 8)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    Image.fromarray(checker).convert("1").save(put("bilevel_1bit.png", True))  # fromarray(bool) mispacks bits
     Image.fromarray(np.tile(np.array(FLOAT_ROW, dtype=np.float32), (3, 1)), mode="F").save(put("float32.tif", True))
 
     exif = Image.Exif()
