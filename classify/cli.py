@@ -1,0 +1,170 @@
+"""``python -m classify fit|predict|evaluate|report|list`` on the features of a store."""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from classify import pipeline
+from classify.registry import available, get
+from store import FeatureStore
+from store.cli import run_cli
+
+log = logging.getLogger(__name__)
+
+
+def _backbones(store: FeatureStore, backbone) -> list[str]:
+    specs = pipeline.as_list(backbone)
+    if not specs:
+        have = store.backbones
+        if len(have) != 1:
+            raise ValueError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
+        specs = have
+    return specs
+
+
+def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat", transductive: bool = True,
+        **params) -> None:
+    """Fit a method on a store and save the model.
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5).
+    method : str
+        A registered method (`python -m classify list`).
+    out : str
+        Where to save the model (joblib file).
+    backbone : str
+        Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
+    combine : str
+        With several backbones: concat (one model on concatenated features) or ensemble (one per backbone).
+    transductive : bool
+        Also pass the test rows, without labels, to the fit (label propagation and self-training use them).
+    **params
+        The method's parameters, e.g. --k 20 --teacher labelprop.
+    """
+    with FeatureStore(store) as fs:
+        model = pipeline.fit(fs, _backbones(fs, backbone), method, params, combine, transductive)
+    model.save(out)
+    print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
+    report = getattr(model.estimator, "fit_report_", None)
+    if report is not None:
+        print(json.dumps(report, indent=1, default=_jsonable))
+
+
+def predict(model: str, store: str, out: str = "predictions.csv", split: str = "test", proba: bool = False,
+            label_format: str = "name") -> None:
+    """Predict a split of a store with a saved model; write a Kaggle-style CSV ``id,label``.
+
+    Parameters
+    ----------
+    model, store : str
+        The saved model and the store it was fitted on.
+    out : str
+        The CSV to write.
+    split : str
+        train, unlabeled or test.
+    proba : bool
+        Add one probability column per class.
+    label_format : str
+        name (class name) or index (class index).
+    """
+    if label_format not in ("name", "index"):
+        raise ValueError(f"--label-format must be name or index, not {label_format!r}")
+    fitted = pipeline.load_model(model)
+    with FeatureStore(store) as fs:
+        fitted.check_store(fs)
+        data = pipeline.load_data(fs, fitted.backbones, split)
+    if not len(data.ids):
+        raise ValueError(f"the {split} split of {store} has no decoded images")
+    probabilities = fitted.estimator.predict_proba(data.X)  # (n, C') columns follow classes_
+    classes_ = np.asarray(fitted.estimator.classes_)
+    predicted = classes_[probabilities.argmax(axis=1)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label"] + ([f"p_{fitted.classes[c]}" for c in classes_] if proba else []))
+        for i, (image_id, label) in enumerate(zip(data.ids, predicted)):
+            shown = fitted.classes[label] if label_format == "name" else int(label)
+            writer.writerow([image_id, shown] + ([f"{p:.6f}" for p in probabilities[i]] if proba else []))
+    print(f"wrote {len(data.ids)} predictions of the {split} split to {out}")
+
+
+def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
+             folds: int = 5, seed: int = 0, json_output: bool = False, **params) -> None:
+    """Accuracy and macro-F1 on the labeled test split, or stratified CV on the labeled train rows.
+
+    Parameters
+    ----------
+    store, method, backbone, combine, transductive, **params
+        As for ``fit``.
+    folds, seed : int
+        Cross-validation folds and seed, when the store has no labeled test split.
+    json_output : bool
+        Also print the result as one JSON object on the last line (``--json``).
+    """
+    with FeatureStore(store) as fs:
+        result = pipeline.evaluate(fs, _backbones(fs, backbone), method, params, combine, transductive, folds, seed)
+    print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
+          f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+          f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")
+    if json_output:
+        print(json.dumps(result, default=_jsonable))
+
+
+def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0) -> None:
+    """Failure analysis: confusion heatmap PNG, per-class accuracy, most-confused class pairs.
+
+    Uses the labeled test split when the store has one; else cross-validated predictions of the same method on
+    the labeled train rows.
+    """
+    from classify.report import write_report
+
+    fitted = pipeline.load_model(model)
+    with FeatureStore(store) as fs:
+        fitted.check_store(fs)
+        data = pipeline.load_data(fs, fitted.backbones)
+        test = (data.splits == "test") & (data.y >= 0)
+        if test.any():
+            y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))
+            protocol = "labeled test split"
+        else:
+            y_true, y_pred, *_, k = pipeline.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
+                                                                   fitted.params, fitted.combine, folds=folds,
+                                                                   seed=seed)
+            protocol = f"{k}-fold CV on the labeled train rows"
+    title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
+    extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None)}
+    summary = write_report(out, y_true, y_pred, fitted.classes, title, json.loads(json.dumps(extra,
+                                                                                            default=_jsonable)))
+    print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
+    worst = sorted(summary["per_class"], key=lambda row: row["accuracy"])[:5]
+    print("weakest classes: " + ", ".join(f"{row['class']} {row['accuracy']:.2f}" for row in worst))
+    for pair in summary["confused_pairs"][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['share_of_true']:.0%} of the class)")
+    print(f"wrote {out}/confusion.png, per_class.csv, confused_pairs.csv, report.json")
+
+
+def list_methods() -> None:
+    """The registered methods, one line each."""
+    for name in available():
+        doc = (get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else ''}")
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
+    run_cli({"fit": fit, "predict": predict, "evaluate": evaluate, "report": report, "list": list_methods}, argv)

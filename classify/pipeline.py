@@ -1,0 +1,256 @@
+"""From a store to fitted estimators: read features, build methods with their store context, fit, save, load.
+
+Everything the CLI, the benchmarks and user scripts share lives here; ``classify.cli`` only parses and prints.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, f1_score
+from sklearn.model_selection import StratifiedKFold
+
+from classify.features import UNLABELED
+from classify.registry import create, get
+from store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+# Parameters whose string (or {"method": name, ...} dict) values name another registered method.
+NESTED_PARAMS = ("teacher", "head", "base", "gate", "expert", "methods")
+MODEL_FORMAT = "fewshot-classifier/1"
+
+
+def as_list(value) -> list[str]:
+    """fire turns ``a,b`` into a tuple; accept that, a list, or a comma-separated string."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [v.strip() for v in str(value).split(",") if v.strip()]
+
+
+@dataclass
+class Data:
+    """Features of several backbones side by side, aligned by store row."""
+
+    X: np.ndarray  # (n, sum D) float32
+    y: np.ndarray  # (n,) int, -1 unknown
+    ids: np.ndarray  # (n,) str
+    index: np.ndarray  # (n,) store row indices
+    splits: np.ndarray  # (n,) split names
+    slices: list[tuple[int, int]] = field(default_factory=list)  # column range of each backbone in X
+
+    def subset(self, mask: np.ndarray) -> "Data":
+        return Data(self.X[mask], self.y[mask], self.ids[mask], self.index[mask], self.splits[mask], self.slices)
+
+
+def load_data(store: FeatureStore, backbones: Sequence[str], split=None) -> Data:
+    """Decoded rows of ``split`` (None: all), features of every backbone concatenated in the given order."""
+    parts = [store.load(spec, split) for spec in backbones]
+    index = parts[0].index
+    for spec, part in zip(backbones[1:], parts[1:]):
+        if not np.array_equal(part.index, index):  # cannot happen for complete groups of one store
+            raise ValueError(f"backbone {spec!r} covers other rows than {backbones[0]!r}; re-run embed for both")
+    widths = np.cumsum([0] + [p.X.shape[1] for p in parts])
+    X = parts[0].X if len(parts) == 1 else np.hstack([p.X for p in parts])
+    return Data(X=X, y=parts[0].y, ids=parts[0].ids, index=index, splits=store.splits[index],
+                slices=[(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])])
+
+
+def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
+    """What a method may take from the store for one backbone: CLIP text embeddings, templates, logit scale."""
+    if not store.has_text(spec):
+        return {}
+    text, templates, scale = store.text(spec)
+    context = {"text_embeddings": text, "templates": templates}
+    if scale is not None:
+        context["logit_scale"] = scale
+    return context
+
+
+def build(method, params: dict | None = None, context: dict | None = None):
+    """An estimator for ``method`` with ``params``; store context fills the parameters the user left unset.
+
+    Parameters named in :data:`NESTED_PARAMS` may themselves name methods (``"labelprop"``, or
+    ``{"method": "labelprop", "k": 20}``); they are built recursively with the same context.
+    """
+    if not isinstance(method, str):  # already an estimator
+        return method
+    params, context = dict(params or {}), context or {}
+    for name in NESTED_PARAMS:
+        if name in params:
+            value = params[name]
+            params[name] = [_build_nested(v, context) for v in value] if isinstance(value, (list, tuple)) \
+                else _build_nested(value, context)
+    accepted = inspect.signature(get(method).__init__).parameters
+    for key, value in context.items():
+        if key in accepted and params.get(key) is None:
+            params[key] = value
+    if "text_embeddings" in accepted and params.get("text_embeddings") is None and method == "zeroshot":
+        raise ValueError("zeroshot needs CLIP text embeddings, and this backbone has none in the store; embed with a "
+                         "CLIP backbone (clip:<arch>/<tag>) or choose another method")
+    estimator = create(method, **params)
+    return estimator
+
+
+def _build_nested(value, context):
+    if isinstance(value, str):
+        return build(value, {}, context)
+    if isinstance(value, dict) and "method" in value:
+        value = dict(value)
+        return build(value.pop("method"), value, context)
+    return value
+
+
+def build_for_store(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
+                    combine: str = "concat"):
+    """The estimator for ``backbones`` of a store: one model on concatenated features, or an ensemble of one
+    model per backbone (``combine="ensemble"``), each built with its own backbone's context."""
+    if combine not in ("concat", "ensemble"):
+        raise ValueError(f"--combine must be concat or ensemble, not {combine!r}")
+    if len(backbones) == 1 or combine == "concat":
+        return build(method, params, store_context(store, backbones[0]) if len(backbones) == 1 else {})
+    members = [build(method, params, store_context(store, spec)) for spec in backbones]
+    widths = np.cumsum([0] + [store.provenance(spec)["dim"] for spec in backbones])
+    return create("ensemble", methods=members, feature_slices=[(int(a), int(b)) for a, b in zip(widths[:-1],
+                                                                                              widths[1:])])
+
+
+def fit_rows(data: Data, transductive: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Rows a fit sees: labeled train rows, the unlabeled pool, and (transductive) the test rows without labels."""
+    use = data.splits != "test" if not transductive else np.ones(len(data.y), dtype=bool)
+    y = np.where(data.splits == "train", data.y, UNLABELED)  # test labels never reach a fit
+    return data.X[use], y[use]
+
+
+@dataclass
+class FittedModel:
+    """A fitted estimator and what it was fitted on; saved with :meth:`save`, checked on :func:`load_model`."""
+
+    estimator: Any
+    method: str
+    params: dict
+    backbones: list[str]
+    combine: str
+    store_fingerprint: str
+    classes: list[str]
+    fit_seconds: float
+    versions: dict = field(default_factory=lambda: {"sklearn": sklearn.__version__, "numpy": np.__version__})
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        joblib.dump({"format": MODEL_FORMAT, **self.__dict__}, tmp)
+        tmp.replace(path)  # never leave a half-written model behind
+        return path
+
+    def check_store(self, store: FeatureStore) -> None:
+        if store.fingerprint != self.store_fingerprint:
+            raise ValueError(f"the model was fitted on another store (image list {self.store_fingerprint[:12]}, "
+                             f"{store.path} has {store.fingerprint[:12]}); use the store it was fitted on or refit")
+
+
+def load_model(path: str | Path) -> FittedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no model at {path}; create one with `python -m classify fit ... --out {path}`")
+    try:
+        payload = joblib.load(path)
+    except Exception as err:  # joblib raises many types on a foreign file; all mean the same to the user
+        raise ValueError(f"{path} is not a model saved by `python -m classify fit` ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.pop("format", None) != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a model saved by `python -m classify fit`")
+    return FittedModel(**payload)
+
+
+def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
+        combine: str = "concat", transductive: bool = True) -> FittedModel:
+    """Fit ``method`` on a store: labeled train rows, the unlabeled pool, and (transductive) unlabeled test rows."""
+    estimator = build_for_store(store, backbones, method, params, combine)
+    data = load_data(store, backbones)
+    X, y = fit_rows(data, transductive)
+    if not (y != UNLABELED).any() and not _needs_no_labels(estimator):
+        raise ValueError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
+                         "a method that needs no labels (zeroshot)")
+    start = time.perf_counter()
+    estimator.fit(X, y)
+    seconds = time.perf_counter() - start
+    log.info("fitted %s on %d rows (%d labeled) in %.2f s", method, len(y), int((y != UNLABELED).sum()), seconds)
+    return FittedModel(estimator=estimator, method=method, params=dict(params or {}), backbones=list(backbones),
+                       combine=combine, store_fingerprint=store.fingerprint, classes=store.classes,
+                       fit_seconds=seconds)
+
+
+def _needs_no_labels(estimator) -> bool:
+    return getattr(estimator, "method_name", "") == "zeroshot"
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {"accuracy": float(accuracy_score(y_true, y_pred)),
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0))}
+
+
+def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
+             combine: str = "concat", transductive: bool = True, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Accuracy and macro-F1 on the labeled test split, or stratified CV over the labeled train rows.
+
+    Returns a JSON-able dict with accuracy, macro_f1, fit_seconds, predict_seconds, protocol, n_test and, for
+    methods that report on their fit (self-training's pseudo-label counts), ``fit_report``.
+    """
+    data = load_data(store, backbones)
+    test = (data.splits == "test") & (data.y >= 0)
+    base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine}
+    if test.any():
+        estimator = build_for_store(store, backbones, method, params, combine)
+        X, y = fit_rows(data, transductive)
+        t0 = time.perf_counter()
+        estimator.fit(X, y)
+        t1 = time.perf_counter()
+        pred = estimator.predict(data.X[test])
+        t2 = time.perf_counter()
+        result = {**scores(data.y[test], pred), "fit_seconds": t1 - t0, "predict_seconds": t2 - t1,
+                  "n_test": int(test.sum()), "protocol": "labeled test split"}
+        report = getattr(estimator, "fit_report_", None)
+        return {**result, **base, **({"fit_report": report} if report is not None else {})}
+    y_cv, predictions, fit_s, pred_s, k = cross_val_predictions(store, data, backbones, method, params, combine,
+                                                                transductive, folds, seed)
+    return {**scores(y_cv, predictions), "fit_seconds": fit_s, "predict_seconds": pred_s, "n_test": int(len(y_cv)),
+            "protocol": f"{k}-fold stratified CV on the labeled train rows", **base}
+
+
+def cross_val_predictions(store, data: Data, backbones, method, params, combine, transductive=True, folds=5,
+                          seed=0):
+    """Out-of-fold predictions for the labeled train rows; each fold's held-out rows are passed unlabeled."""
+    labeled = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    counts = np.bincount(data.y[labeled])
+    k = int(min(folds, counts[counts > 0].min()))
+    if k < 2:
+        raise ValueError("cross-validation needs at least 2 labeled images per class and the store has no labeled "
+                         "test split; add labeled images (train/<class>/ or test/<class>/)")
+    template = build_for_store(store, backbones, method, params, combine)
+    X_all, y_all = fit_rows(data, transductive)
+    keep = data.splits != "test" if not transductive else np.ones(len(data.y), dtype=bool)
+    position = np.cumsum(keep) - 1  # row of data -> row of X_all
+    predictions = np.empty(len(labeled), dtype=np.int64)
+    fit_s = pred_s = 0.0
+    for train_idx, held_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(labeled, data.y[labeled]):
+        y_fold = y_all.copy()
+        y_fold[position[labeled[held_idx]]] = UNLABELED
+        estimator = clone(template)
+        t0 = time.perf_counter()
+        estimator.fit(X_all, y_fold)
+        t1 = time.perf_counter()
+        predictions[held_idx] = estimator.predict(data.X[labeled[held_idx]])
+        pred_s += time.perf_counter() - t1
+        fit_s += t1 - t0
+    return data.y[labeled], predictions, fit_s / k, pred_s / k, k
