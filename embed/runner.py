@@ -6,6 +6,7 @@ the next, so a run killed at any moment resumes with the same command and recomp
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 from contextlib import contextmanager, nullcontext
@@ -46,7 +47,8 @@ class _Images(Dataset):
         self.paths, self.rows, self.n_views, self.seed = paths, rows, n_views, seed
         self.transform = backbone.eval_transform
         self.augment = [backbone.augment_transforms[VIEW_KINDS[v % len(VIEW_KINDS)]] for v in range(n_views)]
-        self.draft_size = backbone.input_size
+        # JPEG draft decoding may shrink the image down to the size the transform first resizes to, not below.
+        self.draft_size = math.ceil(backbone.input_size / backbone.preprocessing.get("crop_pct", 1.0))
 
     def __len__(self) -> int:
         return len(self.rows)
