@@ -47,6 +47,7 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     **params
         The method's parameters, e.g. --k 20 --teacher labelprop.
     """
+    get(method)  # an unknown method fails before any reading
     with FeatureStore(store) as fs:
         model = pipeline.fit(fs, _backbones(fs, backbone), method, params, combine, transductive)
     model.save(out)
@@ -107,6 +108,7 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     json_output : bool
         Also print the result as one JSON object on the last line (``--json``).
     """
+    get(method)
     with FeatureStore(store) as fs:
         result = pipeline.evaluate(fs, _backbones(fs, backbone), method, params, combine, transductive, folds, seed)
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "

@@ -144,6 +144,7 @@ class FittedModel:
     store_fingerprint: str
     classes: list[str]
     fit_seconds: float
+    backbone_weights: dict = field(default_factory=dict)  # spec -> weights sha256 of the features it saw
     versions: dict = field(default_factory=lambda: {"sklearn": sklearn.__version__, "numpy": np.__version__})
 
     def save(self, path: str | Path) -> Path:
@@ -155,9 +156,14 @@ class FittedModel:
         return path
 
     def check_store(self, store: FeatureStore) -> None:
+        """Refuse a store of other images, or whose features of these backbones come from other weights."""
         if store.fingerprint != self.store_fingerprint:
             raise ValueError(f"the model was fitted on another store (image list {self.store_fingerprint[:12]}, "
                              f"{store.path} has {store.fingerprint[:12]}); use the store it was fitted on or refit")
+        for spec, sha in self.backbone_weights.items():
+            if store.provenance(spec)["weights_sha256"] != sha:
+                raise ValueError(f"the features of {spec} in {store.path} come from other weights than the model was "
+                                 "fitted on; refit the model on this store")
 
 
 def load_model(path: str | Path) -> FittedModel:
@@ -188,7 +194,8 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
     log.info("fitted %s on %d rows (%d labeled) in %.2f s", method, len(y), int((y != UNLABELED).sum()), seconds)
     return FittedModel(estimator=estimator, method=method, params=dict(params or {}), backbones=list(backbones),
                        combine=combine, store_fingerprint=store.fingerprint, classes=store.classes,
-                       fit_seconds=seconds)
+                       fit_seconds=seconds,
+                       backbone_weights={spec: store.provenance(spec)["weights_sha256"] for spec in backbones})
 
 
 def _needs_no_labels(estimator) -> bool:

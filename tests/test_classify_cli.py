@@ -1,0 +1,148 @@
+"""`python -m classify` on a synthetic store: fit, predict, evaluate, report, list, and every error path."""
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from classify.cli import main
+from store import OK, FeatureStore
+
+CLASSES = ["cat", "dog", "fox"]
+A, B = "timm:a", "clip:b/tag"
+
+
+def make_store(path, labeled_test=True, seed=0):
+    """Three Gaussian classes in two 'backbones'; B also has CLIP-like text embeddings pointing at the means."""
+    rng = np.random.default_rng(seed)
+    n_train, n_unlabeled, n_test = 5, 40, 20
+    ids, splits, labels, truth = [], [], [], []
+    for split, per_class in (("train", n_train), ("unlabeled", n_unlabeled), ("test", n_test)):
+        for c, name in enumerate(CLASSES):
+            for k in range(per_class):
+                ids.append(f"{split}/{name}/{k}.png" if split != "unlabeled" else f"unlabeled/{name}{k}.png")
+                splits.append(split)
+                labels.append(c if split == "train" or (split == "test" and labeled_test) else -1)
+                truth.append(c)
+    truth = np.array(truth)
+    means_a, means_b = rng.normal(size=(3, 8)) * 3, rng.normal(size=(3, 6)) * 3
+    feats_a = means_a[truth] + rng.normal(size=(len(ids), 8))
+    feats_b = means_b[truth] + rng.normal(size=(len(ids), 6))
+    with FeatureStore.create(path, ids, splits, labels, CLASSES) as fs:
+        for spec, feats in ((A, feats_a), (B, feats_b)):
+            fs.begin_backbone({"spec": spec, "weights_sha256": spec, "weights_source": "test", "preprocessing": {},
+                               "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, feats.shape[1])
+            fs.write_rows(spec, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
+                          features=feats)
+        fs.set_text(B, np.repeat(means_b[:, None, :], 2, axis=1), ["a {}.", "the {}."], 100.0)
+    return path, truth
+
+
+def run(capsys, *args):
+    main([str(a) for a in args])
+    return capsys.readouterr().out
+
+
+@pytest.fixture
+def store(tmp_path):
+    return make_store(tmp_path / "s.h5")
+
+
+def test_fit_predict_roundtrip(store, tmp_path, capsys):
+    path, truth = store
+    model = tmp_path / "m.joblib"
+    out = run(capsys, "fit", "--store", path, "--backbone", A, "--method", "knn", "--k", 3, "--out", model)
+    assert "fitted knn" in out and model.is_file()
+    predictions = tmp_path / "pred.csv"
+    run(capsys, "predict", "--model", model, "--store", path, "--out", predictions, "--proba")
+    rows = list(csv.DictReader(predictions.open()))
+    assert [r["id"] for r in rows] == [f"test/{c}/{k}.png" for c in CLASSES for k in range(20)]
+    predicted = np.array([CLASSES.index(r["label"]) for r in rows])
+    assert (predicted == truth[-60:]).mean() > 0.9
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert (probs.argmax(axis=1) == predicted).all()
+
+
+def test_model_refuses_another_store(store, tmp_path, capsys):
+    path, _ = store
+    other, _ = make_store(tmp_path / "other.h5", labeled_test=False)  # other labels: another image list
+    model = tmp_path / "m.joblib"
+    run(capsys, "fit", "--store", path, "--backbone", A, "--method", "knn", "--out", model)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(model), "--store", str(other), "--out", str(tmp_path / "p.csv")])
+    assert exit_info.value.code == 2
+    assert "fitted on another store" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_evaluate_json_on_test_split_and_by_cv(store, tmp_path, capsys):
+    path, _ = store
+    result = json.loads(run(capsys, "evaluate", "--store", path, "--backbone", A, "--method", "linear",
+                            "--json").strip().splitlines()[-1])
+    assert {"accuracy", "macro_f1", "fit_seconds"} <= set(result) and 0.9 < result["accuracy"] <= 1
+    assert result["protocol"] == "labeled test split" and result["n_test"] == 60
+    no_test, _ = make_store(tmp_path / "nolabels.h5", labeled_test=False)
+    cv = json.loads(run(capsys, "evaluate", "--store", no_test, "--backbone", A, "--method", "knn", "--k", 3,
+                        "--json").strip().splitlines()[-1])
+    assert cv["protocol"].startswith("5-fold") and cv["n_test"] == 15
+
+
+def test_zeroshot_uses_the_stores_text_embeddings(store, capsys):
+    path, _ = store
+    result = json.loads(run(capsys, "evaluate", "--store", path, "--backbone", B, "--method", "zeroshot",
+                            "--json").strip().splitlines()[-1])
+    assert result["accuracy"] > 0.9
+
+
+def test_several_backbones_concat_and_ensemble(store, capsys):
+    path, _ = store
+    for combine in ("concat", "ensemble"):
+        result = json.loads(run(capsys, "evaluate", "--store", path, "--backbone", f"{A},{B}", "--method", "knn", "--k", 3,
+                                "--combine", combine, "--json").strip().splitlines()[-1])
+        assert result["backbones"] == [A, B] and result["accuracy"] > 0.9
+
+
+def test_report_writes_the_failure_analysis(store, tmp_path, capsys):
+    path, _ = store
+    model = tmp_path / "m.joblib"
+    run(capsys, "fit", "--store", path, "--backbone", A, "--method", "knn", "--out", model)
+    out = run(capsys, "report", "--model", model, "--store", path, "--out", tmp_path / "rep")
+    assert "weakest classes" in out
+    with Image.open(tmp_path / "rep" / "confusion.png") as image:
+        assert image.size[0] > 300
+    per_class = list(csv.DictReader((tmp_path / "rep" / "per_class.csv").open()))
+    assert [r["class"] for r in per_class] == CLASSES and all(int(r["n"]) == 20 for r in per_class)
+    summary = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert summary["n"] == 60 and summary["protocol"] == "labeled test split"
+
+
+def test_list_shows_every_method(capsys):
+    out = run(capsys, "list")
+    for name in ("zeroshot", "linear", "knn", "labelprop", "selftrain", "moe", "ensemble"):
+        assert f"{name} " in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["evaluate", "--method", "labelprops"], "did you mean labelprop"),
+    (["evaluate", "--method", "knn", "--backbone", "timm:nope"], "no features for backbone 'timm:nope'"),
+    (["evaluate", "--method", "zeroshot", "--backbone", A], "text embeddings"),
+    (["evaluate", "--method", "knn", "--backbone", A, "--kk", "3"], "bad parameter for method 'knn'"),
+    (["evaluate", "--method", "knn", "--backbone", A, "--combine", "stack"], "--combine must be"),
+    (["evaluate", "--method", "knn", "--store", "missing.h5"], "no feature store"),
+    (["predict", "--model", "missing.joblib"], "no model at"),
+    (["predict", "--model", "GARBAGE"], "is not a model saved by"),
+    (["fit", "--method", "knn", "--out", "m.joblib"], "pass --backbone"),
+])
+def test_cli_errors(store, tmp_path, monkeypatch, capsys, args, message):
+    path, _ = store
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "GARBAGE").write_bytes(b"not a model")
+    if "--store" not in args:
+        args = args + ["--store", str(path)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and message in err[-1]
