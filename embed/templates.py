@@ -14,7 +14,9 @@ def _dedupe(templates) -> list[str]:
 
 #: 'a photo of a {}.', 'a stylized {}.' and open_clip's SIMPLE_IMAGENET_TEMPLATES (lambdas there, recovered as
 #: format strings by calling each with ``"{}"``), in that order, without duplicates.
-DEFAULT_TEMPLATES: list[str] = _dedupe(["a photo of a {}.", "a stylized {}."] + [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES])
+DEFAULT_TEMPLATES: list[str] = _dedupe(
+    ["a photo of a {}.", "a stylized {}."] + [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
+)
 
 
 def check_template(template: str) -> str:
@@ -28,7 +30,8 @@ def check_template(template: str) -> str:
         template.format("x")
     except (IndexError, KeyError, ValueError) as err:
         raise ValueError(
-            f"prompt template {template!r} is not a valid format string ({err}); write literal braces as '{{{{' and '}}}}'"
+            f"prompt template {template!r} is not a valid format string ({err}); "
+            "write literal braces as '{{' and '}}'"
         ) from None
     return template
 
