@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 from store.cli import run_cli
 
@@ -33,7 +34,73 @@ def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_siz
     print(json.dumps(result))
 
 
+def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0", methods=None, shots="1,5,15",
+        seeds: int = 3, quick: bool = False, image_size: int | None = 112, anchors: bool = True,
+        out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
+    """Accuracy tables across methods, backbones and label budgets, with plain scikit-learn anchors.
+
+    Parameters
+    ----------
+    datasets : str
+        Comma-separated: digits, fashion-mnist (Debian's dataset-fashion-mnist), or folders in the challenge layout
+        with a labeled test split.
+    backbones : str
+        Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused).
+    methods : str
+        Comma-separated registered methods (default: zeroshot, linear, knn, labelprop, selftrain, moe; zeroshot is
+        skipped where the backbone has no text embeddings).
+    shots : str
+        Labeled images per class, comma-separated.
+    seeds : int
+        Label draws per shot count.
+    quick : bool
+        digits only, first backbone, 1 seed, shots 1 and 5: a check in under 3 minutes.
+    image_size : int
+        Input resolution of the backbones (112 suits these 28/8-px datasets).
+    anchors : bool
+        Also run the plain scikit-learn anchors side by side.
+    out, cache : str
+        Results folder (default benchmarks/results), dataset/store cache (default ~/.cache/fewshot-suite).
+    name : str
+        Basename of the result files.
+    """
+    from pathlib import Path
+
+    from benchmarks import datasets as ds
+    from benchmarks.run import ANCHORS, DEFAULT_METHODS, RESULTS, load_task, run_task, write_results
+    from classify.pipeline import as_list
+    from embed import sources
+    from embed.cli import demo_folder
+    from embed.runner import embed as embed_images
+
+    names, specs = as_list(datasets), as_list(backbones)
+    shot_list = [int(s) for s in as_list(shots)]
+    if quick:
+        names, specs, shot_list, seeds = ["digits"], specs[:1], [1, 5], 1
+    cache_dir = Path(cache).expanduser() if cache else demo_folder().parent / "benchmarks"
+    tasks = []
+    for dataset in names:
+        try:
+            folder = ds.prepare(dataset, cache_dir)
+        except ds.DatasetUnavailable as err:
+            print(f"skipping {dataset}: {err}")
+            continue
+        store_path = cache_dir / f"{Path(dataset).name}.h5"
+        embed_images(sources.from_folder(folder), store_path, specs, image_size=image_size)  # reused when complete
+        tasks += [load_task(Path(dataset).name, store_path, spec) for spec in specs]
+    if not tasks:
+        raise ValueError("no dataset available to benchmark; see the skipped lines above")
+    method_list = as_list(methods) or list(DEFAULT_METHODS)
+    records = []
+    for task in tasks:
+        records += run_task(task, method_list, shot_list, seeds, list(ANCHORS) if anchors else [])
+    command = "python -m benchmarks run " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "python -m benchmarks run"
+    result = write_results(records, tasks, Path(out) if out else RESULTS, command, name)
+    print(result["tables"])
+    print(f"wrote {result['dir']}/{name}.md, {name}.json, {name}.png")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"embed": embed}, argv)
+    run_cli({"embed": embed, "run": run}, argv)

@@ -1,0 +1,234 @@
+"""Benchmark tables across methods, backbones and label budgets, with plain scikit-learn anchors side by side.
+
+Protocol (the same for every method and anchor):
+
+- the few-shot labels are drawn from the train rows only, ``shots`` per class, by ``seed``; the other train rows and
+  the unlabeled pool are passed with label -1; test rows are passed with label -1 too (transductive), their labels
+  are only used for scoring;
+- hyperparameters are chosen inside each estimator by CV on the drawn labels, never on test labels;
+- every draw is a pure function of (dataset, shots, seed): tables reproduce to the digit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+import tracemalloc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer
+from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
+
+from classify import pipeline
+from classify.features import UNLABELED
+from store import FeatureStore
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_METHODS = ("zeroshot", "linear", "knn", "labelprop", "selftrain", "moe")
+
+
+def _anchor(estimator) -> Callable[[], object]:
+    return lambda: make_pipeline(Normalizer(), clone(estimator))
+
+
+# Plain scikit-learn, default settings, on L2-normalised features: what a user would try first.
+ANCHORS: dict[str, Callable[[], object]] = {
+    "sklearn LogisticRegression": _anchor(LogisticRegression(max_iter=1000)),
+    "sklearn KNeighbors": _anchor(KNeighborsClassifier(n_neighbors=1)),
+    "sklearn LabelSpreading": _anchor(LabelSpreading(kernel="knn", n_neighbors=7)),
+    "sklearn SelfTraining": _anchor(SelfTrainingClassifier(LogisticRegression(max_iter=1000))),
+}
+SUPERVISED_ANCHORS = {"sklearn LogisticRegression", "sklearn KNeighbors"}
+
+
+def draw_labels(y_train: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Indices into ``y_train`` of ``shots`` rows per class (all rows of a smaller class), seeded."""
+    rng = np.random.default_rng([seed, shots])
+    picked = [rng.permutation(np.flatnonzero(y_train == c))[:shots] for c in np.unique(y_train[y_train >= 0])]
+    return np.sort(np.concatenate(picked))
+
+
+@dataclass
+class Task:
+    """One (store, backbone) pair with the rows every method sees."""
+
+    dataset: str
+    backbone: str
+    data: pipeline.Data
+    context: dict
+    fingerprint: str
+
+
+def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> dict:
+    estimator = make()
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    estimator.fit(X, y)
+    t1 = time.perf_counter()
+    predicted = estimator.predict(X_test)
+    t2 = time.perf_counter()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    report = getattr(estimator, "fit_report_", None)
+    return {"predicted": predicted, "fit_seconds": t1 - t0, "predict_seconds": t2 - t1, "peak_mb": peak / 2**20,
+            "fit_report": report}
+
+
+def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: int,
+             anchors: Sequence[str] = tuple(ANCHORS), progress: Callable[[str], None] = log.info) -> list[dict]:
+    """Every method and anchor, for each shot count and seed, on one store/backbone; one record per fit."""
+    data = task.data
+    train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
+    if not test.size:
+        raise ValueError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
+    records = []
+    for n_shots in shots:
+        for seed in range(seeds):
+            labeled = train[draw_labels(data.y[train], n_shots, seed)]
+            y = np.full(len(data.y), UNLABELED)
+            y[labeled] = data.y[labeled]
+            candidates = [(m, lambda m=m: pipeline.build(m, {}, task.context)) for m in methods]
+            candidates += [(a, ANCHORS[a]) for a in anchors]
+            for name, make in candidates:
+                if name in SUPERVISED_ANCHORS:
+                    X_fit, y_fit = data.X[labeled], y[labeled]
+                else:
+                    X_fit, y_fit = data.X, y
+                try:
+                    result = _measure(make, X_fit, y_fit, data.X[test])
+                except ValueError as err:  # e.g. zeroshot without text embeddings: recorded, not fatal
+                    progress(f"{task.dataset} {name} {n_shots}-shot: skipped ({err})")
+                    continue
+                scores = pipeline.scores(data.y[test], result.pop("predicted"))
+                records.append({"dataset": task.dataset, "backbone": task.backbone, "method": name,
+                                "anchor": name in ANCHORS, "shots": n_shots, "seed": seed, **scores, **result})
+                progress(f"{task.dataset} {task.backbone} {name} {n_shots}-shot seed {seed}: "
+                         f"acc {scores['accuracy']:.4f} fit {result['fit_seconds']:.2f}s")
+    return records
+
+
+def summarise(records: list[dict]) -> dict:
+    """Mean ± std over seeds for each (dataset, backbone, method, shots)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["backbone"], r["method"], r["shots"]), []).append(r)
+    out = {}
+    for key, rs in groups.items():
+        acc = np.array([r["accuracy"] for r in rs])
+        out[key] = {"accuracy_mean": float(acc.mean()), "accuracy_std": float(acc.std()),
+                    "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rs])),
+                    "fit_seconds_mean": float(np.mean([r["fit_seconds"] for r in rs])),
+                    "predict_seconds_mean": float(np.mean([r["predict_seconds"] for r in rs])),
+                    "peak_mb_max": float(np.max([r["peak_mb"] for r in rs])), "seeds": len(rs)}
+    return out
+
+
+def markdown_tables(records: list[dict]) -> str:
+    """One table per dataset × backbone: rows = methods (anchors last), columns = shots, cells = acc mean ± std."""
+    summary = summarise(records)
+    lines = []
+    for dataset, backbone in dict.fromkeys((r["dataset"], r["backbone"]) for r in records):
+        rs = [r for r in records if r["dataset"] == dataset and r["backbone"] == backbone]
+        shots = sorted({r["shots"] for r in rs})
+        methods = list(dict.fromkeys(r["method"] for r in rs if not r["anchor"]))
+        methods += list(dict.fromkeys(r["method"] for r in rs if r["anchor"]))
+        seeds = max(s["seeds"] for k, s in summary.items() if k[:2] == (dataset, backbone))
+        lines += [f"#### {dataset} — {backbone} (test accuracy %, mean ± std over {seeds} seeds; fit seconds at "
+                  f"{shots[-1]} shots)", "",
+                  "| method | " + " | ".join(f"{s}-shot" for s in shots) + " | fit s |",
+                  "|---|" + "---|" * (len(shots) + 1)]
+        for m in methods:
+            cells = []
+            for s in shots:
+                stat = summary.get((dataset, backbone, m, s))
+                cells.append(f"{100 * stat['accuracy_mean']:.1f} ± {100 * stat['accuracy_std']:.1f}" if stat else "—")
+            last = summary.get((dataset, backbone, m, shots[-1]))
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {last['fit_seconds_mean']:.2f} |" if last else
+                         f"| {m} | " + " | ".join(cells) + " | — |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(records: list[dict], path: Path) -> None:
+    """Accuracy vs shots, one line per method, one panel per dataset × backbone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(records)
+    panels = list(dict.fromkeys((r["dataset"], r["backbone"]) for r in records))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    for ax, (dataset, backbone) in zip(axes[0], panels):
+        methods = dict.fromkeys(r["method"] for r in records if r["dataset"] == dataset and r["backbone"] == backbone)
+        for m in methods:
+            pts = sorted((k[3], v) for k, v in summary.items() if k[:3] == (dataset, backbone, m))
+            xs = [p[0] for p in pts]
+            means = np.array([p[1]["accuracy_mean"] for p in pts]) * 100
+            stds = np.array([p[1]["accuracy_std"] for p in pts]) * 100
+            style = "--" if m.startswith("sklearn") else "-"
+            ax.errorbar(xs, means, yerr=stds, label=m, linestyle=style, marker="o", capsize=3)
+        ax.set_xscale("log")
+        ax.set_xticks(sorted({k[3] for k in summary if k[:2] == (dataset, backbone)}))
+        ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set_xlabel("labeled images per class")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{dataset} — {backbone}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_task(dataset: str, store_path: Path, backbone: str) -> Task:
+    with FeatureStore(store_path) as fs:
+        data = pipeline.load_data(fs, [backbone])
+        return Task(dataset, backbone, data, pipeline.store_context(fs, backbone), fs.fingerprint)
+
+
+def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command: str, name: str = "latest") -> dict:
+    """``<name>.md`` tables, ``<name>.json`` raw numbers + provenance, ``<name>.png`` plot, under ``out``."""
+    import sklearn
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    when = time.strftime("%Y-%m-%d %H:%M %Z")
+    tables = markdown_tables(records)
+    header = f"Produced by `{command}` on {when} ({platform.machine()}, {_cores()} cores).\n\n"
+    (out / f"{name}.md").write_text(header + tables)
+    provenance = {"command": command, "date": when, "machine": {"platform": platform.platform(), "cores": _cores(),
+                                                                "python": sys.version.split()[0]},
+                  "versions": {"numpy": np.__version__, "sklearn": sklearn.__version__, "torch": torch.__version__},
+                  "stores": {f"{t.dataset}|{t.backbone}": t.fingerprint for t in tasks}}
+    summary = {"|".join(map(str, k)): v for k, v in summarise(records).items()}
+    (out / f"{name}.json").write_text(json.dumps({"provenance": provenance, "summary": summary,
+                                                  "records": records}, indent=1, default=_jsonable))
+    plot(records, out / f"{name}.png")
+    return {"tables": tables, "dir": out}
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
