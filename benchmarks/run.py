@@ -30,6 +30,7 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify import pipeline
 from classify.features import UNLABELED
+from classify.registry import get
 from store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,8 @@ def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: n
 def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: int,
              anchors: Sequence[str] = tuple(ANCHORS), progress: Callable[[str], None] = log.info) -> list[dict]:
     """Every method and anchor, for each shot count and seed, on one store/backbone; one record per fit."""
+    for name in methods:
+        get(name)  # an unknown method name fails here, not silently per fit
     data = task.data
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))

@@ -187,10 +187,10 @@ def write_demo(folder: str | Path, shots: int = 15, test_per_class: int = 36, si
         c = int(digits.target[i])
         k = taken[c]
         taken[c] += 1
-        if k < shots:
-            out = folder / "train" / DEMO_CLASSES[c] / f"{i:04d}.png"
-        elif k < shots + test_per_class:
+        if k < test_per_class:
             out = folder / "test" / DEMO_CLASSES[c] / f"{i:04d}.png"
+        elif k < test_per_class + shots:
+            out = folder / "train" / DEMO_CLASSES[c] / f"{i:04d}.png"
         else:
             out = folder / "unlabeled" / f"{i:04d}.png"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,33 @@
+"""A synthetic feature store: three Gaussian classes seen by two 'backbones', one with CLIP-like text embeddings."""
+import numpy as np
+
+from store import OK, FeatureStore
+
+CLASSES = ["cat", "dog", "fox"]
+A, B = "timm:a", "clip:b/tag"
+
+
+def make_store(path, labeled_test=True, seed=0):
+    """Three Gaussian classes in two 'backbones'; B also has CLIP-like text embeddings pointing at the means."""
+    rng = np.random.default_rng(seed)
+    n_train, n_unlabeled, n_test = 5, 40, 20
+    ids, splits, labels, truth = [], [], [], []
+    for split, per_class in (("train", n_train), ("unlabeled", n_unlabeled), ("test", n_test)):
+        for c, name in enumerate(CLASSES):
+            for k in range(per_class):
+                ids.append(f"{split}/{name}/{k}.png" if split != "unlabeled" else f"unlabeled/{name}{k}.png")
+                splits.append(split)
+                labels.append(c if split == "train" or (split == "test" and labeled_test) else -1)
+                truth.append(c)
+    truth = np.array(truth)
+    means_a, means_b = rng.normal(size=(3, 8)) * 3, rng.normal(size=(3, 6)) * 3
+    feats_a = means_a[truth] + rng.normal(size=(len(ids), 8))
+    feats_b = means_b[truth] + rng.normal(size=(len(ids), 6))
+    with FeatureStore.create(path, ids, splits, labels, CLASSES) as fs:
+        for spec, feats in ((A, feats_a), (B, feats_b)):
+            fs.begin_backbone({"spec": spec, "weights_sha256": spec, "weights_source": "test", "preprocessing": {},
+                               "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, feats.shape[1])
+            fs.write_rows(spec, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
+                          features=feats)
+        fs.set_text(B, np.repeat(means_b[:, None, :], 2, axis=1), ["a {}.", "the {}."], 100.0)
+    return path, truth

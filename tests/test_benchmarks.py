@@ -1,0 +1,70 @@
+"""The benchmark runner on a tiny synthetic store: protocol, tables, JSON and plot; reproducible to the digit."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.datasets import _read_idx, write_digits
+from benchmarks.run import ANCHORS, draw_labels, load_task, run_task, write_results
+from synthstore import A, make_store
+
+
+def test_draw_labels_is_seeded_stratified_and_from_train_only():
+    y = np.repeat(np.arange(3), 10)
+    first = draw_labels(y, 4, seed=0)
+    assert np.array_equal(first, draw_labels(y, 4, seed=0))
+    assert not np.array_equal(first, draw_labels(y, 4, seed=1))
+    assert np.bincount(y[first]).tolist() == [4, 4, 4]
+    assert np.bincount(y[draw_labels(y, 15, seed=0)]).tolist() == [10, 10, 10]  # a small class gives all it has
+
+
+@pytest.fixture
+def task(tmp_path):
+    path, _ = make_store(tmp_path / "s.h5")
+    return load_task("synthetic", path, A)
+
+
+def test_run_task_protocol(task):
+    records = run_task(task, ["knn", "labelprop"], shots=[1, 3], seeds=2, anchors=list(ANCHORS),
+                       progress=lambda _: None)
+    methods = {r["method"] for r in records}
+    assert methods == {"knn", "labelprop", *ANCHORS}
+    assert len(records) == len(methods) * 2 * 2
+    for r in records:
+        assert 0 <= r["accuracy"] <= 1 and r["fit_seconds"] >= 0 and r["peak_mb"] > 0
+        assert r["anchor"] == r["method"].startswith("sklearn")
+    # The test split's 60 images are scored; no test label reached a fit (labels are drawn from train rows only).
+    best = max(r["accuracy"] for r in records if r["method"] == "labelprop" and r["shots"] == 3)
+    assert best > 0.8
+
+
+def test_results_files_and_reproducibility(task, tmp_path):
+    runs = [run_task(task, ["knn"], shots=[1, 5], seeds=2, anchors=["sklearn LogisticRegression"],
+                     progress=lambda _: None) for _ in range(2)]
+    strip = [[{k: v for k, v in r.items() if "seconds" not in k and k != "peak_mb"} for r in rs] for rs in runs]
+    assert strip[0] == strip[1]
+    result = write_results(runs[0], [task], tmp_path / "out", "python -m benchmarks run --quick", name="t")
+    table = (tmp_path / "out" / "t.md").read_text()
+    assert "| knn |" in table and "| sklearn LogisticRegression |" in table and "1-shot | 5-shot" in table
+    assert "python -m benchmarks run --quick" in table
+    raw = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert raw["provenance"]["stores"]["synthetic|timm:a"] == task.fingerprint and len(raw["records"]) == 8
+    knn5 = raw["summary"]["synthetic|timm:a|knn|5"]
+    accs = [r["accuracy"] for r in raw["records"] if r["method"] == "knn" and r["shots"] == 5]
+    assert knn5["accuracy_mean"] == pytest.approx(np.mean(accs)) and knn5["seeds"] == 2
+    with Image.open(tmp_path / "out" / "t.png") as image:
+        assert image.size[0] > 300
+    assert result["tables"] in table
+
+
+def test_dataset_adapters(tmp_path):
+    folder = write_digits(tmp_path / "digits", test_per_class=5)
+    assert len(list((folder / "test").rglob("*.png"))) == 50
+    assert len(list((folder / "train").rglob("*.png"))) == 1797 - 50
+    idx = tmp_path / "x.gz"
+    with gzip.open(idx, "wb") as handle:  # idx header: magic 0x00000803, dims 2 x 2 x 3, then uint8 data
+        handle.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+                     + bytes(range(12)))
+    np.testing.assert_array_equal(_read_idx(idx), np.arange(12).reshape(2, 2, 3))
