@@ -1,0 +1,271 @@
+"""Two-level mixture of experts: a gate picks the superclass, one expert per superclass picks the class.
+
+Superclasses are given, or discovered so that classes a base classifier confuses share a superclass.
+The gate is trained class-balanced: the origin project's unweighted gate collapsed onto the superclass
+holding most labeled rows, starving every other expert.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import os
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.cluster import AgglomerativeClustering
+from sklearn.dummy import DummyClassifier
+from sklearn.metrics import confusion_matrix
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from classify.features import align_proba, checked_labeled_mask, cv_splits
+from classify.methods.ensemble import resolve_estimator
+from classify.methods.linear import LinearProbe
+from classify.registry import register_method
+
+logger = logging.getLogger(__name__)
+
+_CLASS_WEIGHTS = ("balanced", "superclass", None)
+_UNLABELED = ("ignore", "gate")
+
+
+@register_method("moe")
+class MixtureOfExperts(ClassifierMixin, BaseEstimator):
+    """Gate over superclasses × one expert per superclass: ``P(c | x) = P(gate = s(c) | x) · P(expert_s = c | x)``.
+
+    Discovery (``superclasses=None``): out-of-fold predictions of ``base`` on the labeled rows
+    (``cross_val_predict``) give a row-normalised confusion matrix R; the symmetrised confusion
+    ``A = (R + R.T) / 2`` is a class affinity and average-linkage agglomerative clustering on the
+    distance ``1 - A`` groups classes that are often confused. With ``n_superclasses=None`` groups merge
+    while their average mutual confusion rate is at least ``confusion_threshold`` (classes never confused
+    stay singletons); otherwise the tree is cut into ``n_superclasses`` groups.
+
+    Unlabeled rows (``y = -1``) are ignored by default; ``unlabeled="gate"`` passes them (still ``-1``) to
+    the gate, for a semi-supervised gate. Experts only ever see labeled rows of their own superclass.
+
+    Parameters
+    ----------
+    base : estimator or registered name, default=None
+        Classifier whose cross-validated confusions define the superclasses; None = ``LinearProbe()``.
+    superclasses : dict, list of lists, str or path, default=None
+        ``{name: [class labels]}``, a list of label lists, or a JSON file holding either. Every labeled
+        class must appear exactly once. None discovers them.
+    n_superclasses : int, default=None
+        Number of superclasses to discover; None chooses it with ``confusion_threshold``.
+    gate, expert : estimator or registered name, default=None
+        Gate over superclasses and per-superclass expert (cloned); None = ``LinearProbe()``. A superclass
+        of one class gets a trivial expert, a single superclass a trivial gate (``DummyClassifier``).
+    class_weight : "balanced", "superclass" or None, default="balanced"
+        Weighting of the gate's training rows (the gate must have a ``class_weight`` parameter unless None).
+        "balanced": balanced over this estimator's *classes* -- every class has the same total weight, so
+        a superclass weighs in proportion to its number of classes whatever its row count. A superclass
+        holding most rows because its classes have more labels cannot absorb the gate, and the gate's
+        prior stays right for a class-balanced test set. "superclass": every superclass has the same
+        total weight (sklearn's "balanced" on the gate's superclass labels); this raises the recall of
+        small superclasses but, where the gate is unsure, favours classes of small superclasses (each
+        gets ``1/S`` shared by few classes) -- measured to cost accuracy. None: every row weighs one.
+    confusion_threshold : float in (0, 1], default=0.1
+        Minimum average symmetrised confusion rate for merging groups during automatic discovery.
+    cv : int, default=5
+        Maximum folds of the discovery CV (adapted to the smallest class; with a class of a single
+        labeled row there is no discovery and all classes form one superclass).
+    unlabeled : "ignore" or "gate", default="ignore"
+    random_state : int, default=0
+        Seeds the discovery fold shuffle.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    superclasses_ : list of list
+        Class labels of each superclass.
+    superclass_names_ : list of str
+    superclass_of_ : ndarray of shape (n_classes,)
+        Superclass index of each entry of ``classes_``.
+    gate_ : fitted estimator over superclass indices ``0..S-1``
+    experts_ : list of fitted estimators, one per superclass
+    confusion_ : ndarray of shape (n_classes, n_classes) or None
+        Out-of-fold confusion rates of ``base`` (row = true class), when superclasses were discovered.
+    n_features_in_ : int
+    """
+
+    def __init__(self, base=None, superclasses=None, n_superclasses=None, gate=None, expert=None,
+                 class_weight="balanced", confusion_threshold=0.1, cv=5, unlabeled="ignore", random_state=0):
+        self.base = base
+        self.superclasses = superclasses
+        self.n_superclasses = n_superclasses
+        self.gate = gate
+        self.expert = expert
+        self.class_weight = class_weight
+        self.confusion_threshold = confusion_threshold
+        self.cv = cv
+        self.unlabeled = unlabeled
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, X, y):
+        """Find the superclasses, then fit the gate and one expert per superclass on the labeled rows."""
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        if self.class_weight not in _CLASS_WEIGHTS:
+            raise ValueError(f"class_weight must be one of {_CLASS_WEIGHTS}, got {self.class_weight!r}")
+        if self.unlabeled not in _UNLABELED:
+            raise ValueError(f"unlabeled must be one of {_UNLABELED}, got {self.unlabeled!r}")
+        if not isinstance(self.cv, numbers.Integral) or self.cv < 2:
+            raise ValueError(f"cv must be an integer >= 2 (the maximum number of CV folds), got {self.cv!r}")
+        mask = checked_labeled_mask(y)
+        Xl, yl = X[mask], y[mask]  # (n_l, D), (n_l,)
+        self.classes_, y_idx = np.unique(yl, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"moe needs labeled rows of at least 2 classes, got {len(self.classes_)} class; "
+                             "label more rows (y = -1 marks unlabeled)")
+
+        self.confusion_ = None
+        if self.superclasses is not None:
+            groups, names = self._given_groups()
+        else:
+            groups = self._discover(Xl, yl)
+            names = [f"superclass_{i}" for i in range(len(groups))]
+        self.superclass_of_ = np.empty(len(self.classes_), dtype=np.intp)
+        for s, g in enumerate(groups):
+            self.superclass_of_[g] = s
+        labels = self.classes_.tolist()  # plain Python labels
+        self.superclasses_ = [[labels[i] for i in g] for g in groups]
+        self.superclass_names_ = names
+        s_idx = self.superclass_of_[y_idx]  # (n_l,) superclass of each labeled row
+        logger.info("moe: %d classes in %d superclasses: %s", len(self.classes_), len(groups), self.superclasses_)
+
+        self.gate_ = self._fit_gate(X, mask, Xl, s_idx, groups)
+        self.experts_ = []
+        for s, g in enumerate(groups):
+            rows = s_idx == s
+            if len(g) == 1:
+                expert = DummyClassifier(strategy="prior")  # one class: P(expert = c) = 1
+            else:
+                expert = resolve_estimator(self.expert, LinearProbe)
+            self.experts_.append(expert.fit(Xl[rows], yl[rows]))
+        return self
+
+    def _fit_gate(self, X, mask, Xl, s_idx, groups):
+        if len(groups) == 1:
+            return DummyClassifier(strategy="prior").fit(Xl, s_idx)  # P(gate = 0) = 1
+        gate = resolve_estimator(self.gate, LinearProbe)
+        if self.class_weight is not None:
+            if "class_weight" not in gate.get_params():
+                raise ValueError(f"the gate {type(gate).__name__} has no class_weight parameter; use a gate that "
+                                 "has one (e.g. 'linear') or set class_weight=None")
+            if self.class_weight == "superclass":
+                cw = "balanced"  # sklearn's meaning on the gate's labels: equal total weight per superclass
+            else:
+                # equal total weight per class: superclass s gets total weight n_l * |s| / C, spread over its
+                # rows (a per-superclass dict, so any gate with a class_weight parameter can take it)
+                rows = np.bincount(s_idx, minlength=len(groups)).astype(np.float64)  # labeled rows per superclass
+                sizes = np.array([len(g) for g in groups], dtype=np.float64)  # classes per superclass
+                w = sizes / sizes.sum() * rows.sum() / rows
+                cw = {s: float(w[s]) for s in range(len(groups))}
+            gate.set_params(class_weight=cw)
+        if self.unlabeled == "gate":
+            s_all = np.full(X.shape[0], -1, dtype=np.intp)
+            s_all[mask] = s_idx
+            return gate.fit(X, s_all)
+        return gate.fit(Xl, s_idx)
+
+    # ------------------------------------------------------------------ superclasses
+    def _given_groups(self):
+        spec = self.superclasses
+        if isinstance(spec, (str, os.PathLike)):
+            with open(spec, encoding="utf-8") as fh:  # FileNotFoundError names the path
+                try:
+                    spec = json.load(fh)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"superclasses file {self.superclasses!s} is not valid JSON: {err}") from None
+        if isinstance(spec, dict):
+            names, members = [str(k) for k in spec], list(spec.values())
+        elif isinstance(spec, (list, tuple)):
+            names, members = [f"superclass_{i}" for i in range(len(spec))], list(spec)
+        else:
+            raise ValueError("superclasses must be a dict {name: [class labels]}, a list of label lists, or a path "
+                             f"to a JSON file of either; got {type(spec).__name__}")
+        labels = self.classes_.tolist()
+        seen: dict[int, str] = {}
+        groups, kept_names, dropped = [], [], []
+        for name, mem in zip(names, members):
+            if isinstance(mem, (str, bytes)) or not hasattr(mem, "__iter__"):
+                raise ValueError(f"superclass {name!r} must list class labels, got {mem!r}")
+            g = []
+            for c in mem:
+                if c not in labels:
+                    dropped.append(c)
+                    continue
+                i = labels.index(c)
+                if i in seen:
+                    raise ValueError(f"class {c!r} is in both superclass {seen[i]!r} and {name!r}; give each class "
+                                     "exactly one superclass")
+                seen[i] = name
+                g.append(i)
+            if g:
+                groups.append(sorted(g))
+                kept_names.append(name)
+        if dropped:
+            logger.warning("superclasses list classes without labeled rows, ignored: %s", dropped)
+        missing = [labels[i] for i in range(len(labels)) if i not in seen]
+        if missing:
+            raise ValueError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
+        return groups, kept_names
+
+    def _discover(self, Xl, yl) -> list[list[int]]:
+        n_classes = len(self.classes_)
+        n_super = self.n_superclasses
+        if n_super is not None:
+            if not isinstance(n_super, numbers.Integral) or not 1 <= n_super <= n_classes:
+                raise ValueError(f"n_superclasses must be an integer in [1, {n_classes}] (the number of labeled "
+                                 f"classes), got {n_super!r}")
+            if n_super == 1:
+                return [list(range(n_classes))]
+            if n_super == n_classes:
+                return [[i] for i in range(n_classes)]
+        elif not 0 < self.confusion_threshold <= 1:
+            raise ValueError(f"confusion_threshold must lie in (0, 1], got {self.confusion_threshold!r}")
+        n_splits = cv_splits(yl, self.cv)
+        if n_splits < 2:
+            logger.warning("a class has a single labeled row, so confusions cannot be cross-validated; "
+                           "using one superclass (the expert alone)")
+            return [list(range(n_classes))]
+        base = resolve_estimator(self.base, LinearProbe)
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
+        pred = cross_val_predict(base, Xl, yl, cv=folds)  # (n_l,) out-of-fold predictions
+        R = confusion_matrix(yl, pred, labels=self.classes_, normalize="true")  # (C, C) rate of i predicted as j
+        self.confusion_ = R
+        A = (R + R.T) / 2.0  # symmetric affinity: how often i and j are mistaken for each other
+        D = 1.0 - A
+        np.fill_diagonal(D, 0.0)
+        if n_super is None:
+            agg = AgglomerativeClustering(n_clusters=None, metric="precomputed", linkage="average",
+                                          distance_threshold=1.0 - self.confusion_threshold + 1e-12)
+        else:
+            agg = AgglomerativeClustering(n_clusters=n_super, metric="precomputed", linkage="average")
+        labels = agg.fit_predict(D)  # (C,)
+        groups = [sorted(np.flatnonzero(labels == k).tolist()) for k in np.unique(labels)]
+        return sorted(groups, key=lambda g: g[0])
+
+    # ------------------------------------------------------------------ predict
+    def predict_proba(self, X) -> np.ndarray:
+        """``P(gate = s(c)) · P(expert_s = c)``, shape (n, len(classes_)); rows sum to one."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        n_super = len(self.experts_)
+        G = align_proba(self.gate_.predict_proba(X), self.gate_.classes_, np.arange(n_super))  # (n, S)
+        P = np.zeros((X.shape[0], len(self.classes_)))  # (n, C)
+        for s, expert in enumerate(self.experts_):
+            cols = np.flatnonzero(self.superclass_of_ == s)
+            keep = np.isin(expert.classes_, self.classes_)  # an expert may know classes beyond ours (zero-shot)
+            E = align_proba(expert.predict_proba(X)[:, keep], np.asarray(expert.classes_)[keep], self.classes_)
+            E = E[:, cols]  # (n, |s|) restricted to this superclass, renormalised below
+            tot = E.sum(axis=1, keepdims=True)
+            E = np.where(tot > 0, E / np.where(tot > 0, tot, 1.0), 1.0 / len(cols))
+            P[:, cols] = G[:, s:s + 1] * E
+        return P
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class, shape (n,)."""
+        idx = self.predict_proba(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
+        return self.classes_[idx]
