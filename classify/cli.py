@@ -79,7 +79,7 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
-        data = pipeline.load_data(fs, fitted.backbones, split)
+        data = pipeline.load_data(fs, fitted.backbones, split, views=fitted.views)
     if not len(data.ids):
         raise ValueError(f"the {split} split of {store} has no decoded images")
     probabilities = fitted.estimator.predict_proba(data.X)  # (n, C') columns follow classes_
@@ -129,7 +129,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
-        data = pipeline.load_data(fs, fitted.backbones)
+        data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
         test = (data.splits == "test") & (data.y >= 0)
         if test.any():
             y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))

@@ -53,27 +53,49 @@ class Data:
         return Data(self.X[mask], self.y[mask], self.ids[mask], self.index[mask], self.splits[mask], self.slices)
 
 
-def load_data(store: FeatureStore, backbones: Sequence[str], split=None) -> Data:
-    """Decoded rows of ``split`` (None: all), features of every backbone concatenated in the given order."""
+def load_data(store: FeatureStore, backbones: Sequence[str], split=None, views: bool = False) -> Data:
+    """Decoded rows of ``split`` (None: all), features of every backbone concatenated in the given order.
+
+    With ``views``, each backbone's block is ``[features | view_0 | … | view_{V-1}]`` (each D wide): the input of
+    methods that declare ``uses_views = True`` (consistency training on cached augmented views).
+    """
     parts = [store.load(spec, split) for spec in backbones]
     index = parts[0].index
     for spec, part in zip(backbones[1:], parts[1:]):
         if not np.array_equal(part.index, index):  # cannot happen for complete groups of one store
             raise ValueError(f"backbone {spec!r} covers other rows than {backbones[0]!r}; re-run embed for both")
-    widths = np.cumsum([0] + [p.X.shape[1] for p in parts])
-    X = parts[0].X if len(parts) == 1 else np.hstack([p.X for p in parts])
-    return Data(X=X, y=parts[0].y, ids=parts[0].ids, index=index, splits=store.splits[index],
-                slices=[(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])])
+    blocks = [p.X for p in parts]
+    if views:
+        blocks = [np.hstack([x, store.views(spec, index).reshape(len(index), -1)]) for spec, x in zip(backbones, blocks)]
+    widths = np.cumsum([0] + [b.shape[1] for b in blocks])
+    return Data(X=blocks[0] if len(blocks) == 1 else np.hstack(blocks), y=parts[0].y, ids=parts[0].ids, index=index,
+                splits=store.splits[index], slices=[(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])])
+
+
+def uses_views(method) -> bool:
+    """Whether a method (name or estimator) takes ``[features | views…]`` rows instead of plain features."""
+    cls = get(method) if isinstance(method, str) else type(method)
+    return bool(getattr(cls, "uses_views", False))
 
 
 def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
-    """What a method may take from the store for one backbone: CLIP text embeddings, templates, logit scale."""
-    if not store.has_text(spec):
-        return {}
-    text, templates, scale = store.text(spec)
-    context = {"text_embeddings": text, "templates": templates}
-    if scale is not None:
-        context["logit_scale"] = scale
+    """What a method may take from the store for one backbone, by parameter name.
+
+    ``class_names`` and ``backbone_spec`` always; ``view_kinds`` when the store has augmented views; ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``,
+    ``head_bias``, ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
+    """
+    context: dict[str, Any] = {"class_names": store.classes, "backbone_spec": spec}
+    if store.has_text(spec):
+        text, templates, scale = store.text(spec)
+        context.update(text_embeddings=text, templates=templates)
+        if scale is not None:
+            context["logit_scale"] = scale
+    head = store.head(spec)
+    if head is not None:
+        context.update(head_weight=head[0], head_bias=head[1], head_classes=head[2])
+    view_kinds = store.provenance(spec).get("view_kinds") or []
+    if view_kinds:
+        context["view_kinds"] = view_kinds
     return context
 
 
@@ -112,17 +134,16 @@ def _build_nested(value, context):
 
 
 def build_for_store(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
-                    combine: str = "concat"):
+                    combine: str = "concat", slices: Sequence[tuple[int, int]] | None = None):
     """The estimator for ``backbones`` of a store: one model on concatenated features, or an ensemble of one
-    model per backbone (``combine="ensemble"``), each built with its own backbone's context."""
+    model per backbone (``combine="ensemble"``, members reading the column ``slices`` of their backbone), each
+    built with its own backbone's context."""
     if combine not in ("concat", "ensemble"):
         raise ValueError(f"--combine must be concat or ensemble, not {combine!r}")
     if len(backbones) == 1 or combine == "concat":
         return build(method, params, store_context(store, backbones[0]) if len(backbones) == 1 else {})
     members = [build(method, params, store_context(store, spec)) for spec in backbones]
-    widths = np.cumsum([0] + [store.provenance(spec)["dim"] for spec in backbones])
-    return create("ensemble", methods=members, feature_slices=[(int(a), int(b)) for a, b in zip(widths[:-1],
-                                                                                              widths[1:])])
+    return create("ensemble", methods=members, feature_slices=[tuple(s) for s in slices])
 
 
 def fit_rows(data: Data, transductive: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +165,7 @@ class FittedModel:
     store_fingerprint: str
     classes: list[str]
     fit_seconds: float
+    views: bool = False  # rows are [features | views…] (see load_data)
     backbone_weights: dict = field(default_factory=dict)  # spec -> weights sha256 of the features it saw
     versions: dict = field(default_factory=lambda: {"sklearn": sklearn.__version__, "numpy": np.__version__})
 
@@ -182,8 +204,8 @@ def load_model(path: str | Path) -> FittedModel:
 def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
         combine: str = "concat", transductive: bool = True) -> FittedModel:
     """Fit ``method`` on a store: labeled train rows, the unlabeled pool, and (transductive) unlabeled test rows."""
-    estimator = build_for_store(store, backbones, method, params, combine)
-    data = load_data(store, backbones)
+    data = load_data(store, backbones, views=uses_views(method))
+    estimator = build_for_store(store, backbones, method, params, combine, data.slices)
     X, y = fit_rows(data, transductive)
     if not (y != UNLABELED).any() and not _needs_no_labels(estimator):
         raise ValueError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
@@ -194,7 +216,7 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
     log.info("fitted %s on %d rows (%d labeled) in %.2f s", method, len(y), int((y != UNLABELED).sum()), seconds)
     return FittedModel(estimator=estimator, method=method, params=dict(params or {}), backbones=list(backbones),
                        combine=combine, store_fingerprint=store.fingerprint, classes=store.classes,
-                       fit_seconds=seconds,
+                       fit_seconds=seconds, views=uses_views(method),
                        backbone_weights={spec: store.provenance(spec)["weights_sha256"] for spec in backbones})
 
 
@@ -214,11 +236,11 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     Returns a JSON-able dict with accuracy, macro_f1, fit_seconds, predict_seconds, protocol, n_test and, for
     methods that report on their fit (self-training's pseudo-label counts), ``fit_report``.
     """
-    data = load_data(store, backbones)
+    data = load_data(store, backbones, views=uses_views(method))
     test = (data.splits == "test") & (data.y >= 0)
     base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine}
     if test.any():
-        estimator = build_for_store(store, backbones, method, params, combine)
+        estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         X, y = fit_rows(data, transductive)
         t0 = time.perf_counter()
         estimator.fit(X, y)
@@ -244,7 +266,7 @@ def cross_val_predictions(store, data: Data, backbones, method, params, combine,
     if k < 2:
         raise ValueError("cross-validation needs at least 2 labeled images per class and the store has no labeled "
                          "test split; add labeled images (train/<class>/ or test/<class>/)")
-    template = build_for_store(store, backbones, method, params, combine)
+    template = build_for_store(store, backbones, method, params, combine, data.slices)
     X_all, y_all = fit_rows(data, transductive)
     keep = data.splits != "test" if not transductive else np.ones(len(data.y), dtype=bool)
     position = np.cumsum(keep) - 1  # row of data -> row of X_all

@@ -317,6 +317,13 @@ class Backbone(abc.ABC):
         """
         return None
 
+    def classifier_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The linear classifier mapping features to ``prob_classes`` logits, ``(W (K, D), b (K,))``, or None.
+
+        Kept in the store so that methods can recompute class probabilities from features (e.g. ConSE zero-shot).
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance: spec, dim, input_size, preprocessing, weights hash/source, versions."""
         return {
@@ -335,6 +342,13 @@ class Backbone(abc.ABC):
 @dataclass(eq=False)
 class TimmBackbone(Backbone):
     """A timm image model; features are the pooled pre-logits (``forward_head(..., pre_logits=True)``)."""
+
+    def classifier_head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        head = self.model.get_classifier() if self.prob_classes is not None else None
+        if not isinstance(head, torch.nn.Linear):  # e.g. a conv head or none: features -> logits is not linear
+            return None
+        bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+        return head.weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
 
     def encode_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         with torch.inference_mode():

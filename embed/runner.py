@@ -167,6 +167,9 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
     done = store.begin_backbone(provenance, backbone.dim, prob_classes=backbone.prob_classes)
     if backbone.logit_scale is not None:
         _ensure_text(store, backbone, templates)
+    head = backbone.classifier_head()
+    if head is not None and store.head(backbone.spec) is None:
+        store.set_head(backbone.spec, *head, backbone.prob_classes)
     pending = np.flatnonzero(~done)
     if not pending.size:
         log.info("%s: all %d rows already embedded in %s", backbone.spec, len(done), store.path)

@@ -15,6 +15,7 @@ Layout (``FORMAT_VERSION`` 1)::
         done               (N,)       bool: row written (features or error) -- the resume marker
         views              (N, V, D)  optional augmented views
         probs              (N, K)     optional ImageNet-classifier probabilities (float16), attrs: classes
+        head_weight/_bias  (K, D), (K,) optional: the classifier giving those probabilities from the features
         text               (C, T, D)  optional CLIP text embeddings, attrs: templates, logit_scale
 
 Crash safety: every per-row dataset is contiguous with its storage allocated when it is created, so the row loop
@@ -319,6 +320,24 @@ class FeatureStore:
         d.attrs["templates"] = json.dumps(list(templates))
         d.attrs["logit_scale"] = float(logit_scale) if logit_scale is not None else float("nan")
         self._f.flush()
+
+    def set_head(self, spec: str, weight: np.ndarray, bias: np.ndarray, classes: Sequence[str]) -> None:
+        """Store a backbone's linear classifier (K, D) + (K,) over ``classes``: logits = features @ W.T + b."""
+        g = self._group(spec)
+        for name in ("head_weight", "head_bias"):
+            if name in g:
+                del g[name]
+        g.create_dataset("head_weight", data=np.asarray(weight, dtype=np.float32)).attrs["classes"] = json.dumps(
+            list(classes))
+        g.create_dataset("head_bias", data=np.asarray(bias, dtype=np.float32))
+        self._f.flush()
+
+    def head(self, spec: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+        """The backbone's own classifier ``(W (K, D), b (K,), class names)``, or None when it has none."""
+        g = self._group(spec)
+        if "head_weight" not in g:
+            return None
+        return g["head_weight"][:], g["head_bias"][:], json.loads(g["head_weight"].attrs["classes"])
 
     def write_rows(self, spec: str, rows: np.ndarray, status: np.ndarray, sha256: Sequence[str | None],
                    errors: Sequence[str | None], features: np.ndarray | None = None, views: np.ndarray | None = None,
