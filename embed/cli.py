@@ -1,8 +1,10 @@
 """``python -m embed run``: embed a dataset into a feature store (no arguments: the built-in demo)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from embed import sources
@@ -32,7 +34,8 @@ def _as_list(value) -> list[str]:
 def run(data: str | None = None, csv: str | None = None, backbone=None, store: str | None = None,
         batch_size: int = 64, workers: int | None = None, device: str = "auto", dtype: str = "float32",
         views: int = 0, templates: str | None = None, image_size: int | None = None, seed: int = 0,
-        progress: bool = True) -> None:
+        progress: bool = True, engine: str = "local", address: str | None = None, num_cpus: int | None = None,
+        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000) -> None:
     """Embed images into an HDF5 feature store; rerun the same command to resume after a crash.
 
     With no --data and no --csv: builds the demo (scikit-learn digits written as PNG files, tf_efficientnet_lite0
@@ -62,6 +65,16 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         Override the backbone's input resolution.
     seed : int
         Seed of the augmented views.
+    engine : str
+        local (this process + decode workers) or ray (Ray Data actors; writes shards, then imports them).
+    address : str
+        With --engine ray: an existing cluster (HOST:6379 or auto); default a local Ray.
+    num_cpus, num_gpus : int
+        With --engine ray: CPUs of the local Ray; GPUs per actor.
+    shards : str
+        With --engine ray: the shard folder (default <store>.shards/<backbone>).
+    shard_size : int
+        With --engine ray: rows per shard, the resume granularity.
     """
     is_demo = data is None and csv is None
     if data is not None and csv is not None:
@@ -82,10 +95,46 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
 
     log.info("%d images (%s) from %s", len(images), ", ".join(f"{images.splits.count(s)} {s}"
                                                              for s in ("train", "unlabeled", "test")), images.root)
-    summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                    views=views, templates=load_templates(templates) if templates else None, image_size=image_size,
-                    seed=seed, progress=progress)
+    template_list = load_templates(templates) if templates else None
+    if engine == "ray":
+        summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
+                           image_size, template_list, views, dtype, progress)
+    elif engine == "local":
+        summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
+                        views=views, templates=template_list, image_size=image_size, seed=seed, progress=progress)
+    else:
+        raise ValueError(f"--engine must be local or ray, not {engine!r}")
     _print_summary(summary, specs[0])
+
+
+def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,
+             templates, views, dtype, progress):
+    """Each backbone on Ray into its shard folder, then the shards into the store (features float16, normalised)."""
+    from embed.ray_engine import embed_shards
+    from embed.runner import RunSummary
+    from store import FeatureStore
+    from store.shards import import_shards
+
+    if views or dtype != "float32":
+        raise ValueError("--engine ray writes float16 L2-normalised shards without views; drop --views / --dtype")
+    summary = RunSummary(store=Path(store))
+    for spec in specs:
+        folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / _folder_name(spec)
+        result = embed_shards(images, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                              batch_size=batch_size, shard_size=shard_size, image_size=image_size,
+                              templates=templates, progress=progress)
+        log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
+        import_shards(folder, store)
+        summary.embedded[result["spec"]] = result["rows"]
+    with FeatureStore(store) as fs:
+        summary.errors, summary.duplicates = fs.errors(), fs.duplicates()
+    return summary
+
+
+def _folder_name(spec: str) -> str:
+    """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def _print_summary(summary, first_spec: str) -> None:

@@ -40,10 +40,14 @@ class RunSummary:
     duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical bytes
 
 
-class _Images(Dataset):
-    """Decodes and transforms the images of ``rows``; runs in DataLoader workers."""
+class ImageRows(Dataset):
+    """Decodes and transforms images: item ``k`` is file ``paths[k]``, store row ``rows[k]``.
 
-    def __init__(self, paths: Sequence[Path], rows: np.ndarray, backbone: Backbone, n_views: int, seed: int):
+    The per-image half of every engine: DataLoader workers here, Ray actors in :mod:`embed.ray_engine`.
+    """
+
+    def __init__(self, paths: Sequence[Path], rows: np.ndarray, backbone: Backbone, n_views: int = 0,
+                 seed: int = 0):
         self.paths, self.rows, self.n_views, self.seed = paths, rows, n_views, seed
         self.transform = backbone.eval_transform
         self.augment = [backbone.augment_transforms[VIEW_KINDS[v % len(VIEW_KINDS)]] for v in range(n_views)]
@@ -55,7 +59,7 @@ class _Images(Dataset):
 
     def __getitem__(self, k: int):
         row = int(self.rows[k])
-        loaded = load_image(self.paths[row], target_size=self.draft_size)
+        loaded = load_image(self.paths[k], target_size=self.draft_size)
         if loaded.error is not None:
             return row, None, None, loaded.sha256, loaded.error
         x = self.transform(loaded.image)  # (3, H, W)
@@ -85,7 +89,8 @@ def _seeded(seed: int):
         torch.random.set_rng_state(states[2])
 
 
-def _collate(items):
+def collate(items):
+    """Batch of ``ImageRows`` items: rows, ok mask, (B_ok, 3, H, W) images, views, sha256s, errors."""
     rows = np.array([it[0] for it in items], dtype=np.int64)
     ok = np.array([it[1] is not None for it in items])
     good = [it for it in items if it[1] is not None]
@@ -179,8 +184,9 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
     cuda = device.type == "cuda"
     if cuda:
         backbone.model.to(memory_format=torch.channels_last)
-    loader = DataLoader(_Images(images.paths, pending, backbone, n_views, seed), batch_size=batch_size,
-                        num_workers=workers, collate_fn=_collate, pin_memory=cuda,
+    paths = images.paths
+    loader = DataLoader(ImageRows([paths[r] for r in pending], pending, backbone, n_views, seed),
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=cuda,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     bar = tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1)
@@ -188,17 +194,18 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
         for rows, ok, x, views, sha, errors in loader:
             features = vfeatures = probs = None
             if x is not None:
-                features, probs = _forward(backbone, x, device, cuda)
+                features, probs = forward(backbone, x, device, cuda)
                 if views is not None:
                     b, v = views.shape[:2]
-                    vfeatures = _forward(backbone, views.flatten(0, 1), device, cuda)[0].reshape(b, v, -1)
+                    vfeatures = forward(backbone, views.flatten(0, 1), device, cuda)[0].reshape(b, v, -1)
             store.write_rows(backbone.spec, rows, np.where(ok, OK, ERROR), sha, errors, features=features,
                              views=vfeatures, probs=probs)
             bar.update(len(rows))
     return int(pending.size)
 
 
-def _forward(backbone: Backbone, x: torch.Tensor, device: torch.device, cuda: bool):
+def forward(backbone: Backbone, x: torch.Tensor, device: torch.device, cuda: bool):
+    """Features (B, D) and probabilities (B, K) or None, as float32 numpy, of a batch on ``device``."""
     x = x.to(device, non_blocking=cuda)
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -39,6 +39,36 @@ def info(path: str, json_output: bool = False) -> None:
         print(f"  identical files: {', '.join(group)}")
 
 
+def import_shards(folder: str, store: str) -> None:
+    """Copy a shard folder (img_emb/*.npy + metadata/*.parquet) into an HDF5 store, with its provenance."""
+    from store.shards import import_shards as run_import
+
+    summary = run_import(folder, store)
+    print(f"imported {folder} into {store}: {summary['ok']} ok rows, {summary['errors']} errors")
+
+
+def export(store: str, backbone: str, out: str, format: str = "shards", shard_size: int = 100_000) -> None:
+    """Write one backbone of a store as shards (img_emb/img_emb_N.npy float16 + metadata/metadata_N.parquet).
+
+    Parameters
+    ----------
+    store, backbone : str
+        The store and the backbone spec to export.
+    out : str
+        The shard folder to write.
+    format : str
+        shards (the layout embedding-reader and autofaiss read).
+    shard_size : int
+        Rows per shard.
+    """
+    from store.shards import export_shards
+
+    if format != "shards":
+        raise ValueError(f"--format must be shards, not {format!r}")
+    folder = export_shards(store, backbone, out, shard_size)
+    print(f"exported {backbone} of {store} to {folder}")
+
+
 def run_cli(commands: dict, argv: list[str] | None = None) -> None:
     """Run a fire CLI, turning user errors into one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv
@@ -52,4 +82,4 @@ def run_cli(commands: dict, argv: list[str] | None = None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli({"info": info}, argv)
+    run_cli({"info": info, "import-shards": import_shards, "export": export}, argv)

@@ -389,6 +389,11 @@ class FeatureStore:
         return Rows(X=self._read_rows(g["features"], index).astype(dtype, copy=False), y=self.labels[index],
                     ids=self.ids[index], index=index)
 
+    def features_block(self, spec: str, start: int, stop: int) -> np.ndarray:
+        """(stop - start, D) float32 raw feature rows ``start:stop`` (all rows, failed ones included): for streaming
+        exports; use :meth:`load` for the decoded rows of a split."""
+        return self._group(spec)["features"][start:stop].astype(np.float32)
+
     def views(self, spec: str, index: np.ndarray) -> np.ndarray:
         """(n, V, D) float32 augmented-view features of rows ``index``; kinds in ``provenance(spec)['view_kinds']``."""
         g = self._group(spec)

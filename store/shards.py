@@ -1,0 +1,177 @@
+"""Sharded feature export in the layout embedding-reader / autofaiss / clip-retrieval read, and its import.
+
+Layout of a shard folder::
+
+    meta.json                          provenance: spec, weights_sha256, preprocessing, versions, classes, templates,
+                                       image_list_sha256, n_images, shard_size, n_shards, dim
+    text_emb.npy                       optional CLIP text embeddings (C, T, D) float32
+    head_weight.npy, head_bias.npy     optional classifier head of the backbone
+    img_emb/img_emb_{N}.npy            (rows of shard N, D) float16, L2-normalised (zeros for failed images)
+    metadata/metadata_{N}.parquet      id, split, label, sha256, status, error -- same row order as img_emb_N
+    done/{N}                           written last: shard N is complete
+
+Shard N holds store rows ``[N * shard_size, (N + 1) * shard_size)``. Every file is written under a temporary name
+and renamed into place, so a killed writer never leaves a partial shard that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from store.h5store import ERROR, OK, FeatureStore, open_for_images
+
+log = logging.getLogger(__name__)
+
+SHARDS_FORMAT = "fewshot-feature-shards/1"
+STATUS_NAMES = {OK: "ok", ERROR: "error"}
+
+
+def _pyarrow():
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("sharded export/import needs pyarrow: pip install pyarrow (or the project's [ray] extra)") \
+            from None
+    return pa, pq
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def l2_normalize_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero), float32."""
+    X = np.asarray(X, dtype=np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+class ShardWriter:
+    """Writes one shard folder; ``done(n)`` tells which shards already exist (for resume)."""
+
+    def __init__(self, folder: str | Path, meta: dict):
+        self.folder = Path(folder)
+        for sub in ("img_emb", "metadata", "done"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        meta_path = self.folder / "meta.json"
+        if meta_path.is_file():
+            old = json.loads(meta_path.read_text())
+            for key in ("spec", "weights_sha256", "preprocessing", "image_list_sha256", "shard_size"):
+                if old.get(key) != meta.get(key):
+                    raise ValueError(f"{self.folder} holds shards of another run (different {key}); use a new "
+                                     "--shards folder")
+        else:
+            _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
+        self.meta = meta
+
+    def done(self, n: int) -> bool:
+        return (self.folder / "done" / str(n)).is_file()
+
+    def write_extra(self, name: str, array: np.ndarray) -> None:
+        """A side array such as ``text_emb`` or ``head_weight`` (``name.npy``)."""
+        _atomic(self.folder / f"{name}.npy", lambda p: np.save(p.open("wb"), array))
+
+    def write_shard(self, n: int, features: np.ndarray, ids, splits, labels, sha256, status, errors) -> None:
+        """Shard ``n``: (rows, D) features (normalised here, stored float16) and per-row metadata, then its marker."""
+        pa, pq = _pyarrow()
+        emb = l2_normalize_rows(features).astype(np.float16)
+        emb[np.asarray(status) != OK] = 0
+        _atomic(self.folder / "img_emb" / f"img_emb_{n}.npy", lambda p: np.save(p.open("wb"), emb))
+        table = pa.table({"id": [str(i) for i in ids], "split": [str(s) for s in splits],
+                          "label": np.asarray(labels, dtype=np.int64), "sha256": [s or "" for s in sha256],
+                          "status": [STATUS_NAMES[int(s)] for s in status], "error": [e or "" for e in errors]})
+        _atomic(self.folder / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(table, p))
+        (self.folder / "done" / str(n)).write_text("")
+
+
+def read_meta(folder: str | Path) -> dict:
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a shard folder (no meta.json); write one with `python -m embed run "
+                                "--engine ray` or `python -m store export`")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != SHARDS_FORMAT:
+        raise ValueError(f"{path} is not a fewshot shard folder's meta.json")
+    return meta
+
+
+def import_shards(folder: str | Path, store_path: str | Path) -> dict:
+    """Copy every complete shard of ``folder`` into the HDF5 store at ``store_path`` (created when missing).
+
+    The backbone group gets the shards' provenance (float16, L2-normalised); the store refuses shards of another
+    image list or another origin, as for any write.
+    """
+    _, pq = _pyarrow()
+    folder = Path(folder)
+    meta = read_meta(folder)
+    n_shards = int(meta["n_shards"])
+    missing = [n for n in range(n_shards) if not (folder / "done" / str(n)).is_file()]
+    if missing:
+        raise ValueError(f"{folder} is incomplete: shards {missing[:5]}{'…' if len(missing) > 5 else ''} are missing; "
+                         "rerun the same `python -m embed run --engine ray` command to finish them")
+    tables = [pq.read_table(folder / "metadata" / f"metadata_{n}.parquet").to_pydict() for n in range(n_shards)]
+    ids = [i for t in tables for i in t["id"]]
+    splits = [s for t in tables for s in t["split"]]
+    labels = [y for t in tables for y in t["label"]]
+    provenance = {key: meta[key] for key in ("spec", "weights_sha256", "weights_source", "versions")}
+    provenance.update(preprocessing={**meta["preprocessing"], "l2_normalized": True}, dtype="float16", views=0,
+                      view_kinds=[])
+    head = folder / "head_weight.npy"
+    with open_for_images(store_path, ids, splits, labels, meta["classes"], root=meta.get("root")) as fs:
+        done = fs.begin_backbone(provenance, int(meta["dim"]),
+                                 prob_classes=meta.get("head_classes") if head.is_file() else None)
+        start = 0
+        for n, table in enumerate(tables):
+            rows = np.arange(start, start + len(table["id"]))
+            start = rows[-1] + 1 if rows.size else start
+            if done[rows].all():
+                continue
+            emb = np.load(folder / "img_emb" / f"img_emb_{n}.npy")
+            status = np.array([OK if s == "ok" else ERROR for s in table["status"]], dtype=np.uint8)
+            fs.write_rows(meta["spec"], rows, status, table["sha256"], table["error"], features=emb[status == OK])
+        if (folder / "text_emb.npy").is_file():
+            fs.set_text(meta["spec"], np.load(folder / "text_emb.npy"), meta["templates"], meta.get("logit_scale"))
+        if head.is_file():
+            fs.set_head(meta["spec"], np.load(head), np.load(folder / "head_bias.npy"), meta["head_classes"])
+        return fs.info()
+
+
+def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_size: int = 100_000) -> Path:
+    """Write one backbone of a store as a shard folder (the reverse of :func:`import_shards`)."""
+    if shard_size < 1:
+        raise ValueError("--shard-size must be at least 1")
+    folder = Path(folder)
+    with FeatureStore(store_path) as fs:
+        n = len(fs)
+        prov = fs.provenance(spec)
+        done = fs.rows_done(spec)
+        if not done.all():
+            raise ValueError(f"backbone {spec!r} in {store_path} is incomplete; finish `python -m embed run` first")
+        meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
+        meta.update(image_list_sha256=fs.fingerprint, classes=fs.classes, root=fs.root, n_images=n,
+                    shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]))
+        text = fs.text(spec) if fs.has_text(spec) else None
+        head = fs.head(spec)
+        if text is not None:
+            meta.update(templates=text[1], logit_scale=text[2])
+        if head is not None:
+            meta["head_classes"] = head[2]
+        writer = ShardWriter(folder, meta)
+        if text is not None:
+            writer.write_extra("text_emb", text[0])
+        if head is not None:
+            writer.write_extra("head_weight", head[0])
+            writer.write_extra("head_bias", head[1])
+        ids, splits, labels, sha, status = fs.ids, fs.splits, fs.labels, fs.sha256, fs.status
+        messages = dict(fs.errors())
+        for s in range(meta["n_shards"]):
+            lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
+            writer.write_shard(s, fs.features_block(spec, lo, hi), ids[lo:hi], splits[lo:hi], labels[lo:hi],
+                               sha[lo:hi], status[lo:hi], [messages.get(i) for i in ids[lo:hi]])
+    return folder

@@ -1,0 +1,98 @@
+"""Embedding on a local Ray cluster: shards equal the local run row for row, resume skips finished shards."""
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")  # the [test] extra installs ray[data]; this guard only serves partial installs
+
+from embed import sources  # noqa: E402
+from embed.ray_engine import embed_shards  # noqa: E402
+from embed.runner import embed  # noqa: E402
+from imagegen import write_bad_inputs, write_good_images  # noqa: E402
+from store import FeatureStore  # noqa: E402
+from store.shards import ShardWriter, export_shards, import_shards, read_meta  # noqa: E402
+
+SHARD = 8
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_good_images(root / "train" / "cat", 5, seed=1)
+    write_good_images(root / "train" / "dog", 5, seed=2)
+    write_bad_inputs(root / "unlabeled")
+    return sources.from_folder(root)
+
+
+def normalised(X):
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def test_sharded_run_equals_local_run(images, tiny_timm_ckpt, tmp_path):
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    embed(images, tmp_path / "local.h5", [spec], workers=0, progress=False)
+    result = embed_shards(images, spec, tmp_path / "shards", shard_size=SHARD, batch_size=4, progress=False)
+    assert result["written"] == result["shards"] == -(-len(images) // SHARD)
+    meta = read_meta(tmp_path / "shards")
+    emb0 = np.load(tmp_path / "shards" / "img_emb" / "img_emb_0.npy")
+    assert emb0.dtype == np.float16 and emb0.shape == (SHARD, meta["dim"])
+    import_shards(tmp_path / "shards", tmp_path / "ray.h5")
+    with FeatureStore(tmp_path / "local.h5") as local, FeatureStore(tmp_path / "ray.h5") as sharded:
+        assert list(sharded.ids) == list(local.ids)
+        np.testing.assert_array_equal(sharded.status, local.status)
+        assert sharded.errors() == local.errors() and len(local.errors()) == 6  # bad files: same status, same message
+        a, b = local.load(spec), sharded.load(spec)
+        assert list(a.ids) == list(b.ids)
+        np.testing.assert_allclose(b.X, normalised(a.X), atol=2e-3)  # float16 of the same normalised features
+        assert sharded.provenance(spec)["preprocessing"]["l2_normalized"] is True
+
+
+def test_resume_skips_every_finished_shard(images, tiny_timm_ckpt, tmp_path, monkeypatch):
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    folder = tmp_path / "shards"
+    original = ShardWriter.write_shard
+    written = []
+
+    def crash_after_two(self, n, *args):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated kill")  # the driver dies between two shard writes
+        written.append(n)
+        original(self, n, *args)
+
+    monkeypatch.setattr(ShardWriter, "write_shard", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        embed_shards(images, spec, folder, shard_size=SHARD, batch_size=4, progress=False)
+    first = {n: (folder / "img_emb" / f"img_emb_{n}.npy").stat().st_mtime_ns for n in written}
+    assert sorted(first) == [0, 1] and not (folder / "done" / "2").exists()
+
+    monkeypatch.setattr(ShardWriter, "write_shard", lambda self, n, *a: (written.append(n), original(self, n, *a)))
+    written.clear()
+    result = embed_shards(images, spec, folder, shard_size=SHARD, batch_size=4, progress=False)
+    n_shards = result["shards"]
+    assert sorted(written) == list(range(2, n_shards))  # only the missing shards were computed
+    assert result["rows"] == len(images) - 2 * SHARD
+    assert {n: (folder / "img_emb" / f"img_emb_{n}.npy").stat().st_mtime_ns for n in first} == first
+    assert embed_shards(images, spec, folder, shard_size=SHARD, progress=False)["written"] == 0
+
+
+def test_export_then_import_round_trip(images, tiny_timm_ckpt, tmp_path):
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    embed(images, tmp_path / "s.h5", [spec], workers=0, progress=False)
+    export_shards(tmp_path / "s.h5", spec, tmp_path / "out", shard_size=5)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["n_shards"] == -(-len(images) // 5) and meta["spec"] == spec
+    import_shards(tmp_path / "out", tmp_path / "back.h5")
+    with FeatureStore(tmp_path / "s.h5") as a, FeatureStore(tmp_path / "back.h5") as b:
+        np.testing.assert_allclose(b.load(spec).X, normalised(a.load(spec).X), atol=2e-3)
+        assert b.errors() == a.errors()
+    FeatureStore.create(tmp_path / "other.h5", ["x.png"], ["train"], [0], ["cat"]).close()
+    with pytest.raises(ValueError, match="different image list"):
+        import_shards(tmp_path / "out", tmp_path / "other.h5")
