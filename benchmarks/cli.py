@@ -34,6 +34,18 @@ def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_siz
     print(json.dumps(result))
 
 
+def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 1000, batch_size: int = 64, image_size: int = 112,
+        num_cpus: int = 2) -> None:
+    """Local runner vs `--engine ray` on the same n image files and backbone: throughput of each and the overhead."""
+    from benchmarks.embed_speed import measure_ray
+
+    result = measure_ray(backbone, n, batch_size, image_size, num_cpus=num_cpus)
+    print(f"{result['backbone']}, {result['images']} images, batch {result['batch_size']}, {num_cpus} CPUs")
+    print(f"local: {result['local_img_per_s']:.1f} img/s   ray: {result['ray_img_per_s']:.1f} img/s   "
+          f"overhead: {100 * result['ray_overhead']:.0f} %")
+    print(json.dumps(result))
+
+
 def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0", methods=None, shots="1,5,15",
         seeds: int = 3, quick: bool = False, image_size: int | None = 112, anchors: bool = True,
         out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
@@ -103,4 +115,4 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"embed": embed, "run": run}, argv)
+    run_cli({"embed": embed, "ray": ray, "run": run}, argv)

@@ -70,3 +70,37 @@ def measure(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_s
     return {"backbone": backbone, "images": len(images), "batch_size": batch_size, "image_size": image_size,
             "file_size": file_size, "workers": workers, "raw_forward_img_per_s": raw,
             "end_to_end_img_per_s": end_to_end, "ratio": end_to_end / raw, "torch_threads": torch.get_num_threads()}
+
+
+def measure_ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 1000, batch_size: int = 64,
+                image_size: int | None = 112, file_size: int = 256, num_cpus: int = 2, shard_size: int = 500) -> dict:
+    """Local runner vs Ray Data engine on the same files, backbone and batch size; images per second of each.
+
+    The Ray cluster is started before the clock, and model loading is excluded on both sides (each side's first
+    pass over a small warm-up set pays it), so the ratio is the engine overhead itself.
+    """
+    import ray
+
+    from embed.ray_engine import embed_shards
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = write_images(Path(tmp) / "data", n, file_size)
+        images = sources.from_folder(root)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        try:
+            start = time.perf_counter()
+            load_backbone(backbone, image_size=image_size)
+            load_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            embed(images, Path(tmp) / "s.h5", [backbone], batch_size=batch_size, image_size=image_size,
+                  progress=False)
+            local = len(images) / (time.perf_counter() - start - load_seconds)
+            start = time.perf_counter()
+            embed_shards(images, backbone, Path(tmp) / "shards", batch_size=batch_size, shard_size=shard_size,
+                         image_size=image_size, progress=False)
+            # The driver and each actor load the model once: count the driver's load out, as for the local run.
+            ray_rate = len(images) / (time.perf_counter() - start - load_seconds)
+        finally:
+            ray.shutdown()
+    return {"backbone": backbone, "images": len(images), "batch_size": batch_size, "num_cpus": num_cpus,
+            "local_img_per_s": local, "ray_img_per_s": ray_rate, "ray_overhead": 1 - ray_rate / local}
