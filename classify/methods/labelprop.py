@@ -1,0 +1,439 @@
+"""Label propagation on a faiss k-nearest-neighbour graph (Zhou et al. 2004; Iscen et al., CVPR 2019).
+
+Transductive over every row given to ``fit`` (labeled, unlabeled, and test rows passed with ``y = -1``)::
+
+    x  ->  feature transform (power-norm, centre, PCA-whiten)  ->  L2-normalise             # (N, d)
+    kNN by inner product (faiss)                         ->  A_ij = max(s_ij, 0) ** power   # N*k entries
+    W = A + A^T,   S = D^-1/2 W D^-1/2                                                      # sparse (N, N)
+    solve (I - alpha S) Z = Y   per class by conjugate gradient                             # (N, C)
+    label_distributions_ = rownorm(max(Z, 0))
+
+Memory is linear in ``N * k`` (the graph) plus ``N * d`` (the transformed rows kept for inductive predict).
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import faiss
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from scipy.sparse.linalg import cg
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from classify.features import checked_labeled_mask, l2_normalize, single_threaded_blas
+from classify.registry import register_method
+
+logger = logging.getLogger(__name__)
+
+#: Cosine similarity from which a query counts as a duplicate of a fitted row in ``predict_proba``.
+DUPLICATE_COS = 1.0 - 1e-5
+#: ``index="auto"`` searches exactly up to this many rows, approximately (IVF) above.
+EXACT_MAX_ROWS = 50000
+#: Inverted lists probed per query by the IVF index (of sqrt(n) lists).
+IVF_NPROBE = 16
+#: The PCA basis is estimated on at most this many evenly strided rows (the covariance costs rows * D**2).
+PCA_MAX_ROWS = 4096
+
+
+class FeatureTransform:
+    """Fitted feature preprocessing applied before cosine similarity: power-norm, centring, PCA(-whitening), L2.
+
+    Plain NumPy state, so estimators holding one pickle and clone cleanly.
+
+    Parameters
+    ----------
+    power : float or None
+        Signed power normalisation ``sign(x) |x|**power`` applied first (0.5 = signed square root); None skips.
+    center : bool
+        Subtract the mean of the fitted rows.
+    n_components : int or None
+        Project on the top principal components (fitted on at most ``PCA_MAX_ROWS`` evenly strided rows);
+        None keeps every dimension. Clipped to ``min(n_features, n_pca_rows - 1)``.
+    whiten : bool
+        Divide each principal component by the square root of its eigenvalue (only with ``n_components``).
+    """
+
+    def __init__(self, power: float | None = None, center: bool = True, n_components: int | None = None,
+                 whiten: bool = False) -> None:
+        self.power = power
+        self.center = center
+        self.n_components = n_components
+        self.whiten = whiten
+
+    @staticmethod
+    def _float(X) -> np.ndarray:
+        X = np.asarray(X)
+        return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
+
+    def _pow(self, X: np.ndarray) -> np.ndarray:
+        if self.power is None or self.power == 1:
+            return X
+        mag = np.sqrt(np.abs(X)) if self.power == 0.5 else np.abs(X) ** X.dtype.type(self.power)
+        return mag if X.min(initial=0) >= 0 else np.sign(X) * mag  # post-ReLU features need no sign
+
+    def fit(self, X: np.ndarray, sample_weight: np.ndarray | None = None) -> "FeatureTransform":
+        """Fit the mean and principal components on ``X`` of shape (n, D), optionally weighting rows (n,)."""
+        X = self._pow(self._float(X))
+        n, dim = X.shape
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        if not (self.center or self.n_components):
+            self.mean_ = np.zeros(dim, X.dtype)
+        elif w is None:
+            self.mean_ = X.mean(axis=0)
+        else:
+            self.mean_ = (w @ X / max(w.sum(), 1e-300)).astype(X.dtype)
+        self.components_ = None  # (D, d) projection, whitening folded in
+        if self.n_components is not None:
+            stride = max(1, -(-n // PCA_MAX_ROWS))
+            sub = X[::stride] - self.mean_  # (n', D)
+            d = int(min(self.n_components, dim, max(1, sub.shape[0] - 1)))  # centred rank <= n' - 1
+            if w is None:
+                cov = (sub.T @ sub) / max(1, sub.shape[0] - 1)  # (D, D)
+            else:
+                ws = w[::stride].astype(X.dtype)
+                cov = (sub.T * ws) @ sub / max(float(ws.sum()), 1e-30)
+            evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[dim - d, dim - 1], driver="evr")
+            evals, evecs = evals[::-1].astype(np.float64), evecs[:, ::-1]  # (d,), (D, d), descending
+            if self.whiten:
+                evecs = evecs / np.sqrt(np.maximum(evals, evals[0] * 1e-6 + 1e-12))
+            self.components_ = np.ascontiguousarray(evecs, dtype=X.dtype)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        """Transformed, L2-normalised rows (n, d), C-contiguous; float64 input stays float64, else float32."""
+        X = self._float(X)
+        Z = self._pow(X) - self.mean_.astype(X.dtype, copy=False)  # (n, D)
+        if self.components_ is not None:
+            Z = Z @ self.components_.astype(X.dtype, copy=False)  # (n, d)
+        return np.ascontiguousarray(l2_normalize(Z))
+
+
+def faiss_use_gpu(device: str) -> bool:
+    """Whether to run faiss on a GPU for ``device`` in {"auto", "cpu", "cuda"}."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    if device == "cuda" and not has_gpu:
+        raise ValueError("device='cuda' needs faiss with GPU support (pip install faiss-gpu) and a visible GPU; "
+                         "use device='auto' or 'cpu'")
+    return device != "cpu" and has_gpu
+
+
+def _make_index(base: np.ndarray, index: str, device: str):
+    """A faiss inner-product index over ``base`` (n, d): exact flat, or IVF (approximate) for large n."""
+    n, d = base.shape
+    if index == "auto":
+        index = "ivf" if n > EXACT_MAX_ROWS else "flat"
+    if index == "flat":
+        idx = faiss.IndexFlatIP(d)
+    else:
+        nlist = max(1, int(round(np.sqrt(n))))
+        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        idx.cp.seed = 0  # deterministic k-means
+        idx.train(base[:: max(1, n // (64 * nlist))])  # about 64 training rows per list, evenly strided
+        idx.nprobe = min(nlist, IVF_NPROBE)
+    if faiss_use_gpu(device):
+        idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, idx)
+    idx.add(base)
+    return idx
+
+
+def knn_search(base: np.ndarray, queries: np.ndarray, k: int, device: str = "auto",
+               index: str = "flat") -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of ``base`` by inner product for each query, with faiss.
+
+    Parameters
+    ----------
+    base : ndarray of shape (n, d), float32
+    queries : ndarray of shape (m, d), float32
+    k : int
+        Neighbours per query, ``1 <= k <= n``.
+    device : {"auto", "cpu", "cuda"}
+        "auto" uses a GPU index when faiss has GPU support and a GPU is present.
+    index : {"flat", "ivf", "auto"}
+        "flat" is exact (``IndexFlatIP``); "ivf" is approximate (``IndexIVFFlat``, sqrt(n) lists, ``IVF_NPROBE``
+        probed); "auto" is exact up to ``EXACT_MAX_ROWS`` base rows.
+
+    Returns
+    -------
+    sims : ndarray of shape (m, k), float32, descending per row
+    ids : ndarray of shape (m, k), int64; -1 where an approximate search found fewer than k rows
+    """
+    return _make_index(base, index, device).search(queries, k)
+
+
+def knn_graph(Z: np.ndarray, k: int, power: float, device: str = "auto", index: str = "flat") -> sp.csr_matrix:
+    """Sparse affinity ``A_ij = max(<z_i, z_j>, 0) ** power`` to each row's k nearest *other* rows.
+
+    Self matches are removed by id (not by position), so duplicated rows are handled.
+
+    Parameters
+    ----------
+    Z : ndarray of shape (n, d), float32, rows L2-normalised
+    k : int
+        Neighbours per row; clipped to ``n - 1``.
+    power : float
+        Exponent gamma of the affinity.
+    device, index
+        As for :func:`knn_search`.
+
+    Returns
+    -------
+    A : csr_matrix of shape (n, n), float64, at most ``n * k`` stored entries (not symmetric)
+    """
+    n = Z.shape[0]
+    k = int(min(k, n - 1))
+    if k < 1:
+        return sp.csr_matrix((n, n))
+    sims, ids = knn_search(Z, Z, k + 1, device, index)  # (n, k+1)
+    valid = (ids >= 0) & (ids != np.arange(n)[:, None])
+    keep = valid & (np.cumsum(valid, axis=1) <= k)  # the first k other rows (drops the weakest if self is absent)
+    rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)[keep]
+    aff = np.maximum(sims[keep].astype(np.float64), 0.0) ** power
+    A = sp.csr_matrix((aff, (rows, ids[keep])), shape=(n, n))
+    A.eliminate_zeros()
+    return A
+
+
+def normalized_graph(A: sp.spmatrix) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Symmetrised, symmetrically normalised graph ``S = D^-1/2 (A + A^T) D^-1/2`` and the degrees.
+
+    Returns
+    -------
+    S : csr_matrix of shape (n, n)
+    degree : ndarray of shape (n,)
+        Row sums of ``A + A^T`` (0 for isolated rows, whose rows of S are then empty).
+    """
+    W = (A + A.T).tocsr()
+    W.setdiag(0)
+    W.eliminate_zeros()
+    degree = np.asarray(W.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(degree)
+    inv_sqrt[degree > 0] = 1.0 / np.sqrt(degree[degree > 0])
+    D = sp.diags(inv_sqrt)
+    return (D @ W @ D).tocsr(), degree
+
+
+@register_method("labelprop")
+class KNNLabelPropagation(ClassifierMixin, BaseEstimator):
+    """Label propagation on a kNN graph, solved by conjugate gradient (Iscen et al., CVPR 2019).
+
+    Rows with ``y == -1`` are unlabeled. Every row passed to ``fit`` is labeled transductively
+    (``transduction_``, ``label_distributions_``, like sklearn's ``LabelSpreading``); pass the test rows to
+    ``fit`` with ``y = -1`` for the full transductive effect. ``predict_proba`` on new rows averages the label
+    distributions of their ``k`` nearest fitted rows weighted by ``max(cos, 0) ** power``; a row that duplicates
+    a fitted row (cosine >= 1 - 1e-5 after the transform) gets that row's transductive distribution.
+
+    Rows that receive no propagated mass (no positive-affinity path to a labeled row, e.g. isolated rows or a
+    component without labels) fall back to their affinity to the class prototypes (mean transformed labeled
+    row per class): ``max(cos, 0) ** power`` renormalised, or uniform when every cosine is <= 0. They are
+    counted in ``n_isolated_``.
+
+    Parameters
+    ----------
+    k : int, default=20
+        Neighbours per row in the graph and in inductive prediction (clipped to ``n_rows - 1``).
+    alpha : float in (0, 1), default=0.95
+        Propagation strength; ``Z = (I - alpha S)^-1 Y``. Close to 1 propagates further.
+    power : float, default=3.0
+        Affinity exponent gamma in ``max(cos, 0) ** gamma`` (Iscen et al. use 3).
+    max_iter : int, default=20
+        Conjugate-gradient iterations per class.
+    tol : float, default=1e-6
+        Relative residual at which CG stops.
+    class_weight : {"balanced"} or dict or None, default="balanced"
+        Scales the columns of the seed matrix Y: "balanced" divides each class column by its labeled count
+        (Iscen et al.'s normalisation; the sklearn formula ``n / (n_classes * count)``, which has the same
+        effect after row normalisation), a dict maps class label -> weight, None keeps one-hot rows
+        (sklearn ``LabelSpreading``).
+    feature_power : float or None, default=0.5
+        Signed power normalisation of the raw features before centring (0.5 = signed square root).
+    center : bool, default=True
+        Centre the features on the mean of the fitted rows before L2 normalisation.
+    n_components : int or None, default=128
+        PCA dimensions (fitted on the rows given to ``fit``); None keeps every dimension. Fewer dimensions make
+        the exact kNN search cheaper.
+    whiten : bool, default=True
+        PCA-whiten (only with ``n_components``).
+    index : {"auto", "flat", "ivf"}, default="auto"
+        kNN search: "flat" is exact (faiss ``IndexFlatIP``), "ivf" approximate (``IndexIVFFlat`` with sqrt(n) lists,
+        16 probed), "auto" exact up to 50,000 fitted rows and IVF above (exact search is quadratic in rows).
+    device : {"auto", "cpu", "cuda"}, default="auto"
+        Where faiss searches; "auto" uses a GPU when faiss has GPU support and one is present.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    X_ : ndarray of shape (n_rows, d), float32
+        Transformed, L2-normalised fitted rows (the inductive index).
+    label_distributions_ : ndarray of shape (n_rows, n_classes)
+        Row-normalised propagated class mass of every fitted row.
+    transduction_ : ndarray of shape (n_rows,)
+        Arg-max label of every fitted row (labeled rows included; propagation may relabel a labeled row).
+    transform_ : FeatureTransform
+    prototypes_ : ndarray of shape (n_classes, d)
+        Normalised mean transformed labeled row per class (fallback for isolated rows).
+    n_iter_ : ndarray of shape (n_classes,)
+        CG iterations used per class.
+    n_isolated_ : int
+        Fitted rows that received no propagated mass.
+    n_features_in_ : int
+    """
+
+    def __init__(self, k: int = 20, alpha: float = 0.95, power: float = 3.0, max_iter: int = 20, tol: float = 1e-6,
+                 class_weight: str | dict | None = "balanced", feature_power: float | None = 0.5, center: bool = True,
+                 n_components: int | None = 128, whiten: bool = True, index: str = "auto", device: str = "auto") -> None:
+        self.k = k
+        self.alpha = alpha
+        self.power = power
+        self.max_iter = max_iter
+        self.tol = tol
+        self.class_weight = class_weight
+        self.feature_power = feature_power
+        self.center = center
+        self.n_components = n_components
+        self.whiten = whiten
+        self.index = index
+        self.device = device
+
+    def _check_params(self) -> None:
+        if not (isinstance(self.k, (int, np.integer)) and self.k >= 1):
+            raise ValueError(f"k must be an int >= 1, got {self.k!r}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {self.alpha!r}; 0.8-0.99 are usual")
+        if not self.power > 0:
+            raise ValueError(f"power must be > 0, got {self.power!r}; Iscen et al. use 3")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise ValueError(f"max_iter must be an int >= 1, got {self.max_iter!r}")
+        if self.n_components is not None and not (isinstance(self.n_components, (int, np.integer))
+                                                  and self.n_components >= 1):
+            raise ValueError(f"n_components must be None or an int >= 1, got {self.n_components!r}")
+        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
+            raise ValueError(f"class_weight must be 'balanced', a dict or None, got {self.class_weight!r}")
+        if self.index not in ("auto", "flat", "ivf"):
+            raise ValueError(f"index must be 'auto', 'flat' (exact) or 'ivf' (approximate), got {self.index!r}")
+        faiss_use_gpu(self.device)
+
+    def _column_weights(self, y_lab: np.ndarray) -> np.ndarray:
+        counts = np.array([(y_lab == c).sum() for c in self.classes_], dtype=np.float64)  # (C,)
+        if self.class_weight is None:
+            return np.ones_like(counts)
+        if self.class_weight == "balanced":
+            return len(y_lab) / (len(self.classes_) * counts)
+        unknown = set(self.class_weight) - set(self.classes_.tolist())
+        if unknown:
+            raise ValueError(f"class_weight has labels not in y: {sorted(unknown)}; "
+                             f"classes are {self.classes_.tolist()}")
+        return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
+
+    def fit(self, X, y) -> "KNNLabelPropagation":
+        """Propagate the labels of ``y`` over the kNN graph of every row of ``X``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+            Raw backbone features of labeled and unlabeled rows.
+        y : array-like of shape (n_rows,)
+            Class labels; -1 marks an unlabeled row.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        with single_threaded_blas():  # see classify.features.single_threaded_blas; faiss keeps its OpenMP threads
+            return self._fit(X, y)
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> "KNNLabelPropagation":
+        t0 = time.perf_counter()
+        labeled = checked_labeled_mask(y)
+        if not labeled.any():
+            raise ValueError("labelprop needs at least one labeled row (y != -1) to propagate from")
+        self.classes_ = np.unique(y[labeled])
+        n, n_classes = X.shape[0], len(self.classes_)
+
+        self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten).fit(X)
+        Z = self.transform_.transform(X).astype(np.float32, copy=False)  # (n, d), faiss needs float32
+        self.X_ = Z
+        cls_idx = np.searchsorted(self.classes_, y[labeled])  # (n_lab,)
+        proto = np.zeros((n_classes, Z.shape[1]), dtype=np.float64)
+        np.add.at(proto, cls_idx, Z[labeled])
+        self.prototypes_ = l2_normalize(proto).astype(np.float32)  # (C, d)
+
+        A = knn_graph(Z, self.k, self.power, self.device, self.index)  # (n, n), n*k entries
+        S, degree = normalized_graph(A)
+        Y = np.zeros((n, n_classes))  # (n, C)
+        Y[np.flatnonzero(labeled), cls_idx] = 1.0
+        Y *= self._column_weights(y[labeled])
+        system = (sp.identity(n, format="csr") - self.alpha * S).tocsr()
+        F = np.zeros_like(Y)  # (n, C)
+        self.n_iter_ = np.zeros(n_classes, dtype=np.int64)
+        for c in range(n_classes):
+            iters = [0]
+
+            def count(_xk, iters=iters):
+                iters[0] += 1
+
+            F[:, c], info = cg(system, Y[:, c], rtol=self.tol, maxiter=self.max_iter, callback=count)
+            self.n_iter_[c] = iters[0]
+        F = np.maximum(F, 0.0)
+        mass = F.sum(axis=1)  # (n,)
+        isolated = ~(mass > 1e-12 * max(1.0, mass.max(initial=0.0)))
+        F[~isolated] /= mass[~isolated, None]
+        if isolated.any():
+            F[isolated] = self._prototype_proba(Z[isolated])
+        self.n_isolated_ = int(isolated.sum())
+        self.label_distributions_ = F
+        self.transduction_ = self.classes_[F.argmax(axis=1)]
+        logger.info("labelprop: %d rows (%d labeled, %d isolated, %d without graph edges), d=%d, k=%d, "
+                    "CG iterations %s, %.2fs", n, labeled.sum(), self.n_isolated_, int((degree == 0).sum()),
+                    Z.shape[1], self.k, self.n_iter_.tolist(), time.perf_counter() - t0)
+        return self
+
+    def _prototype_proba(self, Z: np.ndarray) -> np.ndarray:
+        """Fallback distribution from the affinity of rows ``Z`` (m, d) to the class prototypes."""
+        aff = np.maximum(Z.astype(np.float64) @ self.prototypes_.T.astype(np.float64), 0.0) ** self.power  # (m, C)
+        total = aff.sum(axis=1, keepdims=True)
+        return np.where(total > 0, aff / np.where(total > 0, total, 1.0), 1.0 / len(self.classes_))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of new rows from their nearest fitted rows.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_rows, n_classes)
+            Columns follow ``classes_``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        with single_threaded_blas():
+            return self._predict_proba(X)
+
+    def _predict_proba(self, X: np.ndarray) -> np.ndarray:
+        Z = self.transform_.transform(X).astype(np.float32, copy=False)  # (m, d)
+        k = int(min(self.k, self.X_.shape[0]))
+        sims, ids = knn_search(self.X_, Z, k, self.device, self.index)  # (m, k)
+        w = np.where(ids >= 0, np.maximum(sims.astype(np.float64), 0.0) ** self.power, 0.0)  # (m, k)
+        ids = np.maximum(ids, 0)
+        proba = np.einsum("mk,mkc->mc", w, self.label_distributions_[ids])  # (m, C)
+        total = w.sum(axis=1)
+        ok = total > 0
+        proba[ok] /= total[ok, None]
+        if not ok.all():
+            proba[~ok] = self._prototype_proba(Z[~ok])
+        dup = sims[:, 0] >= DUPLICATE_COS
+        proba[dup] = self.label_distributions_[ids[dup, 0]]
+        return proba
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class of each row, shape (n_rows,)."""
+        idx = self.predict_proba(X).argmax(axis=1)  # first, so an unfitted call raises NotFittedError
+        return self.classes_[idx]

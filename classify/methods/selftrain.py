@@ -1,0 +1,396 @@
+"""Pseudo-label self-training: a teacher labels the unlabeled rows, a selection rule keeps some, a head learns them.
+
+Round 1 takes the teacher's class probabilities of the unlabeled rows (a transductive teacher such as
+``labelprop`` gives its transductive ``label_distributions_``); round r > 1 takes the previous round's head.
+Each round selects pseudo-labels (``classify.thresholds``) and fits a fresh head on the labeled rows (weight 1)
+plus the selected rows (weight ``pseudo_weight``, hard arg-max labels or the soft distribution). ``rounds=0`` is
+the teacher alone.
+
+Design choice: later rounds re-label with the *head*, not a re-fitted teacher. Re-fitting a transductive teacher
+on its own pseudo-labels (same graph, same features) only re-propagates what it already said, whereas the head
+is a different, inductive model whose errors differ from the teacher's.
+"""
+from __future__ import annotations
+
+import logging
+import numbers
+import time
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.semi_supervised import LabelPropagation, LabelSpreading, SelfTrainingClassifier
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
+
+from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
+from classify.methods.labelprop import FeatureTransform, KNNLabelPropagation
+from classify.registry import create, register_method
+from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, fixed_threshold_mask
+
+logger = logging.getLogger(__name__)
+
+SELECTIONS = ("fixed", "classaware", "balanced", "all")
+
+
+class LogisticHead(ClassifierMixin, BaseEstimator):
+    """Multinomial logistic regression on transformed, L2-normalised features; accepts ``sample_weight``.
+
+    The default head of ``selftrain``. Features go through :class:`~classify.methods.labelprop.FeatureTransform`
+    (signed power, centring, optional PCA) fitted on the training rows, then L2 normalisation.
+
+    Parameters
+    ----------
+    C : float, default=3.0
+        Inverse L2 regularisation strength of :class:`~sklearn.linear_model.LogisticRegression`.
+    feature_power : float or None, default=0.5
+        Signed power normalisation of the raw features (0.5 = signed square root); None skips.
+    center : bool, default=True
+        Centre on the mean of the training rows.
+    n_components : int or None, default=None
+        PCA dimensions; None keeps every dimension.
+    max_iter, tol
+        Passed to LogisticRegression.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+    transform_ : FeatureTransform
+    lr_ : LogisticRegression
+    n_iter_ : ndarray of shape (1,)
+    n_features_in_ : int
+    """
+
+    def __init__(self, C: float = 3.0, feature_power: float | None = 0.5, center: bool = True,
+                 n_components: int | None = None, max_iter: int = 300, tol: float = 1e-4) -> None:
+        self.C = C
+        self.feature_power = feature_power
+        self.center = center
+        self.n_components = n_components
+        self.max_iter = max_iter
+        self.tol = tol
+
+    def fit(self, X, y, sample_weight=None) -> "LogisticHead":
+        """Fit on rows ``X`` (n, D) with labels ``y`` (n,) and optional per-row weights (n,)."""
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != (len(y),) or not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
+                raise ValueError(f"sample_weight must be {len(y)} finite non-negative numbers (one per row), got "
+                                 f"shape {sample_weight.shape}")
+        with single_threaded_blas():
+            self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components).fit(X, sample_weight)
+            self.lr_ = LogisticRegression(C=self.C, max_iter=self.max_iter, tol=self.tol)
+            self.lr_.fit(self.transform_.transform(X), y, sample_weight=sample_weight)
+        self.classes_ = self.lr_.classes_
+        self.n_iter_ = self.lr_.n_iter_
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (n, n_classes), columns follow ``classes_``."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        with single_threaded_blas():
+            return self.lr_.predict_proba(self.transform_.transform(X))
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class, shape (n,)."""
+        idx = self.predict_proba(X).argmax(axis=1)  # first, so an unfitted call raises NotFittedError
+        return self.classes_[idx]
+
+
+def _accepts_unlabeled(estimator) -> bool:
+    """Whether ``fit(X, y)`` treats ``y == -1`` as unlabeled (this suite's and sklearn's semi-supervised methods)."""
+    return getattr(type(estimator), "method_name", None) is not None or isinstance(
+        estimator, (LabelSpreading, LabelPropagation, SelfTrainingClassifier))
+
+
+def _fit_weighted(estimator, X, y, weight):
+    """Fit ``estimator`` passing ``weight`` as sample weights (to a Pipeline's last step); omitted when all ones."""
+    if np.all(weight == 1.0):
+        return estimator.fit(X, y)
+    if isinstance(estimator, Pipeline):
+        return estimator.fit(X, y, **{f"{estimator.steps[-1][0]}__sample_weight": weight})
+    if has_fit_parameter(estimator, "sample_weight"):
+        return estimator.fit(X, y, sample_weight=weight)
+    raise ValueError(f"head {type(estimator).__name__} does not accept sample_weight, which labels='soft' or "
+                     "pseudo_weight != 1 need; use labels='hard' with pseudo_weight=1.0, or a head whose fit takes "
+                     "sample_weight (the default head does)")
+
+
+@register_method("selftrain")
+class SelfTraining(ClassifierMixin, BaseEstimator):
+    """Self-training of a head on a teacher's pseudo-labels, with fixed, class-aware or class-balanced selection.
+
+    Rows with ``y == -1`` are unlabeled. See the module docstring for the round structure.
+
+    Parameters
+    ----------
+    teacher : estimator, str or None, default=None
+        Produces the round-1 probabilities. None is ``labelprop`` with its defaults; a string names a registered
+        method. Cloned before fitting. This suite's methods and sklearn's semi-supervised estimators are fitted
+        on every row (``-1`` = unlabeled); any other estimator on the labeled rows only. Wrap an already fitted
+        teacher (e.g. zero-shot) in :class:`sklearn.frozen.FrozenEstimator` to keep it as is.
+    head : estimator or None, default=None
+        Trained each round on labeled + pseudo-labeled rows; None is :class:`LogisticHead`. Soft labels or
+        ``pseudo_weight != 1`` need a head whose ``fit`` takes ``sample_weight`` (or a Pipeline whose last step
+        does). Cloned each round.
+    selection : {"fixed", "classaware", "balanced", "all"}, default="balanced"
+        "fixed": top probability >= ``threshold`` (starves classes the teacher is unsure about);
+        "classaware": per-class thresholds adapted by :class:`~classify.thresholds.ClassAwareThresholds`
+        (``classaware_steps`` updates on the pool per round, starting from ``tau0``; the state carries over
+        between rounds); "balanced": the ``per_class_k`` most confident rows of each predicted class;
+        "all": every unlabeled row.
+    threshold : float, default=0.98
+        Fixed threshold (and the class-aware start when ``tau0`` is None).
+    tau0 : float or None, default=None
+        Initial class-aware threshold; None uses ``threshold``.
+    ema, eps : float, default=0.9, 0.001
+        Class-aware EMA momentum and threshold step.
+    classaware_steps : int, default=1000
+        Class-aware updates per round (each on the whole unlabeled pool). 1000 steps of 0.001 let a threshold
+        cross the whole [0, 1] range in one round.
+    target : {"labeled", "uniform"}, default="labeled"
+        Class-aware target ratio: the labeled class prior (uniform when some class has no labeled row) or uniform.
+    per_class_k : int or float, default=1.0
+        Balanced selection size: an int is rows per class; a float in (0, 1] is a fraction of
+        ``n_unlabeled / n_classes`` (1.0 = an equal share of the pool per class).
+    rounds : int, default=1
+        Self-training rounds; 0 is the teacher alone.
+    labels : {"hard", "soft"}, default="hard"
+        "hard": each selected row counts once with its arg-max class. "soft": each selected row counts once per
+        class with probability >= ``min_soft`` (renormalised), weighted by that probability, which makes a
+        weighted cross-entropy equal to the cross-entropy against the soft distribution.
+    pseudo_weight : float, default=1.0
+        Weight of a pseudo-labeled row relative to a labeled row (1).
+    min_soft : float, default=1e-3
+        Soft-label entries below this are dropped (keeps the expanded training set small).
+    random_state : int or None, default=None
+        Passed to teacher and head when they take a ``random_state`` (left as is when None).
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_classes,)
+        The teacher's classes (a superset of the labeled ones, e.g. every zero-shot class).
+    teacher_ : estimator
+    head_ : estimator or None
+        The last round's head (None when ``rounds=0``).
+    pseudo_counts_ : ndarray of shape (rounds, n_classes), int
+        Pseudo-labels selected per round and class.
+    thresholds_ : ndarray of shape (n_classes,) or None
+        Final class-aware thresholds (None for other selections).
+    fit_report_ : dict
+        JSON-able account of the fit: per round the selected count per class, thresholds, starved classes.
+    n_features_in_ : int
+    """
+
+    def __init__(self, teacher=None, head=None, selection: str = "balanced", threshold: float = 0.98,
+                 tau0: float | None = None, ema: float = 0.9, eps: float = 0.001, classaware_steps: int = 1000,
+                 target: str = "labeled", per_class_k: float = 1.0, rounds: int = 1, labels: str = "hard",
+                 pseudo_weight: float = 1.0, min_soft: float = 1e-3, random_state: int | None = None) -> None:
+        self.teacher = teacher
+        self.head = head
+        self.selection = selection
+        self.threshold = threshold
+        self.tau0 = tau0
+        self.ema = ema
+        self.eps = eps
+        self.classaware_steps = classaware_steps
+        self.target = target
+        self.per_class_k = per_class_k
+        self.rounds = rounds
+        self.labels = labels
+        self.pseudo_weight = pseudo_weight
+        self.min_soft = min_soft
+        self.random_state = random_state
+
+    # ------------------------------------------------------------------ helpers
+    def _check_params(self) -> None:
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.labels not in ("hard", "soft"):
+            raise ValueError(f"labels must be 'hard' or 'soft', got {self.labels!r}")
+        if self.target not in ("labeled", "uniform"):
+            raise ValueError(f"target must be 'labeled' or 'uniform', got {self.target!r}")
+        if not (isinstance(self.rounds, numbers.Integral) and self.rounds >= 0):
+            raise ValueError(f"rounds must be an int >= 0 (0 = the teacher alone), got {self.rounds!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
+        if not (isinstance(self.classaware_steps, numbers.Integral) and self.classaware_steps >= 0):
+            raise ValueError(f"classaware_steps must be an int >= 0, got {self.classaware_steps!r}")
+        if not self.pseudo_weight >= 0:
+            raise ValueError(f"pseudo_weight must be >= 0, got {self.pseudo_weight!r}")
+        k = self.per_class_k
+        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
+            ok = k >= 1
+        else:
+            ok = isinstance(k, numbers.Real) and 0.0 < k <= 1.0
+        if not ok:
+            raise ValueError(f"per_class_k must be an int >= 1 (rows per class) or a float in (0, 1] (share of "
+                             f"n_unlabeled / n_classes), got {k!r}")
+
+    def _build(self, spec, default):
+        est = default() if spec is None else create(spec) if isinstance(spec, str) else clone(spec)
+        if self.random_state is not None and "random_state" in est.get_params(deep=False):
+            est.set_params(random_state=self.random_state)
+        return est
+
+    def _k(self, n_unlabeled: int, n_classes: int) -> int:
+        k = self.per_class_k
+        if isinstance(k, numbers.Integral):
+            return int(k)
+        return max(1, int(round(k * n_unlabeled / n_classes)))
+
+    def _select(self, proba: np.ndarray, thresholds: ClassAwareThresholds | None) -> tuple[np.ndarray, dict]:
+        """Boolean mask (n_u,) of kept rows and the JSON-able selection details."""
+        n_u, n_classes = proba.shape
+        if self.selection == "fixed":
+            return fixed_threshold_mask(proba, self.threshold), {"threshold": float(self.threshold)}
+        if self.selection == "classaware":
+            conf, idx = proba.max(axis=1), proba.argmax(axis=1)  # (n_u,), (n_u,): the pool is static in a round
+            for _ in range(self.classaware_steps):  # == thresholds.step(proba), without recomputing the arg-max
+                kept = conf >= thresholds.thresholds[idx]
+                thresholds.update(np.bincount(idx[kept], minlength=n_classes))
+            return thresholds.mask(proba), {"thresholds": np.round(thresholds.thresholds, 6).tolist(),
+                                            "shares": np.round(thresholds.shares, 6).tolist()}
+        if self.selection == "balanced":
+            k = self._k(n_u, n_classes)
+            return balanced_topk_mask(proba, k), {"k": k}
+        return np.ones(n_u, dtype=bool), {}
+
+    def _training_set(self, Xl, yl, Xu, proba, mask):
+        """Labeled rows plus selected pseudo-labeled rows: X (m, D), y (m,), weights (m,)."""
+        Xs, ps = Xu[mask], proba[mask]  # (s, D), (s, C)
+        if self.labels == "hard":
+            rows, cols = np.arange(len(ps)), ps.argmax(axis=1)
+            w = np.full(len(ps), float(self.pseudo_weight))
+        else:
+            q = np.where(ps >= self.min_soft, ps, 0.0)
+            q[np.arange(len(q)), ps.argmax(axis=1)] = np.maximum(ps.max(axis=1), 1e-12)  # never drop a whole row
+            q /= q.sum(axis=1, keepdims=True)
+            rows, cols = np.nonzero(q)
+            w = float(self.pseudo_weight) * q[rows, cols]
+        X = np.concatenate([Xl, Xs[rows]])
+        y = np.concatenate([yl, self.classes_[cols]])
+        weight = np.concatenate([np.ones(len(yl)), w])
+        return X, y, weight
+
+    def _proba(self, model, X) -> np.ndarray:
+        return align_proba(model.predict_proba(X), model.classes_, self.classes_)
+
+    # ------------------------------------------------------------------ fit / predict
+    def fit(self, X, y) -> "SelfTraining":
+        """Fit the teacher, then ``rounds`` rounds of pseudo-labeling and head training.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+            Raw backbone features of labeled and unlabeled rows.
+        y : array-like of shape (n_rows,)
+            Class labels; -1 marks an unlabeled row.
+
+        Returns
+        -------
+        self
+        """
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        labeled = checked_labeled_mask(y)
+        if not labeled.any():
+            raise ValueError("selftrain needs at least one labeled row (y != -1)")
+        t0 = time.perf_counter()
+        teacher = self._build(self.teacher, KNNLabelPropagation)
+        transductive = _accepts_unlabeled(teacher)
+        if transductive:
+            teacher.fit(X, y)
+        else:
+            teacher.fit(X[labeled], y[labeled])
+        self.teacher_ = teacher
+        self.classes_ = np.asarray(teacher.classes_)
+        unknown = np.setdiff1d(np.unique(y[labeled]), self.classes_)
+        if unknown.size:
+            raise ValueError(f"labels {unknown.tolist()} are not among the teacher's classes "
+                             f"{self.classes_.tolist()}; give the teacher every class")
+        n_classes = len(self.classes_)
+        Xl, yl, Xu = X[labeled], y[labeled], X[~labeled]
+        n_u = len(Xu)
+
+        thresholds = None
+        if self.selection == "classaware":
+            target = None
+            if self.target == "labeled":
+                counts = np.array([(yl == c).sum() for c in self.classes_], dtype=np.float64)
+                if np.all(counts > 0):
+                    target = counts
+                else:
+                    logger.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
+                                   int((counts == 0).sum()))
+            tau0 = self.threshold if self.tau0 is None else self.tau0
+            thresholds = ClassAwareThresholds(n_classes, tau0=tau0, ema=self.ema, eps=self.eps, target=target)
+
+        report = {"method": "selftrain", "selection": self.selection, "labels": self.labels,
+                  "rounds": int(self.rounds), "teacher": type(teacher).__name__,
+                  "teacher_fit_rows": "all" if transductive else "labeled",
+                  "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
+                  "n_labeled": int(labeled.sum()), "n_unlabeled": int(n_u), "per_round": [], "warnings": []}
+        self.pseudo_counts_ = np.zeros((self.rounds, n_classes), dtype=np.int64)
+        model, head = teacher, None
+        for r in range(self.rounds):
+            if n_u == 0:
+                proba = np.zeros((0, n_classes))
+            elif r == 0 and transductive and getattr(teacher, "label_distributions_", None) is not None \
+                    and len(teacher.label_distributions_) == len(y):
+                proba = align_proba(np.asarray(teacher.label_distributions_)[~labeled], teacher.classes_,
+                                    self.classes_)  # (n_u, C) transductive answer
+            else:
+                proba = self._proba(model, Xu)  # (n_u, C)
+            mask, details = self._select(proba, thresholds) if n_u else (np.zeros(0, dtype=bool), {})
+            counts = np.bincount(proba[mask].argmax(axis=1), minlength=n_classes) if n_u else np.zeros(n_classes, int)
+            self.pseudo_counts_[r] = counts
+            starved = [report["classes"][c] for c in np.flatnonzero(counts == 0)]
+            if starved and n_u:
+                msg = (f"round {r + 1}: no pseudo-labels for class(es) {starved} under selection={self.selection!r}"
+                       + (" (the teacher predicts none of the pool as these classes)"
+                          if self.selection in ("classaware", "balanced") else ""))
+                logger.warning("selftrain: %s", msg)
+                report["warnings"].append(msg)
+            head = self._build(self.head, LogisticHead)
+            Xt, yt, wt = self._training_set(Xl, yl, Xu, proba, mask)
+            _fit_weighted(head, Xt, yt, wt)
+            unknown = np.setdiff1d(head.classes_, self.classes_)
+            assert unknown.size == 0, f"head learned classes outside classes_: {unknown}"
+            model = head
+            report["per_round"].append({"round": r + 1, "source": "teacher" if r == 0 else "head",
+                                        "n_selected": int(mask.sum()),
+                                        "counts": {str(c): int(n) for c, n in zip(report["classes"], counts)},
+                                        "starved": starved, **details})
+            logger.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
+                        int(mask.sum()), n_u, self.selection, counts.tolist())
+        self.head_ = head
+        self.thresholds_ = None if thresholds is None else thresholds.thresholds.copy()
+        report["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        self.fit_report_ = report
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities from the last head (the teacher when ``rounds=0``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_rows, n_features)
+
+        Returns
+        -------
+        proba : ndarray of shape (n_rows, n_classes)
+            Columns follow ``classes_``.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        return self._proba(self.teacher_ if self.head_ is None else self.head_, X)
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class of each row, shape (n_rows,)."""
+        idx = self.predict_proba(X).argmax(axis=1)  # first, so an unfitted call raises NotFittedError
+        return self.classes_[idx]
