@@ -48,7 +48,7 @@ def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 1000, batch_size:
 
 def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0", methods=None, shots="1,5,15",
         seeds: int = 3, quick: bool = False, image_size: int | None = 112, anchors: bool = True,
-        out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
+        views: int = 0, out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
     """Accuracy tables across methods, backbones and label budgets, with plain scikit-learn anchors.
 
     Parameters
@@ -59,8 +59,8 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     backbones : str
         Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused).
     methods : str
-        Comma-separated registered methods (default: zeroshot, linear, knn, labelprop, selftrain, moe; zeroshot is
-        skipped where the backbone has no text embeddings).
+        Comma-separated registered methods, with parameters as name(key=value, ...) (default: every method that
+        applies; methods needing CLIP text or augmented views are skipped where the store has none).
     shots : str
         Labeled images per class, comma-separated.
     seeds : int
@@ -71,6 +71,8 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         Input resolution of the backbones (112 suits these 28/8-px datasets).
     anchors : bool
         Also run the plain scikit-learn anchors side by side.
+    views : int
+        Augmented views per image to embed (needed by fixmatch); stores with views are kept apart.
     out, cache : str
         Results folder (default benchmarks/results), dataset/store cache (default ~/.cache/fewshot-suite).
     name : str
@@ -97,8 +99,8 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         except ds.DatasetUnavailable as err:
             print(f"skipping {dataset}: {err}")
             continue
-        store_path = cache_dir / f"{Path(dataset).name}.h5"
-        embed_images(sources.from_folder(folder), store_path, specs, image_size=image_size)  # reused when complete
+        store_path = cache_dir / f"{Path(dataset).name}{f'-views{views}' if views else ''}.h5"
+        embed_images(sources.from_folder(folder), store_path, specs, image_size=image_size, views=views)  # reused
         tasks += [load_task(Path(dataset).name, store_path, spec) for spec in specs]
     if not tasks:
         raise ValueError("no dataset available to benchmark; see the skipped lines above")

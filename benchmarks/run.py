@@ -36,7 +36,8 @@ from store import FeatureStore
 log = logging.getLogger(__name__)
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DEFAULT_METHODS = ("zeroshot", "linear", "knn", "labelprop", "selftrain", "moe")
+DEFAULT_METHODS = ("zeroshot", "conse", "linear", "knn", "labelprop", "selftrain", "selftrain(teacher=conse)", "moe",
+                   "tip", "crossmodal", "fixmatch")
 
 
 def _anchor(estimator) -> Callable[[], object]:
@@ -69,6 +70,7 @@ class Task:
     data: pipeline.Data
     context: dict
     fingerprint: str
+    views: pipeline.Data | None = None  # the same rows as [features | views…], when the store has views
 
 
 def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> dict:
@@ -89,7 +91,8 @@ def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: n
 def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: int,
              anchors: Sequence[str] = tuple(ANCHORS), progress: Callable[[str], None] = log.info) -> list[dict]:
     """Every method and anchor, for each shot count and seed, on one store/backbone; one record per fit."""
-    for name in methods:
+    parsed = {m: pipeline.parse_method(m) for m in methods}
+    for name, _ in parsed.values():
         get(name)  # an unknown method name fails here, not silently per fit
     data = task.data
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
@@ -102,15 +105,19 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
             labeled = train[draw_labels(data.y[train], n_shots, seed)]
             y = np.full(len(data.y), UNLABELED)
             y[labeled] = data.y[labeled]
-            candidates = [(m, lambda m=m: pipeline.build(m, {}, task.context)) for m in methods]
+            candidates = [(m, lambda m=m: pipeline.build(*parsed[m], task.context)) for m in methods]
             candidates += [(a, ANCHORS[a]) for a in anchors]
             for name, make in candidates:
-                if name in SUPERVISED_ANCHORS:
-                    X_fit, y_fit = data.X[labeled], y[labeled]
-                else:
-                    X_fit, y_fit = data.X, y
+                X = data.X
+                if name in parsed and pipeline.uses_views(parsed[name][0]):
+                    if task.views is None:
+                        progress(f"{task.dataset} {name}: skipped (the store has no augmented views; benchmark "
+                                 "with --views 2)")
+                        continue
+                    X = task.views.X
+                rows = labeled if name in SUPERVISED_ANCHORS else slice(None)
                 try:
-                    result = _measure(make, X_fit, y_fit, data.X[test])
+                    result = _measure(make, X[rows], y[rows], X[test])
                 except ValueError as err:  # e.g. zeroshot without text embeddings: recorded, not fatal
                     progress(f"{task.dataset} {name} {n_shots}-shot: skipped ({err})")
                     continue
@@ -199,7 +206,9 @@ def plot(records: list[dict], path: Path) -> None:
 def load_task(dataset: str, store_path: Path, backbone: str) -> Task:
     with FeatureStore(store_path) as fs:
         data = pipeline.load_data(fs, [backbone])
-        return Task(dataset, backbone, data, pipeline.store_context(fs, backbone), fs.fingerprint)
+        context = pipeline.store_context(fs, backbone)
+        views = pipeline.load_data(fs, [backbone], views=True) if context.get("view_kinds") else None
+        return Task(dataset, backbone, data, context, fs.fingerprint, views)
 
 
 def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command: str, name: str = "latest") -> dict:

@@ -30,12 +30,44 @@ MODEL_FORMAT = "fewshot-classifier/1"
 
 
 def as_list(value) -> list[str]:
-    """fire turns ``a,b`` into a tuple; accept that, a list, or a comma-separated string."""
+    """fire turns ``a,b`` into a tuple; accept that, a list, or a comma-separated string (commas inside
+    parentheses do not split: ``selftrain(teacher=conse,rounds=2),knn`` is two items)."""
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
         return [str(v).strip() for v in value if str(v).strip()]
-    return [v.strip() for v in str(value).split(",") if v.strip()]
+    items, depth, current = [], 0, ""
+    for char in str(value):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in items + [current] if item.strip()]
+
+
+def parse_method(text: str) -> tuple[str, dict]:
+    """``"selftrain(teacher=conse, rounds=2)"`` → ``("selftrain", {"teacher": "conse", "rounds": 2})``.
+
+    Values are Python literals when they parse as one, else strings.
+    """
+    import ast
+
+    name, _, rest = text.strip().partition("(")
+    params = {}
+    if rest:
+        if not rest.endswith(")"):
+            raise ValueError(f"method {text!r}: expected name(key=value, ...)")
+        for item in as_list(rest[:-1]):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"method {text!r}: {item!r} is not key=value")
+            try:
+                params[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                params[key.strip()] = value.strip()
+    return name.strip(), params
 
 
 @dataclass
@@ -209,7 +241,7 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
     X, y = fit_rows(data, transductive)
     if not (y != UNLABELED).any() and not _needs_no_labels(estimator):
         raise ValueError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
-                         "a method that needs no labels (zeroshot)")
+                         "a method that needs no labels (zeroshot, conse)")
     start = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - start
@@ -221,7 +253,8 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
 
 
 def _needs_no_labels(estimator) -> bool:
-    return getattr(estimator, "method_name", "") == "zeroshot"
+    """Methods that fit without any label (zeroshot, conse) say so with ``needs_labels = False``."""
+    return getattr(type(estimator), "needs_labels", True) is False
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -103,6 +103,8 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    needs_labels = False  # fit works with every y == -1
+
     def __init__(self, text_embeddings=None, templates=None, template_subset=None, logit_scale=100.0):
         self.text_embeddings = text_embeddings
         self.templates = templates
@@ -130,6 +132,12 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         return float(self.logit_scale) * (l2_normalize(X) @ self.class_weights_.T.astype(X.dtype))  # (n, C)
+
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(W (C, D), b (C,))`` with ``predict_proba(X) == softmax(l2_normalize(X) @ W.T + b)`` (b is zero)."""
+        check_is_fitted(self)
+        W = float(self.logit_scale) * self.class_weights_.astype(np.float64)  # (C, D)
+        return W, np.zeros(len(W))
 
     def predict_proba(self, X) -> np.ndarray:
         """Softmax of ``logit_scale × cos(image, class)``, shape (n, C)."""
