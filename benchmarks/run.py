@@ -100,6 +100,12 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
     if not test.size:
         raise ValueError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
     records = []
+
+    def skipped(name: str, n_shots: int, reason: str) -> None:
+        progress(f"{task.dataset} {name} {n_shots}-shot: skipped ({reason})")
+        records.append({"dataset": task.dataset, "backbone": task.backbone, "method": name, "shots": n_shots,
+                        "skipped": reason})
+
     for n_shots in shots:
         for seed in range(seeds):
             labeled = train[draw_labels(data.y[train], n_shots, seed)]
@@ -111,15 +117,14 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
                 X = data.X
                 if name in parsed and pipeline.uses_views(parsed[name][0]):
                     if task.views is None:
-                        progress(f"{task.dataset} {name}: skipped (the store has no augmented views; benchmark "
-                                 "with --views 2)")
+                        skipped(name, n_shots, "the store has no augmented views; benchmark with --views 2")
                         continue
                     X = task.views.X
                 rows = labeled if name in SUPERVISED_ANCHORS else slice(None)
                 try:
                     result = _measure(make, X[rows], y[rows], X[test])
                 except ValueError as err:  # e.g. zeroshot without text embeddings: recorded, not fatal
-                    progress(f"{task.dataset} {name} {n_shots}-shot: skipped ({err})")
+                    skipped(name, n_shots, str(err))
                     continue
                 scores = pipeline.scores(data.y[test], result.pop("predicted"))
                 records.append({"dataset": task.dataset, "backbone": task.backbone, "method": name,
@@ -129,10 +134,14 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
     return records
 
 
+def _ran(records: list[dict]) -> list[dict]:
+    return [r for r in records if "skipped" not in r]
+
+
 def summarise(records: list[dict]) -> dict:
     """Mean ± std over seeds for each (dataset, backbone, method, shots)."""
     groups: dict[tuple, list[dict]] = {}
-    for r in records:
+    for r in _ran(records):
         groups.setdefault((r["dataset"], r["backbone"], r["method"], r["shots"]), []).append(r)
     out = {}
     for key, rs in groups.items():
@@ -149,8 +158,8 @@ def markdown_tables(records: list[dict]) -> str:
     """One table per dataset × backbone: rows = methods (anchors last), columns = shots, cells = acc mean ± std."""
     summary = summarise(records)
     lines = []
-    for dataset, backbone in dict.fromkeys((r["dataset"], r["backbone"]) for r in records):
-        rs = [r for r in records if r["dataset"] == dataset and r["backbone"] == backbone]
+    for dataset, backbone in dict.fromkeys((r["dataset"], r["backbone"]) for r in _ran(records)):
+        rs = [r for r in _ran(records) if r["dataset"] == dataset and r["backbone"] == backbone]
         shots = sorted({r["shots"] for r in rs})
         methods = list(dict.fromkeys(r["method"] for r in rs if not r["anchor"]))
         methods += list(dict.fromkeys(r["method"] for r in rs if r["anchor"]))
@@ -167,6 +176,11 @@ def markdown_tables(records: list[dict]) -> str:
             last = summary.get((dataset, backbone, m, shots[-1]))
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {last['fit_seconds_mean']:.2f} |" if last else
                          f"| {m} | " + " | ".join(cells) + " | — |")
+        not_run = {r["method"]: r["skipped"] for r in records if "skipped" in r and r["dataset"] == dataset
+                   and r["backbone"] == backbone and r["method"] not in methods}
+        if not_run:
+            lines += ["", "Not applicable here: " + "; ".join(f"{m} ({why.split(';')[0]})" for m, why in
+                                                              not_run.items())]
         lines.append("")
     return "\n".join(lines)
 
@@ -179,6 +193,7 @@ def plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     summary = summarise(records)
+    records = _ran(records)
     panels = list(dict.fromkeys((r["dataset"], r["backbone"]) for r in records))
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (dataset, backbone) in zip(axes[0], panels):

@@ -27,10 +27,12 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     ----------
     k : int, default=10
         Neighbours per query (capped at the number of labeled rows).
-    weights : "uniform", "distance" or float, default="uniform"
+    weights : "uniform", "distance" or float, default=0.07
         Vote weight of a neighbour with cosine similarity ``s``: 1 ("uniform"); ``1 / max(1 - s, 1e-6)``
         ("distance", cosine distance, so an exact duplicate dominates); or ``exp(s / T)`` for a float
-        temperature ``T`` (softmax-weighted votes, as in DINO's kNN evaluation with T = 0.07).
+        temperature ``T`` (softmax-weighted votes, as in DINO's kNN evaluation with T = 0.07). The default
+        keeps the nearest neighbour decisive when k exceeds the labels per class (uniform votes over 10
+        neighbours drawn from 1-shot labels are a tie between classes).
 
     Attributes
     ----------
@@ -43,7 +45,7 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    def __init__(self, k=10, weights="uniform"):
+    def __init__(self, k=10, weights=0.07):
         self.k = k
         self.weights = weights
 
