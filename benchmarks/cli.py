@@ -114,7 +114,17 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     print(f"wrote {result['dir']}/{name}.md, {name}.json, {name}.png")
 
 
+def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", image_size: int | None = 112,
+             shots: int = 15, device: str = "auto", init: bool = True, out: str | None = None,
+             cache: str | None = None, **options) -> None:
+    """Accuracy of cached-feature methods before / after fine-tuning the backbone (digits), and of the head."""
+    from benchmarks.finetune import finetune as run_finetune
+
+    print(run_finetune(quick=quick, backbone=backbone, image_size=image_size, shots=shots, device=device, init=init,
+                       out=out, cache=cache, **options)["table"])
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"embed": embed, "ray": ray, "run": run}, argv)
+    run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune}, argv)

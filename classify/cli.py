@@ -151,6 +151,80 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     print(f"wrote {out}/confusion.png, per_class.csv, confused_pairs.csv, report.json")
 
 
+def finetune(data: str | None = None, backbone: str | None = None, out: str | None = None, init: str | None = None,
+             unfreeze: str = "all", pseudo: str | None = None, store: str | None = None, epochs: int = 20,
+             lr: float = 1e-4, batch_size: int = 32, device: str = "auto", image_size: int | None = None,
+             seed: int = 0, progress: bool = True, json_output: bool = False, **options) -> None:
+    """Fine-tune a timm model or a CLIP image tower end to end; the result is a new backbone spec for `embed run`.
+
+    Rerun the same command to resume after a crash (state in OUT.state). See classify/finetune.py for the recipe.
+
+    Parameters
+    ----------
+    data : str
+        Folder in the challenge layout: train/<class>/* labeled, unlabeled/* (FixMatch pool).
+    backbone : str
+        timm:<name>[@ckpt], clip:<arch>/<tag> or clip:<arch>@<ckpt>.
+    out : str
+        The fine-tuned checkpoint to write (e.g. ft.pth); the head goes to OUT-stem.head.joblib.
+    init : str
+        A saved linear or zeroshot model of this backbone to start the head from (default: a probe fitted here).
+    unfreeze : str
+        all, none or last-N (the last N layer groups of the backbone; the head always trains).
+    pseudo : str
+        A saved model (e.g. selftrain, labelprop) whose confident predictions on the store's unlabeled rows become
+        extra labels; needs --store.
+    store : str
+        The feature store of this data folder (for --pseudo; with --init it checks / supplies the image size).
+    epochs, lr, batch_size, seed : number
+        Training length, AdamW peak learning rate, labeled images per step, seed.
+    device : str
+        auto, cpu or cuda (CUDA: bfloat16 autocast, channels-last).
+    image_size : int
+        Square input side (default: the backbone's, or what the --init model's store used).
+    json_output : bool
+        Print the result as one JSON object on the last line (--json).
+    **options
+        Further settings of classify.finetune.finetune, e.g. --val-fraction 0.2 --patience 5 --layer-decay 0.8
+        --mu 2 --threshold 0.95 --fixmatch-weight 1 --wise-alphas 0,0.5,1 --workers 4.
+    """
+    import difflib
+    import inspect
+
+    from classify import finetune as ft
+
+    if options.pop("help", False):  # fire hands --help to a function with **options: show fire's help instead
+        import fire
+
+        fire.Fire(finetune, command=["--", "--help"], name="finetune")
+    for flag, value, hint in (("data", data, "DIR, the challenge layout (train/<class>/*, unlabeled/*)"),
+                              ("backbone", backbone, "SPEC, e.g. timm:tf_efficientnet_lite0"),
+                              ("out", out, "CKPT, the fine-tuned checkpoint to write (e.g. ft.pth)")):
+        if value is None:
+            raise ValueError(f"pass --{flag} {hint}")
+    accepted = set(inspect.signature(ft.finetune).parameters) - {"callback"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
+        hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
+        raise ValueError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
+                         "--help`")
+    ft.parse_unfreeze(unfreeze)
+    result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store, epochs=epochs,
+                         lr=lr, batch_size=batch_size, device=device, image_size=image_size, seed=seed,
+                         progress=progress, **options)
+    size = f" --image-size {result.image_size}" if result.image_size else ""
+    val = "" if result.val_accuracy is None else (f", validation accuracy {result.val_accuracy_initial:.4f} -> "
+                                                  f"{result.val_accuracy:.4f}")
+    print(f"fine-tuned {result.epochs_run} epochs (best {result.best_epoch}, WiSE alpha {result.alpha:.2f}{val}) "
+          f"in {result.seconds:.1f} s")
+    print(f"backbone: {result.spec}")
+    print(f"next:  python -m embed run --data {data} --backbone {result.spec} --store STORE{size}")
+    print(f"       python -m classify predict --model {result.head_model} --store STORE   (the fine-tuned head)")
+    if json_output:
+        print(json.dumps(result.to_dict(), default=_jsonable))
+
+
 def list_methods() -> None:
     """The registered methods, one line each."""
     for name in available():
@@ -169,4 +243,5 @@ def _jsonable(value):
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
-    run_cli({"fit": fit, "predict": predict, "evaluate": evaluate, "report": report, "list": list_methods}, argv)
+    run_cli({"fit": fit, "predict": predict, "evaluate": evaluate, "report": report, "list": list_methods,
+             "finetune": finetune}, argv)

@@ -227,6 +227,38 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             return probe
         return (1.0 - self.alpha_) * self._zeroshot_logits(Xn) + self.alpha_ * probe
 
+    def linear_head(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted model as one linear layer on L2-normalised features (e.g. to start a fine-tuning head).
+
+        ``predict_proba(X) == softmax(l2_normalize(X) @ W.T + b)``, the WiSE blend with zero-shot included.
+
+        Returns
+        -------
+        W : ndarray of shape (len(classes_), D), float64
+        b : ndarray of shape (len(classes_),), float64
+
+        Raises
+        ------
+        ValueError
+            Some class has no labeled row and the probe has weight (``alpha_ > 0``): the probe then ranks that
+            class at each row's lowest logit, which no linear layer reproduces.
+        """
+        check_is_fitted(self)
+        coef = np.asarray(self.probe_.coef_, dtype=np.float64)  # (K, D), or (1, D) for two classes
+        intercept = np.asarray(self.probe_.intercept_, dtype=np.float64)  # (K,) or (1,)
+        if coef.shape[0] == 1:  # binary: logits [0, d] (see _full_probe_logits)
+            coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
+        if coef.shape[0] != len(self.classes_) and self.alpha_ > 0:
+            raise ValueError("the probe has no labeled rows for some classes, so it is not one linear layer; label "
+                             "every class, or fit with alpha=0")
+        W = np.zeros((len(self.classes_), coef.shape[1]))  # (C, D)
+        b = np.zeros(len(self.classes_))  # (C,)
+        W[self._probe_cols], b[self._probe_cols] = coef, intercept
+        if self.class_weights_ is None:
+            return W, b
+        zs = float(self.logit_scale) * self.class_weights_.astype(np.float64)  # (C, D) zero-shot head, no bias
+        return (1.0 - self.alpha_) * zs + self.alpha_ * W, self.alpha_ * b
+
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities, shape (n, len(classes_))."""
         return softmax(self._logits(X), axis=1)
