@@ -124,7 +124,32 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
                        out=out, cache=cache, **options)["table"])
 
 
+def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots: int = 10, k: int = 20,
+                    index: str = "auto", sample: int = 50_000) -> None:
+    """labelprop on n synthetic clustered rows: fit seconds, peak memory, accuracy, recall@k of the approximate graph.
+
+    Parameters
+    ----------
+    n, dim, classes, shots : int
+        Rows, dimension, clusters (= classes), labeled rows per class.
+    k : int
+        Neighbours per row of the graph.
+    index : str
+        auto, flat, ivf or hnsw (labelprop's ``index``).
+    sample : int
+        Rows of the sample on which the approximate graph's recall@k against exact search is measured.
+    """
+    from benchmarks.labelprop_scale import measure
+
+    result = measure(n, dim, classes, shots, k, index, sample=sample)
+    print(f"labelprop on {n} x {dim} ({classes} classes, {result['labeled']} labels, k={k}, index {result['index']}): "
+          f"fit {result['fit_seconds']:.1f} s, accuracy on unlabeled rows {result['accuracy_unlabeled']:.4f}, "
+          f"peak RSS {result['peak_rss_mib']:.0f} MiB (features alone {result['features_mib']:.0f} MiB)")
+    print(json.dumps(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune}, argv)
+    run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale},
+            argv)

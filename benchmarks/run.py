@@ -172,7 +172,8 @@ def markdown_tables(records: list[dict]) -> str:
             cells = []
             for s in shots:
                 stat = summary.get((dataset, backbone, m, s))
-                cells.append(f"{100 * stat['accuracy_mean']:.1f} ± {100 * stat['accuracy_std']:.1f}" if stat else "—")
+                cells.append(f"{100 * stat['accuracy_mean']:.1f} ± {100 * stat['accuracy_std']:.1f}"
+                             if stat else "—")
             last = summary.get((dataset, backbone, m, shots[-1]))
             lines.append(f"| {m} | " + " | ".join(cells) + f" | {last['fit_seconds_mean']:.2f} |" if last else
                          f"| {m} | " + " | ".join(cells) + " | — |")

@@ -65,7 +65,7 @@ from classify.methods.linear import LinearProbe
 from classify.thresholds import ClassAwareThresholds
 from embed.backbones import Backbone, ClipBackbone, TimmBackbone, load_backbone, parse_spec
 from embed.images import load_image
-from embed.runner import _seeded, default_workers, resolve_device
+from embed.runner import default_workers, resolve_device, seeded
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
 
@@ -385,7 +385,7 @@ class _Views(Dataset):
         views = []
         for v, transform in enumerate(self.transforms):
             # seeded per (item, view): identical views whatever the worker count or resume point (as embed's views)
-            with _seeded((seed + 1_000_003 * v) % 2**31):
+            with seeded((seed + 1_000_003 * v) % 2**31):
                 views.append(transform(loaded.image))
         return row, torch.stack(views)  # (V, 3, H, W)
 
@@ -697,7 +697,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         logger.info("--init without --store: the image size is not checked against the init model's features "
                     "(pass --store or the same --image-size as when embedding)")
     torch_device = resolve_device(device)
-    workers = default_workers() if workers is None else int(workers)
+    workers = default_workers(torch_device) if workers is None else int(workers)
 
     labeled = np.flatnonzero((np.asarray(images.splits) == "train") & (images.labels >= 0))
     if not labeled.size:

@@ -98,7 +98,8 @@ def load_data(store: FeatureStore, backbones: Sequence[str], split=None, views: 
             raise ValueError(f"backbone {spec!r} covers other rows than {backbones[0]!r}; re-run embed for both")
     blocks = [p.X for p in parts]
     if views:
-        blocks = [np.hstack([x, store.views(spec, index).reshape(len(index), -1)]) for spec, x in zip(backbones, blocks)]
+        blocks = [np.hstack([x, store.views(spec, index).reshape(len(index), -1)])
+                  for spec, x in zip(backbones, blocks)]
     widths = np.cumsum([0] + [b.shape[1] for b in blocks])
     return Data(X=blocks[0] if len(blocks) == 1 else np.hstack(blocks), y=parts[0].y, ids=parts[0].ids, index=index,
                 splits=store.splits[index], slices=[(int(a), int(b)) for a, b in zip(widths[:-1], widths[1:])])
@@ -113,8 +114,9 @@ def uses_views(method) -> bool:
 def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
     """What a method may take from the store for one backbone, by parameter name.
 
-    ``class_names`` and ``backbone_spec`` always; ``view_kinds`` when the store has augmented views; ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``,
-    ``head_bias``, ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
+    ``class_names`` and ``backbone_spec`` always; ``view_kinds`` when the store has augmented views;
+    ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``, ``head_bias``,
+    ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
     """
     context: dict[str, Any] = {"class_names": store.classes, "backbone_spec": spec}
     if store.has_text(spec):

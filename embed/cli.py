@@ -52,7 +52,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     store : str
         The .h5 store to create or extend (default: ./features.h5, or ./demo.h5 for the demo).
     batch_size, workers : int
-        Images per forward pass; decode worker processes (default: the number of cores, at most 8).
+        Images per forward pass; decode worker processes (default: a quarter of the cores on CPU, all on GPU).
     device : str
         auto, cpu or cuda.
     dtype : str

@@ -113,7 +113,8 @@ def import_shards(folder: str | Path, store_path: str | Path) -> dict:
     n_shards = int(meta["n_shards"])
     missing = [n for n in range(n_shards) if not (folder / "done" / str(n)).is_file()]
     if missing:
-        raise ValueError(f"{folder} is incomplete: shards {missing[:5]}{'…' if len(missing) > 5 else ''} are missing; "
+        shown = f"{missing[:5]}{'…' if len(missing) > 5 else ''}"
+        raise ValueError(f"{folder} is incomplete: shards {shown} are missing; "
                          "rerun the same `python -m embed run --engine ray` command to finish them")
     tables = [pq.read_table(folder / "metadata" / f"metadata_{n}.parquet").to_pydict() for n in range(n_shards)]
     ids = [i for t in tables for i in t["id"]]

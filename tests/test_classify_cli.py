@@ -71,7 +71,8 @@ def test_zeroshot_uses_the_stores_text_embeddings(store, capsys):
 def test_several_backbones_concat_and_ensemble(store, capsys):
     path, _ = store
     for combine in ("concat", "ensemble"):
-        result = json.loads(run(capsys, "evaluate", "--store", path, "--backbone", f"{A},{B}", "--method", "knn", "--k", 3,
+        result = json.loads(run(capsys, "evaluate", "--store", path, "--backbone", f"{A},{B}", "--method", "knn",
+                                "--k", 3,
                                 "--combine", combine, "--json").strip().splitlines()[-1])
         assert result["backbones"] == [A, B] and result["accuracy"] > 0.9
 

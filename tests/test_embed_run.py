@@ -180,5 +180,5 @@ def test_cli_errors_are_one_line(tmp_path, tiny_spec, make_args, message, capsys
 
 def test_cli_error_in_a_fresh_process():
     out = cli("--data", "/nonexistent/data", "--backbone", "timm:resnet50")
-    assert out.returncode == 2 and out.stderr.strip() == (
-        "error: data folder /nonexistent/data does not exist; pass --data DIR with train/<class>/ images (or --csv FILE)")
+    assert out.returncode == 2 and out.stderr.strip() == ("error: data folder /nonexistent/data does not exist; "
+                                                          "pass --data DIR with train/<class>/ images (or --csv FILE)")
