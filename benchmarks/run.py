@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -243,20 +244,11 @@ def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command
                   "stores": {f"{t.dataset}|{t.backbone}": t.fingerprint for t in tasks}}
     summary = {"|".join(map(str, k)): v for k, v in summarise(records).items()}
     (out / f"{name}.json").write_text(json.dumps({"provenance": provenance, "summary": summary,
-                                                  "records": records}, indent=1, default=_jsonable))
+                                                  "records": records}, indent=1, default=pipeline.jsonable))
     plot(records, out / f"{name}.png")
     return {"tables": tables, "dir": out}
 
 
 def _cores() -> int:
-    import os
-
     return os.cpu_count() or 1
 
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

@@ -54,7 +54,7 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
     report = getattr(model.estimator, "fit_report_", None)
     if report is not None:
-        print(json.dumps(report, indent=1, default=_jsonable))
+        print(json.dumps(report, indent=1, default=pipeline.jsonable))
 
 
 def predict(model: str, store: str, out: str = "predictions.csv", split: str = "test", proba: bool = False,
@@ -115,7 +115,7 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
           f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")
     if json_output:
-        print(json.dumps(result, default=_jsonable))
+        print(json.dumps(result, default=pipeline.jsonable))
 
 
 def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0) -> None:
@@ -141,8 +141,8 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
             protocol = f"{k}-fold CV on the labeled train rows"
     title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
     extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None)}
-    summary = write_report(out, y_true, y_pred, fitted.classes, title, json.loads(json.dumps(extra,
-                                                                                            default=_jsonable)))
+    extra = json.loads(json.dumps(extra, default=pipeline.jsonable))  # plain JSON types for report.json
+    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra)
     print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
     worst = sorted(summary["per_class"], key=lambda row: row["accuracy"])[:5]
     print("weakest classes: " + ", ".join(f"{row['class']} {row['accuracy']:.2f}" for row in worst))
@@ -222,7 +222,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     print(f"next:  python -m embed run --data {data} --backbone {result.spec} --store STORE{size}")
     print(f"       python -m classify predict --model {result.head_model} --store STORE   (the fine-tuned head)")
     if json_output:
-        print(json.dumps(result.to_dict(), default=_jsonable))
+        print(json.dumps(result.to_dict(), default=pipeline.jsonable))
 
 
 def list_methods() -> None:
@@ -231,13 +231,6 @@ def list_methods() -> None:
         doc = (get(name).__doc__ or "").strip().splitlines()
         print(f"{name:12s} {doc[0] if doc else ''}")
 
-
-def _jsonable(value):
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,6 +47,15 @@ def as_list(value) -> list[str]:
     return [item.strip() for item in items + [current] if item.strip()]
 
 
+def jsonable(value):
+    """``json.dumps(default=...)`` for numpy values (fit reports, results)."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
 def parse_method(text: str) -> tuple[str, dict]:
     """``"selftrain(teacher=conse, rounds=2)"`` → ``("selftrain", {"teacher": "conse", "rounds": 2})``.
 
