@@ -197,7 +197,7 @@ def markdown_tables(records: list[dict]) -> str:
         seeds = max(s["seeds"] for k, s in summary.items() if k[:2] == (dataset, backbone))
         lines += [f"#### {dataset} — {backbone} (test accuracy %, mean ± std over {seeds} seeds; fit seconds and "
                   f"peak memory at {shots[-1]} shots)", "",
-                  "| method | " + " | ".join(f"{s}-shot" for s in shots) + " | fit s | peak MB |",
+                  "| method | " + " | ".join(f"{s}-shot" for s in shots) + " | fit s | peak MB (added RSS) |",
                   "|---|" + "---|" * (len(shots) + 2)]
         for m in methods:
             cells = []
