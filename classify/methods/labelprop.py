@@ -13,9 +13,11 @@ Memory is linear in ``N * k`` (the graph) plus ``N * d`` (the transformed rows k
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import faiss
+from threadpoolctl import threadpool_limits
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
@@ -394,7 +396,9 @@ class KNNLabelPropagation(ClassifierMixin, BaseEstimator):
         np.add.at(proto, cls_idx, Z[labeled])
         self.prototypes_ = l2_normalize(proto).astype(np.float32)  # (C, d)
 
-        A = knn_graph(Z, self.k, self.power, self.device, self.index)  # (n, n), n*k entries
+        # The graph is one big search, not many small problems: give faiss's BLAS (k-means, exact search) every core.
+        with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
+            A = knn_graph(Z, self.k, self.power, self.device, self.index)  # (n, n), n*k entries
         S, degree = normalized_graph(A)
         Y = np.zeros((n, n_classes))  # (n, C)
         Y[np.flatnonzero(labeled), cls_idx] = 1.0
