@@ -34,7 +34,7 @@ def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_siz
     print(json.dumps(result))
 
 
-def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 1000, batch_size: int = 64, image_size: int = 112,
+def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 4000, batch_size: int = 64, image_size: int = 112,
         num_cpus: int = 2) -> None:
     """Local runner vs `--engine ray` on the same n image files and backbone: throughput of each and the overhead."""
     from benchmarks.embed_speed import measure_ray
