@@ -2,6 +2,7 @@
 import pickle
 import tracemalloc
 
+import fewshot_data
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -17,17 +18,8 @@ EXACT = dict(feature_power=None, center=False, n_components=None)  # only L2 nor
 
 
 def blobs(n_per=60, n_classes=3, dim=8, n_labeled=4, seed=0, spread=0.6):
-    """Gaussian blobs; ``n_labeled`` labeled rows per class, the rest -1. Returns X, y (with -1), y_true."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, dim)) * 2
-    y_true = np.repeat(np.arange(n_classes), n_per)
-    X = (centers[y_true] + spread * rng.normal(size=(len(y_true), dim))).astype(np.float32)
-    y = np.full(len(y_true), -1)
-    for c in range(n_classes):
-        y[np.flatnonzero(y_true == c)[:n_labeled]] = c
-    perm = rng.permutation(len(y))
-    return X[perm], y[perm], y_true[perm]
-
+    """Shuffled Gaussian blobs; ``n_labeled`` labeled rows per class, the rest -1. Returns X, y, y_true."""
+    return fewshot_data.blobs(n_per, n_classes, dim, n_labeled, seed, spread, shuffle=True)
 
 @pytest.mark.parametrize("power", [1.0, 3.0])
 def test_matches_sklearn_label_spreading_on_the_same_knn_graph(power):

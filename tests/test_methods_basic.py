@@ -1,10 +1,10 @@
 """Oracle tests for the basic methods (zeroshot, linear, knn, ensemble) and sklearn's estimator checks."""
 from __future__ import annotations
 
+import fewshot_data
 import numpy as np
 import pytest
 from sklearn.base import clone
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -38,14 +38,7 @@ def _clip_like(n_per_class=20, n_classes=3, dim=8, noise=0.6, seed=0):
 @pytest.fixture(scope="module")
 def digits_few():
     """sklearn digits, 10 labeled rows per class, the rest unlabeled (y = -1) and used as the test set."""
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 10, replace=False) for c in range(10)])
-    y_semi = np.full_like(y, -1)
-    y_semi[lab] = y[lab]
-    test = np.setdiff1d(np.arange(len(y)), lab)
-    return X.astype(np.float32), y, y_semi, lab, test
-
+    return fewshot_data.digits_few()
 
 # ---------------------------------------------------------------- features helpers
 def test_features_helpers():

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
+import fewshot_data
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 from sklearn.linear_model import LogisticRegression
 from sklearn.semi_supervised import SelfTrainingClassifier
 
@@ -16,14 +16,7 @@ from classify.methods.moe import MixtureOfExperts
 
 @pytest.fixture(scope="module")
 def digits_few():
-    X, y = load_digits(return_X_y=True)
-    rng = np.random.default_rng(0)
-    lab = np.concatenate([rng.choice(np.flatnonzero(y == c), 10, replace=False) for c in range(10)])
-    y_semi = np.full_like(y, -1)
-    y_semi[lab] = y[lab]
-    test = np.setdiff1d(np.arange(len(y)), lab)
-    return X.astype(np.float32), y, y_semi, test
-
+    return fewshot_data.digits_few()
 
 def _pairs(seed=0, n_per_class=20, dim=8):
     """Six classes: (0, 1) and (2, 3) are near-identical pairs, 4 and 5 stand apart."""
@@ -51,7 +44,7 @@ def _overlapping_superclasses(counts, seed, sep=0.5, dim=6):
 
 
 def test_one_superclass_equals_its_expert(digits_few):
-    X, y, y_semi, test = digits_few
+    X, y, y_semi, _, test = digits_few
     expert = LinearProbe(Cs=[1.0, 10.0])
     moe = MixtureOfExperts(superclasses={"all": list(range(10))}, expert=expert).fit(X, y_semi)
     alone = LinearProbe(Cs=[1.0, 10.0]).fit(X, y_semi)
@@ -62,7 +55,7 @@ def test_one_superclass_equals_its_expert(digits_few):
 
 
 def test_predict_proba_is_gate_times_expert(digits_few):
-    X, y, y_semi, test = digits_few
+    X, y, y_semi, _, test = digits_few
     sc = {"round": [0, 6, 8, 9], "straight": [1, 4, 7], "curly": [2, 3, 5]}
     moe = MixtureOfExperts(superclasses=sc, gate=LinearProbe(Cs=[10.0]), expert=LinearProbe(Cs=[10.0]))
     moe.fit(X, y_semi)
@@ -123,7 +116,7 @@ def test_discovery_groups_confused_classes():
 
 
 def test_superclasses_from_json_and_errors(tmp_path, digits_few):
-    X, y, y_semi, test = digits_few
+    X, y, y_semi, _, test = digits_few
     sc = {"low": [0, 1, 2, 3, 4], "high": [5, 6, 7, 8, 9]}
     path = tmp_path / "superclasses.json"
     path.write_text(json.dumps(sc))

@@ -2,6 +2,7 @@
 import json
 import logging
 
+import fewshot_data
 import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -17,17 +18,7 @@ from classify.methods.selftrain import LogisticHead, SelfTraining
 from classify.registry import create
 
 
-def blobs(n_per=80, n_classes=3, dim=8, n_labeled=5, seed=0, spread=1.0):
-    """Gaussian blobs with ``n_labeled`` labeled rows per class (the rest -1). Returns X, y, y_true."""
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(n_classes, dim)) * 2
-    y_true = np.repeat(np.arange(n_classes), n_per)
-    X = (centers[y_true] + spread * rng.normal(size=(len(y_true), dim))).astype(np.float32)
-    y = np.full(len(y_true), -1)
-    for c in range(n_classes):
-        y[np.flatnonzero(y_true == c)[:n_labeled]] = c
-    return X, y, y_true
-
+blobs = fewshot_data.blobs
 
 class SkewedTeacher(ClassifierMixin, BaseEstimator):
     """A realistic mis-calibrated teacher: confident on classes 0 and 1, never above ``cap`` on class 2.
