@@ -142,9 +142,10 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
     from benchmarks.labelprop_scale import measure
 
     result = measure(n, dim, classes, shots, k, index, sample=sample)
-    print(f"labelprop on {n} x {dim} ({classes} classes, {result['labeled']} labels, k={k}, index {result['index']}): "
-          f"fit {result['fit_seconds']:.1f} s, accuracy on unlabeled rows {result['accuracy_unlabeled']:.4f}, "
-          f"peak RSS {result['peak_rss_mib']:.0f} MiB (features alone {result['features_mib']:.0f} MiB)")
+    print(f"labelprop on {n} x {dim} from a store ({classes} classes, {result['labeled']} labels, k={k}, index "
+          f"{result['index']}): fit {result['fit_seconds']:.1f} s, accuracy on unlabeled rows "
+          f"{result['accuracy_unlabeled']:.4f}, peak RSS {result['peak_rss_mib']:.0f} MiB (the raw features would be "
+          f"{result['features_mib']:.0f} MiB; transformed rows {result['transformed_mib']:.0f} MiB)")
     print(json.dumps(result))
 
 

@@ -394,6 +394,10 @@ class FeatureStore:
         exports; use :meth:`load` for the decoded rows of a split."""
         return self._group(spec)["features"][start:stop].astype(np.float32)
 
+    def row_chunks(self, spec: str, index: np.ndarray, chunk_rows: int = 65536) -> "RowChunks":
+        """Rows ``index`` of a backbone's features, read on demand in chunks (for data larger than memory)."""
+        return RowChunks(self._group(spec)["features"], np.asarray(index, dtype=np.int64), chunk_rows)
+
     def views(self, spec: str, index: np.ndarray) -> np.ndarray:
         """(n, V, D) float32 augmented-view features of rows ``index``; kinds in ``provenance(spec)['view_kinds']``."""
         g = self._group(spec)
@@ -450,6 +454,38 @@ class FeatureStore:
                 "classes": self.classes, "backbones": backbones, "fingerprint": self.fingerprint,
                 "failed": [{"id": i, "error": e} for i, e in self.errors()],
                 "duplicates": self.duplicates()}
+
+
+class RowChunks:
+    """Selected rows of a feature dataset, read lazily: ``sample(k)`` for some of them, ``chunks()`` for all.
+
+    ``shape`` is (len(index), D); chunks are float32 and follow ``index`` order (which must be increasing).
+    """
+
+    def __init__(self, dataset: h5py.Dataset, index: np.ndarray, chunk_rows: int):
+        if index.size and np.any(np.diff(index) <= 0):
+            raise ValueError("row index must be strictly increasing")
+        self._dataset, self._index, self._chunk = dataset, index, int(chunk_rows)
+        self.shape = (int(index.size), int(dataset.shape[1]))
+
+    def _read(self, rows: np.ndarray) -> np.ndarray:
+        """Store rows ``rows`` (increasing), one contiguous read per ``chunk_rows`` span: memory stays bounded."""
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        start = 0
+        while start < rows.size:
+            stop = int(np.searchsorted(rows, rows[start] + self._chunk))  # rows within one chunk-sized span
+            out[start:stop] = FeatureStore._read_rows(self._dataset, rows[start:stop])
+            start = stop
+        return out
+
+    def sample(self, positions: np.ndarray) -> np.ndarray:
+        """(m, D) float32 rows at ``positions`` (increasing) of the selection."""
+        return self._read(self._index[np.asarray(positions, dtype=np.int64)])
+
+    def chunks(self):
+        """Yield ``(start, (c, D) float32)`` over the whole selection, ``chunk_rows`` at a time."""
+        for start in range(0, self.shape[0], self._chunk):
+            yield start, self._read(self._index[start:start + self._chunk])
 
 
 def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],

@@ -174,3 +174,30 @@ SEMI_SUPERVISED_XFAIL = {
 @parametrize_with_checks([KNNLabelPropagation()], expected_failed_checks=lambda est: SEMI_SUPERVISED_XFAIL)
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_fit_chunks_from_a_store_equals_fit_in_memory(tmp_path):
+    from store import OK, FeatureStore
+
+    X, y, _ = blobs(n_per=70, n_classes=3, dim=16, n_labeled=4, seed=3)
+    n = len(y)
+    with FeatureStore.create(tmp_path / "s.h5", [f"{i}.png" for i in range(n + 5)], ["unlabeled"] * (n + 5),
+                             [-1] * (n + 5), ["a", "b", "c"]) as fs:
+        fs.begin_backbone({"spec": "timm:x", "weights_sha256": "w", "weights_source": "t", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, 16)
+        rows = np.setdiff1d(np.arange(n + 5), [0, 50, 51, 120, 200])  # the selection skips some store rows
+        full = np.zeros((n + 5, 16), dtype=np.float32)
+        full[rows] = X
+        fs.write_rows("timm:x", np.arange(n + 5), np.full(n + 5, OK), [None] * (n + 5), [None] * (n + 5),
+                      features=full)
+        source = fs.row_chunks("timm:x", rows, chunk_rows=17)  # chunks much smaller than the data
+        assert source.shape == X.shape
+        np.testing.assert_array_equal(np.vstack([c for _, c in source.chunks()]), X)
+        np.testing.assert_array_equal(source.sample(np.array([0, 5, 100, n - 1])), X[[0, 5, 100, n - 1]])
+        chunked = KNNLabelPropagation(index="flat").fit_chunks(source, y)
+    in_memory = KNNLabelPropagation(index="flat").fit(X, y)
+    np.testing.assert_array_equal(chunked.transduction_, in_memory.transduction_)
+    np.testing.assert_allclose(chunked.label_distributions_, in_memory.label_distributions_, atol=1e-6)
+    np.testing.assert_array_equal(chunked.predict(X[:20]), in_memory.predict(X[:20]))
+    with pytest.raises(ValueError, match="one label per row"):
+        KNNLabelPropagation().fit_chunks(source, y[:-1])

@@ -40,6 +40,8 @@ IVF_NPROBE = 16
 HNSW_M, HNSW_EF_SEARCH = 32, 128
 #: The PCA basis is estimated on at most this many evenly strided rows (the covariance costs rows * D**2).
 PCA_MAX_ROWS = 4096
+#: ``fit_chunks`` estimates the mean and the PCA basis on this many evenly strided rows.
+CHUNKED_SAMPLE_ROWS = 65536
 
 
 class FeatureTransform:
@@ -378,18 +380,49 @@ class KNNLabelPropagation(ClassifierMixin, BaseEstimator):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         with single_threaded_blas():  # see classify.features.single_threaded_blas; faiss keeps its OpenMP threads
-            return self._fit(X, y)
+            self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten)
+            Z = self.transform_.fit_transform(X).astype(np.float32, copy=False)  # (n, d), faiss needs float32
+            return self._fit(Z, y)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> "KNNLabelPropagation":
+    def fit_chunks(self, rows, y) -> "KNNLabelPropagation":
+        """:meth:`fit` on rows too large to hold twice, read chunk by chunk (e.g. ``FeatureStore.row_chunks``).
+
+        The feature transform is fitted on an evenly strided sample of ``CHUNKED_SAMPLE_ROWS`` rows, then every chunk
+        is transformed as it is read, so memory holds the transformed rows (n, n_components), the index and the
+        graph, never the raw features.
+
+        Parameters
+        ----------
+        rows : object with ``shape`` (n, D), ``sample(index) -> (m, D)`` and ``chunks() -> iterable of (start, (c, D))``
+        y : array-like of shape (n,)
+            Class labels; -1 marks an unlabeled row.
+        """
+        self._check_params()
+        y = np.asarray(y)
+        n, dim = rows.shape
+        if y.shape != (n,):
+            raise ValueError(f"y has shape {y.shape} but the rows are {rows.shape}; pass one label per row")
+        with single_threaded_blas():
+            sample = np.unique(np.linspace(0, n - 1, min(n, CHUNKED_SAMPLE_ROWS)).astype(np.int64))
+            self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten)
+            self.transform_.fit(rows.sample(sample))
+            Z = None
+            for start, chunk in rows.chunks():
+                part = self.transform_.transform(chunk).astype(np.float32, copy=False)  # (c, d)
+                if Z is None:
+                    Z = np.empty((n, part.shape[1]), dtype=np.float32)  # (n, d): the only full-size array
+                Z[start:start + len(part)] = part
+            self.n_features_in_ = dim
+            return self._fit(Z, y)
+
+    def _fit(self, Z: np.ndarray, y: np.ndarray) -> "KNNLabelPropagation":
+        """Propagate over the transformed, L2-normalised rows ``Z`` (n, d)."""
         t0 = time.perf_counter()
         labeled = checked_labeled_mask(y)
         if not labeled.any():
             raise ValueError("labelprop needs at least one labeled row (y != -1) to propagate from")
         self.classes_ = np.unique(y[labeled])
-        n, n_classes = X.shape[0], len(self.classes_)
-
-        self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten)
-        Z = self.transform_.fit_transform(X).astype(np.float32, copy=False)  # (n, d), faiss needs float32
+        n, n_classes = Z.shape[0], len(self.classes_)
         self.X_ = Z
         cls_idx = np.searchsorted(self.classes_, y[labeled])  # (n_lab,)
         proto = np.zeros((n_classes, Z.shape[1]), dtype=np.float64)
