@@ -237,7 +237,7 @@ def plot(records: list[dict], path: Path) -> None:
             stds = np.array([p[1]["accuracy_std"] for p in pts]) * 100
             style = "--" if m.startswith("sklearn") else "-"
             ax.errorbar(xs, means, yerr=stds, label=m, linestyle=style, marker="o", capsize=3)
-        ax.set_xscale("log")
+        ax.set_xscale("symlog", linthresh=1)  # log-like spacing of 1/5/15 shots that also shows 0 shots
         ax.set_xticks(sorted({k[3] for k in summary if k[:2] == (dataset, backbone)}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("labeled images per class")

@@ -264,8 +264,8 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
 
 
 def _needs_no_labels(estimator) -> bool:
-    """Methods that fit without any label (zeroshot, conse) say so with ``needs_labels = False``."""
-    return getattr(type(estimator), "needs_labels", True) is False
+    """Methods that fit without any label (zeroshot, conse, self-training from them) say ``needs_labels = False``."""
+    return getattr(estimator, "needs_labels", True) is False
 
 
 def scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -188,3 +188,19 @@ XFAIL = {
                          expected_failed_checks=lambda est: XFAIL if isinstance(est, SelfTraining) else {})
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_a_label_free_teacher_self_trains_from_zero_labels():
+    from classify.methods.zeroshot import ZeroShotClassifier
+
+    X, _, y_true = blobs(n_per=80, n_classes=3, dim=8, n_labeled=0, seed=4, spread=1.0)
+    means = np.stack([X[y_true == c].mean(axis=0) for c in range(3)])  # text embeddings pointing at each class
+    teacher = ZeroShotClassifier(text_embeddings=means[:, None, :], logit_scale=10.0)
+    y = np.full(len(y_true), -1)
+    st = SelfTraining(teacher=teacher, selection="balanced", per_class_k=20)
+    assert st.needs_labels is False and SelfTraining().needs_labels is True
+    st.fit(X, y)
+    assert st.pseudo_counts_[0].tolist() == [20, 20, 20]
+    assert (st.predict(X) == y_true).mean() > 0.9
+    with pytest.raises(ValueError, match="or a teacher that needs none"):
+        SelfTraining().fit(X, y)

@@ -245,6 +245,16 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
             raise ValueError(f"per_class_k must be an int >= 1 (rows per class) or a float in (0, 1] (share of "
                              f"n_unlabeled / n_classes), got {k!r}")
 
+    @property
+    def needs_labels(self) -> bool:
+        """False when the teacher needs no labels (zeroshot, conse): self-training then starts from none."""
+        teacher = self.teacher
+        if isinstance(teacher, str):
+            from classify.registry import get
+
+            teacher = get(teacher)
+        return teacher is None or getattr(teacher, "needs_labels", True) is not False
+
     def _build(self, spec, default):
         est = default() if spec is None else create(spec) if isinstance(spec, str) else clone(spec)
         if self.random_state is not None and "random_state" in est.get_params(deep=False):
@@ -318,11 +328,13 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
-        if not labeled.any():
-            raise ValueError("selftrain needs at least one labeled row (y != -1)")
         t0 = time.perf_counter()
         teacher = self._build(self.teacher, KNNLabelPropagation)
-        transductive = _accepts_unlabeled(teacher)
+        label_free = getattr(teacher, "needs_labels", True) is False  # zeroshot, conse: pseudo-labels from nothing
+        if not labeled.any() and not label_free:
+            raise ValueError("selftrain needs at least one labeled row (y != -1), or a teacher that needs none "
+                             "(teacher='zeroshot' or 'conse')")
+        transductive = _accepts_unlabeled(teacher) or label_free
         if transductive:
             teacher.fit(X, y)
         else:
