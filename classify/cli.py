@@ -27,7 +27,7 @@ def _backbones(store: FeatureStore, backbone) -> list[str]:
 
 
 def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat", transductive: bool = True,
-        **params) -> None:
+        stream: bool | None = None, **params) -> None:
     """Fit a method on a store and save the model.
 
     Parameters
@@ -44,12 +44,14 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
         With several backbones: concat (one model on concatenated features) or ensemble (one per backbone).
     transductive : bool
         Also pass the test rows, without labels, to the fit (label propagation and self-training use them).
+    stream : bool
+        Read the features chunk by chunk instead of loading them (labelprop; default: when they exceed 4 GiB).
     **params
         The method's parameters, e.g. --k 20 --teacher labelprop.
     """
     get(method)  # an unknown method fails before any reading
     with FeatureStore(store) as fs:
-        model = pipeline.fit(fs, _backbones(fs, backbone), method, params, combine, transductive)
+        model = pipeline.fit(fs, _backbones(fs, backbone), method, params, combine, transductive, stream)
     model.save(out)
     print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
     report = getattr(model.estimator, "fit_report_", None)

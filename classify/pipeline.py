@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 # Parameters whose string (or {"method": name, ...} dict) values name another registered method.
 NESTED_PARAMS = ("teacher", "head", "base", "gate", "expert", "methods")
 MODEL_FORMAT = "fewshot-classifier/1"
+#: ``fit`` streams a store's features (methods with ``fit_chunks``) when they would take more memory than this.
+STREAM_BYTES = 4 * 2**30
 
 
 def as_list(value) -> list[str]:
@@ -245,16 +247,32 @@ def load_model(path: str | Path) -> FittedModel:
 
 
 def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
-        combine: str = "concat", transductive: bool = True) -> FittedModel:
-    """Fit ``method`` on a store: labeled train rows, the unlabeled pool, and (transductive) unlabeled test rows."""
-    data = load_data(store, backbones, views=uses_views(method))
-    estimator = build_for_store(store, backbones, method, params, combine, data.slices)
-    X, y = fit_rows(data, transductive)
+        combine: str = "concat", transductive: bool = True, stream: bool | None = None) -> FittedModel:
+    """Fit ``method`` on a store: labeled train rows, the unlabeled pool, and (transductive) unlabeled test rows.
+
+    ``stream`` reads the features chunk by chunk into the method's ``fit_chunks`` (labelprop) instead of loading
+    them; None streams when the features would exceed :data:`STREAM_BYTES`.
+    """
+    can_stream = hasattr(get(method), "fit_chunks") and len(backbones) == 1 and not uses_views(method)
+    if stream is None:
+        stream = can_stream and len(store) * store.provenance(backbones[0])["dim"] * 4 > STREAM_BYTES
+    if stream and not can_stream:
+        raise ValueError(f"--stream needs one backbone and a method that reads chunks (labelprop), not {method!r}")
+    if stream:
+        index = store.row_index(backbones[0])
+        use = np.ones(index.size, dtype=bool) if transductive else store.splits[index] != "test"
+        y = np.where(store.splits[index] == "train", store.labels[index], UNLABELED)[use]
+        rows = store.row_chunks(backbones[0], index[use])
+        estimator = build_for_store(store, backbones, method, params, combine)
+    else:
+        data = load_data(store, backbones, views=uses_views(method))
+        estimator = build_for_store(store, backbones, method, params, combine, data.slices)
+        X, y = fit_rows(data, transductive)
     if not (y != UNLABELED).any() and not _needs_no_labels(estimator):
         raise ValueError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
                          "a method that needs no labels (zeroshot, conse)")
     start = time.perf_counter()
-    estimator.fit(X, y)
+    estimator.fit_chunks(rows, y) if stream else estimator.fit(X, y)
     seconds = time.perf_counter() - start
     log.info("fitted %s on %d rows (%d labeled) in %.2f s", method, len(y), int((y != UNLABELED).sum()), seconds)
     return FittedModel(estimator=estimator, method=method, params=dict(params or {}), backbones=list(backbones),

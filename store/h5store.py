@@ -380,12 +380,7 @@ class FeatureStore:
         Failed images are excluded. Raises ``ValueError`` when some wanted rows have not been embedded yet.
         """
         g = self._group(spec)
-        want = self.split_mask(split) & (self.status != ERROR)
-        missing = want & ~g["done"][:]
-        if missing.any():
-            raise ValueError(f"backbone {spec!r} in {self.path} is incomplete: {int(missing.sum())} rows not embedded "
-                             "yet; rerun the same `python -m embed run` command to finish it")
-        index = np.flatnonzero(want)
+        index = self.row_index(spec, split)
         return Rows(X=self._read_rows(g["features"], index).astype(dtype, copy=False), y=self.labels[index],
                     ids=self.ids[index], index=index)
 
@@ -397,6 +392,15 @@ class FeatureStore:
     def row_chunks(self, spec: str, index: np.ndarray, chunk_rows: int = 65536) -> "RowChunks":
         """Rows ``index`` of a backbone's features, read on demand in chunks (for data larger than memory)."""
         return RowChunks(self._group(spec)["features"], np.asarray(index, dtype=np.int64), chunk_rows)
+
+    def row_index(self, spec: str, split: str | Iterable[str] | None = None) -> np.ndarray:
+        """Store rows of the decoded images of ``split`` (None: all); ValueError when some are not embedded yet."""
+        want = self.split_mask(split) & (self.status != ERROR)
+        missing = want & ~self._group(spec)["done"][:]
+        if missing.any():
+            raise ValueError(f"backbone {spec!r} in {self.path} is incomplete: {int(missing.sum())} rows not embedded "
+                             "yet; rerun the same `python -m embed run` command to finish it")
+        return np.flatnonzero(want)
 
     def views(self, spec: str, index: np.ndarray) -> np.ndarray:
         """(n, V, D) float32 augmented-view features of rows ``index``; kinds in ``provenance(spec)['view_kinds']``."""

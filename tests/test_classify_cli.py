@@ -119,3 +119,16 @@ def test_cli_errors(store, tmp_path, monkeypatch, capsys, args, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and message in err[-1]
+
+
+def test_fit_can_stream_the_store_for_labelprop(store, tmp_path, capsys):
+    path, _ = store
+    for stream in (True, False):
+        run(capsys, "fit", "--store", path, "--backbone", A, "--method", "labelprop", "--stream", stream,
+            "--out", tmp_path / f"lp{stream}.joblib")
+        run(capsys, "predict", "--model", tmp_path / f"lp{stream}.joblib", "--store", path, "--out",
+            tmp_path / f"p{stream}.csv", "--proba")
+    assert (tmp_path / "pTrue.csv").read_text() == (tmp_path / "pFalse.csv").read_text()
+    with pytest.raises(SystemExit):
+        main(["fit", "--store", str(path), "--backbone", A, "--method", "knn", "--stream", "True", "--out", "x"])
+    assert "reads chunks (labelprop)" in capsys.readouterr().err
