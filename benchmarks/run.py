@@ -230,13 +230,15 @@ def plot(records: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
     for ax, (dataset, backbone) in zip(axes[0], panels):
         methods = dict.fromkeys(r["method"] for r in records if r["dataset"] == dataset and r["backbone"] == backbone)
-        for m in methods:
+        colours = plt.cm.tab20(np.linspace(0, 1, 20))
+        for i, m in enumerate(methods):
             pts = sorted((k[3], v) for k, v in summary.items() if k[:3] == (dataset, backbone, m))
             xs = [p[0] for p in pts]
             means = np.array([p[1]["accuracy_mean"] for p in pts]) * 100
             stds = np.array([p[1]["accuracy_std"] for p in pts]) * 100
             style = "--" if m.startswith("sklearn") else "-"
-            ax.errorbar(xs, means, yerr=stds, label=m, linestyle=style, marker="o", capsize=3)
+            ax.errorbar(xs, means, yerr=stds, label=m, linestyle=style, marker="o", capsize=3,
+                        color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])  # distinct colours for up to 20 lines
         ax.set_xscale("symlog", linthresh=1)  # log-like spacing of 1/5/15 shots that also shows 0 shots
         ax.set_xticks(sorted({k[3] for k in summary if k[:2] == (dataset, backbone)}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
