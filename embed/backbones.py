@@ -458,6 +458,12 @@ def _classifier_names(model_or_cfg) -> list[str]:
     return list(clf) if isinstance(clf, (list, tuple)) else [clf]
 
 
+def _one_line(err: Exception, limit: int = 800) -> str:
+    """A load error (torch lists every mismatched key, one per line) as one bounded line for a user message."""
+    msg = " ".join(str(err).split())
+    return msg if len(msg) <= limit else msg[:limit] + "..."
+
+
 def _require_file(path: str, spec: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path} for backbone {spec!r} not found; check the path after '@'")
@@ -613,11 +619,8 @@ class TimmKind:
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as err:
-            msg = str(err).replace("\n", " ").replace("\t", "")
-            if len(msg) > 800:
-                msg = msg[:800] + "..."
             raise ValueError(
-                f"checkpoint {spec.path} does not fit timm model {spec.name!r} ({msg}); it must be the state_dict of "
+                f"checkpoint {spec.path} does not fit timm model {spec.name!r} ({_one_line(err)}); it must be the state_dict of "
                 f"timm.create_model('{spec.name}', num_classes=...) (plain or under 'state_dict'/'model')"
             ) from None
         return model
@@ -744,11 +747,8 @@ class ClipKind:
         try:
             model = open_clip.create_model(spec.name, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
-            msg = str(err).replace("\n", " ")
-            if len(msg) > 800:
-                msg = msg[:800] + "..."
             raise ValueError(
-                f"cannot load open_clip {spec.name!r} from {pretrained} ({msg}); a checkpoint must be the state_dict "
+                f"cannot load open_clip {spec.name!r} from {pretrained} ({_one_line(err)}); a checkpoint must be the state_dict "
                 f"of open_clip.create_model('{spec.name}') (plain or under 'state_dict')"
             ) from None
         model, digest = _finish(model, device)

@@ -32,3 +32,20 @@ def digits_few(per_class: int = 10, seed: int = 0):
     y_semi[lab] = y[lab]
     test = np.setdiff1d(np.arange(len(y)), lab)
     return X.astype(np.float32), y, y_semi, lab, test
+
+
+def softmax(z):
+    """Row-wise softmax of (n, C) scores."""
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def clip_like(n_per_class, n_classes=3, dim=8, noise=0.6, text_noise=0.3, n_templates=2, scale=3.0, seed=0):
+    """CLIP-like features: images near their class centre (times ``scale``, a raw scale methods must normalise),
+    text embeddings of ``n_templates`` prompts near the same centres. Returns X (n, D), y, text (C, T, D)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_classes, dim))
+    text = centres[:, None, :] + text_noise * rng.normal(size=(n_classes, n_templates, dim))  # (C, T, D)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = scale * (centres[y] + noise * rng.normal(size=(len(y), dim)))
+    return X.astype(np.float32), y, text.astype(np.float32)

@@ -329,7 +329,7 @@ def test_clip_encode_text_matches_open_clip(clip_backbone, tiny_clip_ckpt):
     finally:
         clip_backbone.text_batch_size = 256
     with pytest.raises(ValueError, match="exactly one"):
-        clip_backbone.encode_text(names, ["no placeholder"])
+        clip_backbone.encode_text(names, ["no slot for the class name"])
     with pytest.raises(ValueError, match="at least one"):
         clip_backbone.encode_text([], templates)
 
@@ -426,7 +426,7 @@ def test_load_templates(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("# prompts\na photo of a {}.\n\n  art of the {}.  \na photo of a {}.\n", encoding="utf-8")
     assert load_templates(path) == ["a photo of a {}.", "art of the {}."]
-    path.write_text("a {}.\nno placeholder\n")
+    path.write_text("a {}.\nno slot for the class name\n")
     with pytest.raises(ValueError, match=r"t.txt:2: .*exactly one"):
         load_templates(path)
     path.write_text("two {} and {}\n")

@@ -1,6 +1,7 @@
 """Oracle tests for the cross-modal probe (``crossmodal``): text embeddings as training samples of their class."""
 from __future__ import annotations
 
+import fewshot_data
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -16,12 +17,7 @@ TEMPLATES = ["a photo of a {}.", "a sketch of a {}."]
 
 def _clip_like(n_per_class=10, n_classes=3, dim=8, noise=0.5, seed=0):
     """Image features near their class's text embedding: X, y, text (C, 2, D)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    text = centres[:, None, :] + 0.2 * rng.normal(size=(n_classes, len(TEMPLATES), dim))  # (C, T, D)
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    X = 3.0 * (centres[y] + noise * rng.normal(size=(len(y), dim)))
-    return X.astype(np.float32), y, text.astype(np.float32)
+    return fewshot_data.clip_like(n_per_class, n_classes, dim, noise, 0.2, len(TEMPLATES), 3.0, seed)
 
 
 def test_text_samples_one_unit_row_per_class_and_template():

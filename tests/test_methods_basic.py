@@ -20,19 +20,12 @@ from classify.methods.zeroshot import ZeroShotClassifier
 TEMPLATES = ["a photo of a {}.", "a drawing of a {}."]
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+_softmax = fewshot_data.softmax
 
 
 def _clip_like(n_per_class=20, n_classes=3, dim=8, noise=0.6, seed=0):
     """Image features near their class's text embedding: (X, y, text (C, T, D))."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    text = centres[:, None, :] + 0.3 * rng.normal(size=(n_classes, len(TEMPLATES), dim))  # (C, T, D)
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    X = 3.0 * (centres[y] + noise * rng.normal(size=(len(y), dim)))  # raw scale: methods must normalise
-    return X.astype(np.float32), y, text.astype(np.float32)
+    return fewshot_data.clip_like(n_per_class, n_classes, dim, noise, 0.3, len(TEMPLATES), 3.0, seed)
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Oracle tests for Tip-Adapter (``tip``): zero-shot at alpha=0, a hand computation, CV on labeled rows only."""
 from __future__ import annotations
 
+import fewshot_data
 import numpy as np
 import pytest
 from sklearn.base import clone
@@ -14,19 +15,12 @@ from classify.methods.tip import TipAdapter, cache_logits
 from classify.methods.zeroshot import ZeroShotClassifier
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+_softmax = fewshot_data.softmax
 
 
 def _clip_like(n_per_class=12, n_classes=3, dim=8, noise=0.8, seed=0):
     """Image features near their class's text embedding (zero-shot is decent, not perfect): X, y, text (C, 2, D)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(n_classes, dim))
-    text = centres[:, None, :] + 0.8 * rng.normal(size=(n_classes, 2, dim))  # (C, T, D)
-    y = np.repeat(np.arange(n_classes), n_per_class)
-    X = 2.0 * (centres[y] + noise * rng.normal(size=(len(y), dim)))
-    return X.astype(np.float32), y, text.astype(np.float32)
+    return fewshot_data.clip_like(n_per_class, n_classes, dim, noise, 0.8, 2, 2.0, seed)
 
 
 def test_alpha_zero_equals_zeroshot_exactly():
