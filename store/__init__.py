@@ -1,4 +1,6 @@
 """HDF5 feature store: per-image metadata, per-backbone features with provenance. Depends on h5py/numpy only."""
-from store.h5store import ERROR, OK, PENDING, SPLITS, FeatureStore, Rows, image_list_sha256, open_for_images
+from store.h5store import (ERROR, OK, PENDING, SPLITS, FeatureStore, Rows, display_id, image_list_sha256,
+                           open_for_images)
 
-__all__ = ["ERROR", "OK", "PENDING", "SPLITS", "FeatureStore", "Rows", "image_list_sha256", "open_for_images"]
+__all__ = ["ERROR", "OK", "PENDING", "SPLITS", "FeatureStore", "Rows", "display_id", "image_list_sha256",
+           "open_for_images"]

@@ -1,9 +1,9 @@
-"""The HDF5 feature store: one file per image list, one group per backbone, provenance on every group.
+r"""The HDF5 feature store: one file per image list, one group per backbone, provenance on every group.
 
 Layout (``FORMAT_VERSION`` 1)::
 
     /                      attrs: format, format_version, image_list_sha256, classes (JSON), root, created
-    /images/id             (N,)  utf-8 path relative to the data root
+    /images/id             (N,)  path relative to the data root, UTF-8 (see "File names" below)
     /images/split          (N,)  uint8 index into SPLITS
     /images/label          (N,)  int32 class index, -1 unknown
     /images/sha256         (N,)  S64 hex digest of the file bytes ("" until read)
@@ -17,21 +17,36 @@ Layout (``FORMAT_VERSION`` 1)::
         probs              (N, K)     optional ImageNet-classifier probabilities (float16), attrs: classes
         head_weight/_bias  (K, D), (K,) optional: the classifier giving those probabilities from the features
         text               (C, T, D)  optional CLIP text embeddings, attrs: templates, logit_scale
+    /partial/<kind>/<quoted spec>        objects under construction (see "Crash safety"); never read
+
+File names: ids are the file names' bytes. A name that is valid UTF-8 (every name on macOS and Windows, nearly every
+one on Linux) is stored as such; a name that is not (a Linux byte string such as ``b"bad\xff.png"``, which Python
+holds as ``"bad\udcff.png"``, the ``surrogateescape`` convention of :func:`os.fsdecode`) is stored as its raw bytes,
+so the variable-length UTF-8 dataset may then hold bytes that are not UTF-8. The store reads ids back with
+``surrogateescape``, so every id round-trips exactly; :func:`display_id` shows such bytes as ``\xNN`` (``store
+info``, error messages). Stores written before this convention hold plain UTF-8 and read unchanged.
 
 Crash safety: every per-row dataset is contiguous with its storage allocated when it is created, so the row loop
 only ever overwrites raw bytes -- no chunk index, heap or other metadata changes while embedding. Rows are
 written, the file flushed, and only then their ``done`` flags set and flushed again: a process killed at any
-moment leaves a readable file whose ``done`` rows are complete.
+moment leaves a readable file whose ``done`` rows are complete. Objects written whole (a backbone group with its
+datasets, the classifier head, the text embeddings) are built under ``/partial`` and moved into place by one link
+operation once complete, so a failure part-way (disk full, a kill) leaves the old state, which the same command
+resumes from; debris under ``/partial`` is replaced by the next attempt. Features are checked on write and on read:
+an ok row is finite and below :data:`MAX_ABS_FEATURE`, so a row that is not was damaged after it was written.
 """
 from __future__ import annotations
 
+import errno
+import functools
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 from urllib.parse import quote
 
 import h5py
@@ -46,6 +61,22 @@ PENDING, OK, ERROR = 0, 1, 2
 ERROR_BYTES = 256
 # Provenance attributes that must match for two runs to write into the same backbone group.
 IDENTITY_ATTRS = ("spec", "weights_sha256", "preprocessing", "dtype", "views", "view_kinds")
+# Largest |value| an ok feature may hold. Real image features stay far below it (float16 storage cannot even exceed
+# 65504), while random bytes read as float32 exceed it in about 40 % of values: a row beyond it was damaged.
+MAX_ABS_FEATURE = 1e8
+# What h5py raises when the file's structure is damaged (bad heap, B-tree, object header, attribute, string).
+_DAMAGE_ERRORS = (json.JSONDecodeError, UnicodeError, OSError, RuntimeError, KeyError, IndexError, TypeError)
+STAGING = "partial"
+
+
+def display_id(name: str) -> str:
+    """An id (or any text holding file names) as readable text: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _id_bytes(name: str) -> bytes:
+    """The bytes an id is stored as: UTF-8, and the original bytes of a name that was not UTF-8."""
+    return name.encode("utf-8", "surrogateescape")
 
 
 def image_list_sha256(ids: Sequence[str], splits: Sequence[str], labels: Sequence[int], classes: Sequence[str]) -> str:
@@ -53,7 +84,7 @@ def image_list_sha256(ids: Sequence[str], splits: Sequence[str], labels: Sequenc
     h = hashlib.sha256()
     h.update(json.dumps(list(classes)).encode())
     for i, s, y in zip(ids, splits, labels):
-        h.update(f"{i}\0{s}\0{int(y)}\n".encode())
+        h.update(_id_bytes(f"{i}\0{s}\0{int(y)}\n"))  # the same digest as plain UTF-8 for every UTF-8 name
     return h.hexdigest()
 
 
@@ -70,6 +101,31 @@ class Rows:
     y: np.ndarray  # (n,) int, -1 unknown
     ids: np.ndarray  # (n,) str
     index: np.ndarray  # (n,) int row indices in the store
+
+
+def _reads(method):
+    """Turn what h5py raises on a damaged file into one ValueError naming the store and the fix."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except _DAMAGE_ERRORS as err:
+            log.debug("reading %s failed", self.path, exc_info=True)
+            raise self._damaged(err) from None
+    return wrapper
+
+
+def _writes(method):
+    """Turn an OSError while writing (disk full, I/O error) into one ValueError saying the rerun resumes."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except OSError as err:
+            log.debug("writing %s failed", self.path, exc_info=True)
+            raise ValueError(f"writing {self.path} failed ({_one_line(err)}); free disk space (or fix the disk) and "
+                             "rerun the same command: it resumes where it stopped") from None
+    return wrapper
 
 
 def _create_rows_dataset(group: h5py.Group, name: str, shape: tuple, dtype, fill: bool) -> h5py.Dataset:
@@ -100,13 +156,21 @@ class FeatureStore:
         try:
             self._f = h5py.File(self.path, mode)
         except OSError as err:
-            raise ValueError(f"{self.path} is not a readable HDF5 feature store ({err}); point --store at a store "
-                             "written by `python -m embed run`") from None
-        if self._f.attrs.get("format") != FORMAT:
+            raise _open_error(self.path, err) from None
+        try:
+            fmt = self._f.attrs.get("format")
+        except _DAMAGE_ERRORS as err:
+            self._f.close()
+            raise self._damaged(err) from None
+        if fmt != FORMAT:
             self._f.close()
             raise ValueError(f"{self.path} is an HDF5 file but not a feature store; point --store at a store written "
                              "by `python -m embed run`")
         self._cache: dict[str, np.ndarray] = {}
+
+    def _damaged(self, err: BaseException) -> ValueError:
+        return ValueError(f"store {self.path} is damaged ({type(err).__name__}: {_one_line(err)}); re-embed: move it "
+                          "aside and rerun `python -m embed run` with the same --store path")
 
     # ------------------------------------------------------------------ creation
     @classmethod
@@ -124,20 +188,31 @@ class FeatureStore:
         if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
             raise ValueError(f"labels must be -1 (unknown) or a class index below {len(classes)}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, classes=json.dumps(list(classes)),
-                           image_list_sha256=image_list_sha256(ids, splits, labels, classes),
-                           root=str(root or ""), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            g = f.create_group("images")
-            g.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-            g.create_dataset("split", data=np.array([SPLITS.index(s) for s in splits], dtype=np.uint8).reshape(n))
-            g.create_dataset("label", data=labels.reshape(n))
-            _create_rows_dataset(g, "sha256", (n,), "S64", fill=True)
-            _create_rows_dataset(g, "status", (n,), np.uint8, fill=True)
-            _create_rows_dataset(g, "error", (n,), f"S{ERROR_BYTES}", fill=True)
-            f.create_group("backbones")
-        tmp.replace(path)
+        fingerprint = image_list_sha256(ids, splits, labels, classes)
+        root_text = os.fspath(root or "")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: a failure removes only its own file
+        try:
+            with h5py.File(tmp, "w") as f:
+                f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, classes=json.dumps(list(classes)),
+                               image_list_sha256=fingerprint, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                # A root that is not UTF-8 is kept as its bytes (read back with surrogateescape, like the ids).
+                f.attrs["root"] = root_text if root_text == display_id(root_text) else np.bytes_(_id_bytes(root_text))
+                g = f.create_group("images")
+                g.create_dataset("id", data=np.array([_id_bytes(i) for i in ids], dtype=object).reshape(n),
+                                 dtype=h5py.string_dtype())
+                g.create_dataset("split", data=np.array([SPLITS.index(s) for s in splits], dtype=np.uint8).reshape(n))
+                g.create_dataset("label", data=labels.reshape(n))
+                _create_rows_dataset(g, "sha256", (n,), "S64", fill=True)
+                _create_rows_dataset(g, "status", (n,), np.uint8, fill=True)
+                _create_rows_dataset(g, "error", (n,), f"S{ERROR_BYTES}", fill=True)
+                f.create_group("backbones")
+            tmp.replace(path)
+        except BaseException as err:
+            tmp.unlink(missing_ok=True)
+            if isinstance(err, OSError) and not isinstance(err, FileNotFoundError):
+                raise ValueError(f"cannot create the store {path} ({_one_line(err)}); free disk space or choose "
+                                 "another --store path") from None
+            raise
         return cls(path, "a")
 
     # ------------------------------------------------------------------ context management
@@ -158,62 +233,82 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ image list
     @property
+    @_reads
     def fingerprint(self) -> str:
         """sha256 of the image list (ids, splits, labels, classes) the store was built for."""
         return str(self._f.attrs["image_list_sha256"])
 
     @property
+    @_reads
     def classes(self) -> list[str]:
         """Class names, in class-index order."""
         return json.loads(self._f.attrs["classes"])
 
     @property
+    @_reads
     def root(self) -> str:
         """The data folder the ids are relative to (informational)."""
-        return str(self._f.attrs["root"])
+        value = self._f.attrs["root"]
+        return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
+    @_reads
     def __len__(self) -> int:
         return int(self._f["images/id"].shape[0])
 
     def _images(self, name: str) -> np.ndarray:
         if name not in self._cache:  # ids, splits and labels never change after creation
-            data = self._f[f"images/{name}"][:]
-            if name == "id":
-                data = data.astype(str)  # h5py returns bytes for variable-length strings
+            dataset = self._f[f"images/{name}"]
+            if name == "id":  # exact file names back, bytes that are not UTF-8 included (see the module docstring)
+                data = np.array(dataset.asstr(errors="surrogateescape")[:].tolist(), dtype=str).reshape(-1)
+            else:
+                data = dataset[:]
+                high = len(SPLITS) if name == "split" else len(self.classes)
+                if data.size and (data.min() < (0 if name == "split" else -1) or data.max() >= high):
+                    raise IndexError(f"/images/{name} holds values outside [0, {high})")
             self._cache[name] = data
         return self._cache[name]
 
     @property
+    @_reads
     def ids(self) -> np.ndarray:
-        """(N,) image ids, paths relative to the data root."""
+        """(N,) image ids, paths relative to the data root (exact: names that are not UTF-8 hold surrogates)."""
         return self._images("id")
 
     @property
+    @_reads
     def splits(self) -> np.ndarray:
         """(N,) split name of every image."""
         return np.asarray(SPLITS)[self._images("split")]
 
     @property
+    @_reads
     def labels(self) -> np.ndarray:
         """(N,) class index of every image, -1 unknown."""
         return self._images("label").astype(np.int64)
 
     @property
+    @_reads
     def status(self) -> np.ndarray:
         """(N,) 0 pending (never read), 1 decoded, 2 failed."""
-        return self._f["images/status"][:]
+        status = self._f["images/status"][:]
+        if status.size and status.max() > ERROR:
+            raise IndexError("/images/status holds values other than pending, ok and error")
+        return status
 
     @property
+    @_reads
     def sha256(self) -> np.ndarray:
         """(N,) hex sha256 of every file read so far ("" for files never read)."""
         return self._f["images/sha256"][:].astype(str)
 
+    @_reads
     def errors(self) -> list[tuple[str, str]]:
         """(id, message) of every file that failed to decode."""
         bad = np.flatnonzero(self.status == ERROR)
         messages = self._f["images/error"][:]
         return [(str(self.ids[i]), messages[i].decode("utf-8", "replace")) for i in bad]
 
+    @_reads
     def duplicates(self) -> list[list[str]]:
         """Groups of ids whose files have identical bytes (same sha256), each group sorted."""
         sha = self.sha256
@@ -234,6 +329,7 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ backbones
     @property
+    @_reads
     def backbones(self) -> list[str]:
         """Specs of every backbone with a group in this store."""
         return sorted(str(g.attrs["spec"]) for g in self._f["backbones"].values())
@@ -246,6 +342,15 @@ class FeatureStore:
                              f"`python -m embed run --backbone {spec} --store {self.path}` first")
         return self._f["backbones"][name]
 
+    def _staging(self, kind: str, name: str) -> h5py.Group:
+        """A fresh, empty group where an object is built before it is moved into place (debris of a failed attempt
+        at the same object is dropped first)."""
+        path = f"{STAGING}/{kind}/{name}"
+        if path in self._f:
+            del self._f[path]
+        return self._f.require_group(f"{STAGING}/{kind}").create_group(name)
+
+    @_reads
     def provenance(self, spec: str) -> dict:
         """Every provenance attribute of a backbone group, JSON values decoded."""
         out = {}
@@ -253,12 +358,18 @@ class FeatureStore:
             out[key] = json.loads(value) if key in ("preprocessing", "versions", "view_kinds") else _plain(value)
         return out
 
+    @_reads
     def rows_done(self, spec: str) -> np.ndarray:
         """(N,) bool: rows already processed by this backbone (features written, or the file failed)."""
         return self._group(spec)["done"][:]
 
+    @_writes
     def begin_backbone(self, provenance: dict, dim: int, prob_classes: Sequence[str] | None = None) -> np.ndarray:
         """Create the group for a backbone, or check that an existing one has the same origin.
+
+        The group is built complete under ``/partial`` and then moved into place, so a failure part-way (disk full)
+        leaves no group and the rerun starts it again. On resume, done rows whose features are not finite (damaged
+        since they were written) are marked not done, so that the run embeds them again.
 
         Parameters
         ----------
@@ -281,8 +392,13 @@ class FeatureStore:
                  "view_kinds": json.dumps(list(provenance.get("view_kinds", []))),
                  "dim": int(dim), "image_list_sha256": self.fingerprint}
         name = group_name(spec)
-        if name in self._f["backbones"]:
-            g = self._f["backbones"][name]
+        backbones = self._f["backbones"]
+        if name in backbones and "done" not in backbones[name]:
+            # Releases before the /partial staging created the group first: a failure then left it without datasets.
+            log.warning("%s: rebuilding the group of %s left incomplete by an interrupted run", self.path, spec)
+            del backbones[name]
+        if name in backbones:
+            g = backbones[name]
             for key in IDENTITY_ATTRS + ("dim",):
                 old, new = _plain(g.attrs.get(key)), _plain(attrs.get(key))
                 if old != new:
@@ -292,9 +408,9 @@ class FeatureStore:
             if _plain(g.attrs["versions"]) != attrs["versions"]:
                 log.warning("library versions differ from the run that started %s: %s (was %s)", spec,
                             attrs["versions"], g.attrs["versions"])
-            return g["done"][:]
+            return self._redo_damaged_rows(spec, g)
         n, views = len(self), int(provenance.get("views", 0))
-        g = self._f["backbones"].create_group(name)
+        g = self._staging("backbone", name)
         g.attrs.update(attrs)
         dtype = np.dtype(provenance["dtype"])
         _create_rows_dataset(g, "features", (n, dim), dtype, fill=False)
@@ -305,44 +421,83 @@ class FeatureStore:
             probs.attrs["classes"] = json.dumps(list(prob_classes))
         _create_rows_dataset(g, "done", (n,), bool, fill=True)
         self._f.flush()
+        self._f.move(g.name, f"backbones/{name}")  # one link: the group appears complete or not at all
+        self._f.flush()
         return np.zeros(n, dtype=bool)
 
+    def _redo_damaged_rows(self, spec: str, g: h5py.Group) -> np.ndarray:
+        """The done mask, with done ok rows whose features are damaged (not finite, absurdly large) marked not done."""
+        done = g["done"][:]
+        index = np.flatnonzero(done & (self.status == OK))
+        bad = []
+        for start, X in RowChunks(g["features"], index, 65536).chunks():
+            bad.append(index[start:start + len(X)][~_sane_rows(X)])
+        bad = np.concatenate(bad) if bad else np.empty(0, dtype=np.int64)
+        if bad.size:
+            log.warning("%s: %d row(s) of %s hold damaged features (e.g. %s); embedding them again", self.path,
+                        bad.size, spec, display_id(str(self.ids[bad[0]])))
+            g["done"][_selector(bad)] = False
+            self._f.flush()
+            done[bad] = False
+        return done
+
+    @_writes
     def set_text(self, spec: str, embeddings: np.ndarray, templates: Sequence[str], logit_scale: float | None) -> None:
-        """Store (or replace) a CLIP backbone's text embeddings, (C, T, D), one row per class and template."""
+        """Store (or replace) a CLIP backbone's text embeddings, (C, T, D), one row per class and template.
+
+        Written whole under ``/partial`` and moved into place: a reader sees the old embeddings, none, or the new."""
         c, t, _ = embeddings.shape
         if c != len(self.classes) or t != len(templates):
             raise ValueError(f"text embeddings of shape {embeddings.shape} do not match {len(self.classes)} classes "
                              f"x {len(templates)} templates")
         g = self._group(spec)
-        if "text" in g:
-            del g["text"]
-        d = g.create_dataset("text", data=np.asarray(embeddings, dtype=np.float32))
+        stage = self._staging("text", g.name.rsplit("/", 1)[-1])
+        d = stage.create_dataset("text", data=np.asarray(embeddings, dtype=np.float32))
         d.attrs["templates"] = json.dumps(list(templates))
         d.attrs["logit_scale"] = float(logit_scale) if logit_scale is not None else float("nan")
         self._f.flush()
-
-    def set_head(self, spec: str, weight: np.ndarray, bias: np.ndarray, classes: Sequence[str]) -> None:
-        """Store a backbone's linear classifier (K, D) + (K,) over ``classes``: logits = features @ W.T + b."""
-        g = self._group(spec)
-        for name in ("head_weight", "head_bias"):
-            if name in g:
-                del g[name]
-        g.create_dataset("head_weight", data=np.asarray(weight, dtype=np.float32)).attrs["classes"] = json.dumps(
-            list(classes))
-        g.create_dataset("head_bias", data=np.asarray(bias, dtype=np.float32))
+        if "text" in g:
+            del g["text"]
+        self._f.move(d.name, f"{g.name}/text")
+        del self._f[stage.name]
         self._f.flush()
 
+    @_writes
+    def set_head(self, spec: str, weight: np.ndarray, bias: np.ndarray, classes: Sequence[str]) -> None:
+        """Store a backbone's linear classifier (K, D) + (K,) over ``classes``: logits = features @ W.T + b.
+
+        Written whole under ``/partial`` and moved into place, ``head_weight`` last: :meth:`head` reads a head only
+        when both parts are there, so a failure part-way leaves no head and the rerun writes it again."""
+        g = self._group(spec)
+        stage = self._staging("head", g.name.rsplit("/", 1)[-1])
+        stage.create_dataset("head_weight", data=np.asarray(weight, dtype=np.float32)).attrs["classes"] = json.dumps(
+            list(classes))
+        stage.create_dataset("head_bias", data=np.asarray(bias, dtype=np.float32))
+        self._f.flush()
+        for part in ("head_weight", "head_bias"):
+            if part in g:
+                del g[part]
+        for part in ("head_bias", "head_weight"):
+            self._f.move(f"{stage.name}/{part}", f"{g.name}/{part}")
+        del self._f[stage.name]
+        self._f.flush()
+
+    @_reads
     def head(self, spec: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         """The backbone's own classifier ``(W (K, D), b (K,), class names)``, or None when it has none."""
         g = self._group(spec)
-        if "head_weight" not in g:
+        if "head_weight" not in g or "head_bias" not in g:  # none, or half of one left by an older release
             return None
         return g["head_weight"][:], g["head_bias"][:], json.loads(g["head_weight"].attrs["classes"])
 
+    @_writes
     def write_rows(self, spec: str, rows: np.ndarray, status: np.ndarray, sha256: Sequence[str | None],
                    errors: Sequence[str | None], features: np.ndarray | None = None, views: np.ndarray | None = None,
                    probs: np.ndarray | None = None) -> None:
         """Write one batch: per-image status for ``rows`` and the features of its ok rows, then mark them done.
+
+        An ok row whose features (or views) are not finite, or exceed :data:`MAX_ABS_FEATURE`, in the storage dtype
+        (float16 overflows above 65504) is recorded as an error instead: every ok row on disk is sane.
 
         Parameters
         ----------
@@ -354,45 +509,107 @@ class FeatureStore:
         rows = np.asarray(rows, dtype=np.int64)
         assert rows.ndim == 1 and np.all(np.diff(rows) > 0), "rows must be strictly increasing"
         g = self._group(spec)
+        dtype = g["features"].dtype
+        status = np.array(status, dtype=np.uint8)
+        errors = list(errors)
+        if features is not None:
+            features = np.asarray(features, dtype=dtype)  # (n_ok, D)
+            sane = _sane_rows(features)
+            if views is not None:
+                views = np.asarray(views, dtype=dtype)  # (n_ok, V, D)
+                sane &= _sane_rows(views.reshape(len(views), -1))
+            if not sane.all():
+                positions = np.flatnonzero(status == OK)[~sane]
+                status[positions] = ERROR
+                for p in positions:
+                    errors[p] = f"the backbone gave non-finite or out-of-range features (in {dtype})"
+                log.warning("%s: %d image(s) gave non-finite features, e.g. row %d", spec, positions.size,
+                            rows[positions[0]])
+                features = features[sane]
+                views = None if views is None else views[sane]
+                probs = None if probs is None else np.asarray(probs)[sane]
         sel = _selector(rows)
         img = self._f["images"]
-        img["status"][sel] = np.asarray(status, dtype=np.uint8)
+        img["status"][sel] = status
         img["sha256"][sel] = np.array([(s or "").encode() for s in sha256], dtype="S64")
         img["error"][sel] = np.array([_clip_message(e or "") for e in errors], dtype=f"S{ERROR_BYTES}")
-        ok_rows = rows[np.asarray(status) == OK]
+        ok_rows = rows[status == OK]
         if ok_rows.size:
             ok_sel = _selector(ok_rows)
-            dtype = g["features"].dtype
             if features is not None:
-                g["features"][ok_sel] = np.asarray(features, dtype=dtype)
+                g["features"][ok_sel] = features
             if views is not None:
-                g["views"][ok_sel] = np.asarray(views, dtype=dtype)
+                g["views"][ok_sel] = views
             if probs is not None:
                 g["probs"][ok_sel] = np.asarray(probs, dtype=np.float16)
         self._f.flush()  # data first ...
         g["done"][sel] = True
         self._f.flush()  # ... then the resume marker
 
+    @_writes
+    def invalidate_rows(self, rows: np.ndarray) -> None:
+        """Forget rows (their files changed): not done for any backbone, status pending, digest and error cleared.
+
+        The ``done`` flags go first, so a failure part-way leaves rows that the next run embeds again."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if not rows.size:
+            return
+        sel = _selector(rows)
+        for g in self._f["backbones"].values():
+            g["done"][sel] = False
+        self._f.flush()
+        img = self._f["images"]
+        img["status"][sel] = np.zeros(rows.size, dtype=np.uint8)
+        img["sha256"][sel] = np.zeros(rows.size, dtype="S64")
+        img["error"][sel] = np.zeros(rows.size, dtype=f"S{ERROR_BYTES}")
+        self._f.flush()
+
     # ------------------------------------------------------------------ reading
+    @_reads
     def load(self, spec: str, split: str | Iterable[str] | None = None, *, dtype=np.float32) -> Rows:
         """Features, labels and ids of the decoded rows of ``split`` (None: all splits) for one backbone.
 
-        Failed images are excluded. Raises ``ValueError`` when some wanted rows have not been embedded yet.
+        Failed images are excluded. Raises ``ValueError`` when some wanted rows have not been embedded yet, or when
+        stored features were damaged (not finite, or absurdly large) after they were written.
         """
         g = self._group(spec)
         index = self.row_index(spec, split)
-        return Rows(X=self._read_rows(g["features"], index).astype(dtype, copy=False), y=self.labels[index],
-                    ids=self.ids[index], index=index)
+        X = self._read_rows(g["features"], index)
+        self._check_features(spec, X, index)
+        return Rows(X=X.astype(dtype, copy=False), y=self.labels[index], ids=self.ids[index], index=index)
 
+    def _check_features(self, spec: str, X: np.ndarray, index: np.ndarray) -> None:
+        """ValueError naming the store, the backbone and the fix when rows ``index`` (features ``X``) are damaged."""
+        if not X.size:
+            return
+        bad = ~_sane_rows(X.reshape(len(X), -1))
+        if bad.any():
+            first = display_id(str(self.ids[index[np.argmax(bad)]]))
+            raise ValueError(f"store {self.path} is damaged: {int(bad.sum())} row(s) of backbone {spec!r} hold "
+                             f"non-finite or absurdly large features (first: {first}); re-embed them: rerun "
+                             f"`python -m embed run --backbone {spec} --store {self.path}` with the same data")
+
+    @_reads
     def features_block(self, spec: str, start: int, stop: int) -> np.ndarray:
         """(stop - start, D) float32 raw feature rows ``start:stop`` (all rows, failed ones included): for streaming
         exports; use :meth:`load` for the decoded rows of a split."""
         return self._group(spec)["features"][start:stop].astype(np.float32)
 
+    @_reads
     def row_chunks(self, spec: str, index: np.ndarray, chunk_rows: int = 65536) -> "RowChunks":
-        """Rows ``index`` of a backbone's features, read on demand in chunks (for data larger than memory)."""
-        return RowChunks(self._group(spec)["features"], np.asarray(index, dtype=np.int64), chunk_rows)
+        """Rows ``index`` of a backbone's features, read on demand in chunks (for data larger than memory); reading
+        a damaged row raises ``ValueError`` as :meth:`load` does."""
+        dataset = self._group(spec)["features"]
+        return RowChunks(dataset, np.asarray(index, dtype=np.int64), chunk_rows,
+                         read=functools.partial(self._read_checked, spec, dataset))
 
+    @_reads
+    def _read_checked(self, spec: str, dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+        block = self._read_rows(dataset, rows)
+        self._check_features(spec, block, rows)
+        return block
+
+    @_reads
     def row_index(self, spec: str, split: str | Iterable[str] | None = None) -> np.ndarray:
         """Store rows of the decoded images of ``split`` (None: all); ValueError when some are not embedded yet."""
         want = self.split_mask(split) & (self.status != ERROR)
@@ -402,13 +619,18 @@ class FeatureStore:
                              "yet; rerun the same `python -m embed run` command to finish it")
         return np.flatnonzero(want)
 
+    @_reads
     def views(self, spec: str, index: np.ndarray) -> np.ndarray:
         """(n, V, D) float32 augmented-view features of rows ``index``; kinds in ``provenance(spec)['view_kinds']``."""
         g = self._group(spec)
         if "views" not in g:
             raise ValueError(f"backbone {spec!r} in {self.path} has no augmented views; embed with --views K")
-        return self._read_rows(g["views"], index).astype(np.float32)
+        index = np.asarray(index)
+        views = self._read_rows(g["views"], index)
+        self._check_features(spec, views, index)
+        return views.astype(np.float32)
 
+    @_reads
     def probs(self, spec: str, index: np.ndarray) -> tuple[np.ndarray, list[str]]:
         """(n, K) float32 classifier probabilities of rows ``index`` and the K class names."""
         g = self._group(spec)
@@ -417,6 +639,7 @@ class FeatureStore:
                              "classifiers with pretrained heads have them)")
         return self._read_rows(g["probs"], index).astype(np.float32), json.loads(g["probs"].attrs["classes"])
 
+    @_reads
     def text(self, spec: str) -> tuple[np.ndarray, list[str], float | None]:
         """CLIP text embeddings (C, T, D), their templates, and the logit scale; ValueError when absent."""
         g = self._group(spec)
@@ -427,6 +650,7 @@ class FeatureStore:
         scale = float(d.attrs["logit_scale"])
         return d[:], json.loads(d.attrs["templates"]), (None if np.isnan(scale) else scale)
 
+    @_reads
     def has_text(self, spec: str) -> bool:
         """Whether a backbone group holds CLIP text embeddings."""
         return "text" in self._group(spec)
@@ -441,8 +665,11 @@ class FeatureStore:
         return dataset[lo:hi][index - lo]  # one contiguous read beats h5py's per-row fancy indexing
 
     # ------------------------------------------------------------------ summary
+    @_reads
     def info(self) -> dict:
-        """The JSON summary of ``python -m store info`` (keys documented in DESIGN.md)."""
+        """The JSON summary of ``python -m store info`` (keys documented in DESIGN.md).
+
+        Ids in ``failed`` and ``duplicates`` are shown with :func:`display_id` (valid UTF-8 whatever the names)."""
         status, splits = self.status, self.splits
         backbones = {}
         for g in self._f["backbones"].values():
@@ -456,20 +683,24 @@ class FeatureStore:
                 "splits": {s: int((splits == s).sum()) for s in SPLITS},
                 "labeled": {s: int(((splits == s) & (self.labels >= 0)).sum()) for s in SPLITS},
                 "classes": self.classes, "backbones": backbones, "fingerprint": self.fingerprint,
-                "failed": [{"id": i, "error": e} for i, e in self.errors()],
-                "duplicates": self.duplicates()}
+                "failed": [{"id": display_id(i), "error": e} for i, e in self.errors()],
+                "duplicates": [[display_id(i) for i in group] for group in self.duplicates()]}
 
 
 class RowChunks:
     """Selected rows of a feature dataset, read lazily: ``sample(k)`` for some of them, ``chunks()`` for all.
 
     ``shape`` is (len(index), D); chunks are float32 and follow ``index`` order (which must be increasing).
+    ``read(rows)``, when given, reads a block of store rows in place of a plain read (the store passes one that
+    checks the rows for damage).
     """
 
-    def __init__(self, dataset: h5py.Dataset, index: np.ndarray, chunk_rows: int):
+    def __init__(self, dataset: h5py.Dataset, index: np.ndarray, chunk_rows: int,
+                 read: Callable[[np.ndarray], np.ndarray] | None = None):
         if index.size and np.any(np.diff(index) <= 0):
             raise ValueError("row index must be strictly increasing")
-        self._dataset, self._index, self._chunk = dataset, index, int(chunk_rows)
+        self._index, self._chunk = index, int(chunk_rows)
+        self._read_block = read or functools.partial(FeatureStore._read_rows, dataset)
         self.shape = (int(index.size), int(dataset.shape[1]))
 
     def _read(self, rows: np.ndarray) -> np.ndarray:
@@ -478,7 +709,7 @@ class RowChunks:
         start = 0
         while start < rows.size:
             stop = int(np.searchsorted(rows, rows[start] + self._chunk))  # rows within one chunk-sized span
-            out[start:stop] = FeatureStore._read_rows(self._dataset, rows[start:stop])
+            out[start:stop] = self._read_block(rows[start:stop])
             start = stop
         return out
 
@@ -516,8 +747,33 @@ def _selector(rows: np.ndarray):
 
 
 def _clip_message(message: str) -> bytes:
-    data = " ".join(message.split()).encode("utf-8")
+    """One line of at most ERROR_BYTES UTF-8 bytes; file names in it that are not UTF-8 shown as ``\\xNN``."""
+    data = display_id(" ".join(message.split())).encode("utf-8")
     return data[:ERROR_BYTES].decode("utf-8", "ignore").encode("utf-8")
+
+
+def _sane_rows(X: np.ndarray) -> np.ndarray:
+    """(n,) bool: rows of ``X`` (n, D) that are finite and within MAX_ABS_FEATURE."""
+    with np.errstate(invalid="ignore", over="ignore"):  # float16 data: the bound itself overflows to inf
+        return np.isfinite(X).all(axis=1) & (np.abs(X) <= MAX_ABS_FEATURE).all(axis=1)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def _open_error(path: Path, err: OSError) -> ValueError:
+    """The one-line reason h5py could not open ``path``: in use by another process, or not an HDF5 store."""
+    text = _one_line(err)
+    if "unable to lock file" in text:
+        if isinstance(err, BlockingIOError) or err.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "errno = 11" in text:
+            return ValueError(f"store {path} is in use by another process (HDF5 allows one writer and no readers at a "
+                              "time); wait for the other `python -m embed run` / `classify` command to finish (or "
+                              "stop it), then retry")
+        return ValueError(f"cannot lock {path}: its file system does not support file locking ({text}); set "
+                          "HDF5_USE_FILE_LOCKING=FALSE and make sure no other process writes the store")
+    return ValueError(f"{path} is not a readable HDF5 feature store ({text}); point --store at a store written by "
+                      "`python -m embed run`")
 
 
 def _plain(value):
