@@ -108,13 +108,13 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
     timings["embed_s"] = time.perf_counter() - t0
     spec = str(parse_spec(backbone))  # the store's name of it
     before = {m: _test_accuracy(store_path, spec, m) for m in method_list}
-    init_path = cache_dir / f"init-{method_list[0]}.joblib"
+    init_path = cache_dir / f"init-{method_list[0]}.skops"
     with FeatureStore(store_path) as fs:
         pipeline.fit(fs, [spec], method_list[0]).save(init_path)
 
     ckpt = cache_dir / f"finetuned-{Path(folder).name}-{image_size or 'default'}-{'init' if init else 'lpft'}.pth"
     if fresh:
-        for stale in (ckpt, ckpt.with_name(ckpt.name + ".state"), ckpt.with_suffix(".head.joblib")):
+        for stale in (ckpt, ckpt.with_name(ckpt.name + ".state"), ckpt.with_suffix(".head.skops")):
             stale.unlink(missing_ok=True)
     t0 = time.perf_counter()
     result = run_finetune(folder, backbone, ckpt, init=init_path if init else None, store=store_path, unfreeze=unfreeze,

@@ -22,7 +22,7 @@ What one run does
    init model was fitted on the validation rows too, so there the initial network is no candidate and alpha is 0.5
    (WiSE-FT's default without clean held-out data): chosen by validation, alpha would be 0 every time.
 5. Writes ``out``: the backbone's state_dict, which ``timm:<name>@out`` / ``clip:<arch>@out`` load in
-   ``python -m embed run`` (a new backbone group of the same store); ``<out stem>.head.joblib``: the fine-tuned head
+   ``python -m embed run`` (a new backbone group of the same store); ``<out stem>.head.skops``: the fine-tuned head
    as a classify model for ``python -m classify predict`` on a store re-embedded with that spec.
 
 Resume
@@ -49,9 +49,6 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
 from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -60,8 +57,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from classify import pipeline
-from classify.features import l2_normalize
-from classify.methods.linear import LinearProbe
+from classify.methods.linear import FineTunedHead, LinearProbe
 from classify.thresholds import ClassAwareThresholds
 from embed.backbones import Backbone, ClipBackbone, TimmBackbone, load_backbone, parse_spec
 from embed.images import load_image
@@ -327,45 +323,6 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     return rows, labels, report
 
 
-class FineTunedHead(ClassifierMixin, BaseEstimator):
-    """The head trained by ``finetune``, as a classify estimator: ``softmax(l2_normalize(X) @ weight.T + bias)``.
-
-    ``fit`` learns nothing (the weights come from fine-tuning); it checks shapes and sets ``classes_ = arange(C)``.
-
-    Parameters
-    ----------
-    weight : array-like of shape (C, D)
-    bias : array-like of shape (C,)
-    """
-
-    def __init__(self, weight=None, bias=None):
-        self.weight = weight
-        self.bias = bias
-
-    def fit(self, X, y=None) -> "FineTunedHead":
-        """Check that ``X`` has D columns; set ``classes_``."""
-        X = validate_data(self, X, dtype=[np.float32, np.float64])
-        W = np.asarray(self.weight, dtype=np.float64)
-        if W.ndim != 2 or W.shape[1] != X.shape[1] or np.shape(self.bias) != (W.shape[0],):
-            raise ValueError(f"weight {np.shape(self.weight)} / bias {np.shape(self.bias)} do not fit {X.shape[1]} "
-                             "features")
-        self.classes_ = np.arange(W.shape[0])
-        return self
-
-    def _logits(self, X) -> np.ndarray:
-        check_is_fitted(self)
-        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        return l2_normalize(X.astype(np.float64)) @ np.asarray(self.weight, np.float64).T + np.asarray(self.bias)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (n, C)."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class (n,)."""
-        return self.classes_[self._logits(X).argmax(axis=1)]
-
-
 # -------------------------------------------------------------------------------------------------------------- data
 class _Views(Dataset):
     """Item k = (row, seed): the decoded image of ``row`` through every transform, each seeded from ``seed``."""
@@ -448,18 +405,36 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the old or the new file."""
+    """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the old or the new file,
+    and a failed write (disk full) removes its temporary file."""
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file(obj, str(tmp))
-    else:
-        with open(tmp, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-    os.replace(tmp, path)
+            save_file(obj, str(tmp))
+        else:
+            with open(tmp, "wb") as handle:
+                torch.save(obj, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load_state(path: Path) -> dict:
+    """The training state beside a checkpoint, loaded with ``weights_only`` (tensors and plain values only)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle refusals and damaged files raise many types; one line for the user
+        reason = "it holds Python objects, which could run code" if "weights_only" in str(err) else \
+            f"{type(err).__name__}"
+        raise ValueError(f"{path} is not a fine-tuning state written by this suite ({reason}); delete it to start "
+                         "over") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a fine-tuning state written by this suite; delete it to start over")
+    return state
 
 
 def _score_key(score: dict) -> tuple[float, float]:
@@ -670,13 +645,19 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     out = Path(out).expanduser().resolve()
     if parsed.path is not None and Path(parsed.path) == out:
         raise ValueError(f"--out {out} is the checkpoint being fine-tuned; write the result to another file")
-    if out.suffix == ".joblib":
+    if out.suffix in (".joblib", ".skops"):
         raise ValueError(f"--out {out}: give a checkpoint file name such as ft.pth (the head goes beside it)")
     mode, n_unfreeze = parse_unfreeze(unfreeze)
     if int(epochs) < 0 or int(batch_size) < 1 or float(lr) <= 0 or not 0 <= float(val_fraction) < 1 \
             or int(patience) < 1:
         raise ValueError("need --epochs >= 0, --batch-size >= 1, --lr > 0, --patience >= 1 and 0 <= --val-fraction "
                          "< 1")
+    # a confidence threshold above 1 is never reached: FixMatch (or the pseudo-labels) would silently do nothing
+    for flag, value in (("--threshold", threshold), ("--pseudo-threshold", pseudo_threshold)):
+        if not 0 <= float(value) <= 1:
+            raise ValueError(f"{flag} is a confidence in [0, 1], got {value!r}; 0.95 is FixMatch's usual value")
+    if float(fixmatch_weight) < 0 or int(mu) < 0 or int(pseudo_steps) < 0:
+        raise ValueError("need --fixmatch-weight >= 0, --mu >= 0 and --pseudo-steps >= 0 (0 turns that part off)")
     alphas = sorted({float(a) for a in (pipeline.as_list(wise_alphas) if not isinstance(wise_alphas, (list, tuple))
                                         else wise_alphas)})
     if not alphas or any(not 0 <= a <= 1 for a in alphas):
@@ -685,6 +666,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         raise ValueError("--pseudo needs --store S: the feature store of this data folder that the pseudo model was "
                          "fitted on")
     fitted_init = _load_fitted(init) if init is not None else None
+    fitted_pseudo = _load_fitted(pseudo) if pseudo is not None else None  # both models read before anything heavy
     if fitted_init is not None:
         head_from_model(fitted_init, images.classes)  # refuse a wrong --init before anything heavy
     if store is not None and fitted_init is not None:
@@ -721,11 +703,11 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
            "bn_train": bool(bn_train),
            "fingerprint": image_list_sha256(images.ids, images.splits, images.labels, images.classes)}
     state_path = out.with_name(out.name + ".state")
-    head_path = out.with_suffix(".head.joblib")
+    head_path = out.with_suffix(".head.skops")
     state = None
     if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        state = _load_state(state_path)
+        if state.get("format") != STATE_FORMAT:
             raise ValueError(f"{state_path} is not a fine-tuning state; delete it to start over")
         _check_config(state["config"], cfg, state_path)
         if state.get("finished"):
@@ -759,7 +741,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         pseudo_report = state.get("pseudo_report")
     elif pseudo is not None:
         pseudo_rows, pseudo_y, pseudo_report = select_pseudo_labels(
-            pseudo, store, images, np.bincount(images.labels[train_rows], minlength=len(images.classes)),
+            fitted_pseudo, store, images, np.bincount(images.labels[train_rows], minlength=len(images.classes)),
             pseudo_threshold, pseudo_steps)
     else:
         pseudo_rows, pseudo_y = np.zeros(0, np.int64), np.zeros(0, np.int64)

@@ -4,6 +4,8 @@ Everything the CLI, the benchmarks and user scripts share lives here; ``classify
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib.metadata
 import inspect
 import logging
 import time
@@ -11,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import joblib
 import numpy as np
 import sklearn
 from sklearn.base import clone
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
+from classify import persist
 from classify.features import UNLABELED
 from classify.registry import create, get
 from store import FeatureStore
@@ -26,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Parameters whose string (or {"method": name, ...} dict) values name another registered method.
 NESTED_PARAMS = ("teacher", "head", "base", "gate", "expert", "methods")
-MODEL_FORMAT = "fewshot-classifier/1"
+MODEL_FORMAT = "fewshot-classifier/2"  # 2: skops files (1 was joblib, refused)
 #: ``fit`` streams a store's features (methods with ``fit_chunks``) when they would take more memory than this.
 STREAM_BYTES = 4 * 2**30
 
@@ -212,15 +214,12 @@ class FittedModel:
     fit_seconds: float
     views: bool = False  # rows are [features | views…] (see load_data)
     backbone_weights: dict = field(default_factory=dict)  # spec -> weights sha256 of the features it saw
-    versions: dict = field(default_factory=lambda: {"sklearn": sklearn.__version__, "numpy": np.__version__})
+    versions: dict = field(default_factory=lambda: {"sklearn": sklearn.__version__, "numpy": np.__version__,
+                                                    "skops": importlib.metadata.version("skops")})
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        joblib.dump({"format": MODEL_FORMAT, **self.__dict__}, tmp)
-        tmp.replace(path)  # never leave a half-written model behind
-        return path
+        """Write the model as a skops file (see :mod:`classify.persist`: loading it can run no code)."""
+        return persist.save({"format": MODEL_FORMAT, **self.__dict__}, path)
 
     def check_store(self, store: FeatureStore) -> None:
         """Refuse a store of other images, or whose features of these backbones come from other weights."""
@@ -234,15 +233,13 @@ class FittedModel:
 
 
 def load_model(path: str | Path) -> FittedModel:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no model at {path}; create one with `python -m classify fit ... --out {path}`")
-    try:
-        payload = joblib.load(path)
-    except Exception as err:  # joblib raises many types on a foreign file; all mean the same to the user
-        raise ValueError(f"{path} is not a model saved by `python -m classify fit` ({type(err).__name__})") from None
+    """A model written by :meth:`FittedModel.save`; files that could run code, or name foreign types, are refused."""
+    payload = persist.load(path, "model", f"create one with `python -m classify fit ... --out {Path(path).name}`")
     if not isinstance(payload, dict) or payload.pop("format", None) != MODEL_FORMAT:
         raise ValueError(f"{path} is not a model saved by `python -m classify fit`")
+    fields = {f.name for f in dataclasses.fields(FittedModel)}
+    if not fields >= set(payload) >= {"estimator", "method", "backbones", "store_fingerprint", "classes"}:
+        raise ValueError(f"{path} is not a model saved by `python -m classify fit` (unexpected fields); refit it")
     return FittedModel(**payload)
 
 

@@ -48,3 +48,22 @@ def create(name: str, **params):
         return cls(**params)
     except TypeError as err:
         raise ValueError(f"bad parameter for method {name!r}: {err}") from None
+
+
+_PERSISTABLE: set[type] = set()
+
+
+def persistable(cls: type) -> type:
+    """Class decorator: instances may appear inside a saved model (helpers that fitted methods hold as attributes).
+
+    Registered methods are persistable already. Only plain-data classes belong here: loading sets their attributes
+    and runs no other code of theirs.
+    """
+    _PERSISTABLE.add(cls)
+    return cls
+
+
+def trusted_types() -> set[str]:
+    """Fully qualified names of the suite's classes a saved model may contain (see :mod:`classify.persist`)."""
+    _ensure_loaded()
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in set(_METHODS.values()) | _PERSISTABLE}

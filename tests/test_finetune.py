@@ -5,7 +5,10 @@ freezing freezes, a run killed after an epoch resumes from its checkpoint and en
 weights, WiSE alpha 0 returns the initial weights, the output is a backbone spec `embed run` and `load_backbone`
 accept (features change), pseudo-labels from a fitted model, and the CLI's error paths.
 """
+import errno
 import json
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from PIL import Image
 from scipy.special import softmax
 
 import tinymodels
+from classify import finetune as finetune_module
 from classify import pipeline
 from classify.cli import main
 from classify.finetune import (FineTuneNet, apply_unfreeze, finetune, head_from_model, parse_unfreeze,
@@ -70,7 +74,7 @@ def _fit(store, spec, method, out, **params):
 
 @pytest.fixture(scope="module")
 def linear_model(store, timm_spec, tmp_path_factory):
-    return _fit(store, timm_spec, "linear", tmp_path_factory.mktemp("models") / "linear.joblib")
+    return _fit(store, timm_spec, "linear", tmp_path_factory.mktemp("models") / "linear.skops")
 
 
 def _state(path):
@@ -251,7 +255,7 @@ def test_output_is_a_backbone_spec_with_new_features(model, data_dir, tmp_path):
 
 
 def test_fixmatch_and_pseudo_labels_from_a_fitted_model(data_dir, store, timm_spec, tmp_path):
-    model = _fit(store, timm_spec, "labelprop", tmp_path / "lp.joblib")
+    model = _fit(store, timm_spec, "labelprop", tmp_path / "lp.skops")
     images = sources.from_folder(data_dir)
     rows, labels, report = select_pseudo_labels(model, store, images, np.ones(3), threshold=0.0, steps=0)
     assert report["n_selected"] == report["n_pool"] == 6 and len(rows) == 6
@@ -270,7 +274,7 @@ def test_clip_image_tower_from_zeroshot(data_dir, tiny_clip_ckpt, tmp_path):
     spec = f"clip:{arch}@{ckpt}"
     store = tmp_path / "clip.h5"
     embed(sources.from_folder(data_dir), store, [spec], device="cpu", workers=0, progress=False)
-    zs = _fit(store, spec, "zeroshot", tmp_path / "zs.joblib")
+    zs = _fit(store, spec, "zeroshot", tmp_path / "zs.skops")
     fitted = pipeline.load_model(zs)
     backbone = load_backbone(spec)
     net = FineTuneNet(backbone, *head_from_model(fitted, list(CLASSES)))
@@ -307,7 +311,7 @@ def test_cli_errors(capsys, data_dir, timm_spec, store, tmp_path):
     err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", tmp_path / "o.pth",
                      "--unfreeze", "most")
     assert "--unfreeze must be all, none or last-N" in err
-    knn = _fit(store, timm_spec, "knn", tmp_path / "knn.joblib")
+    knn = _fit(store, timm_spec, "knn", tmp_path / "knn.skops")
     err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", tmp_path / "o.pth", "--init", knn)
     assert "--init must be a model of method linear or zeroshot" in err
     err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", tmp_path / "o.pth", "--pseudo",
@@ -327,8 +331,42 @@ def test_cli_runs_and_prints_the_spec(capsys, data_dir, timm_spec, linear_model,
           "--progress", "False", "--unfreeze", "last-1", "--json"])
     printed = capsys.readouterr().out
     assert f"backbone: timm:test_efficientnet@{out}" in printed and "--image-size 32" in printed
-    assert out.is_file() and out.with_suffix(".head.joblib").is_file()
+    assert out.is_file() and out.with_suffix(".head.skops").is_file()
     result = json.loads(printed.strip().splitlines()[-1])
     assert result["image_size"] == SIZE  # taken from the init model's store
     # the linear init model saw the validation rows: alpha is WiSE-FT's default, not chosen on them
     assert result["alpha"] == 0.5 and result["alpha_chosen_by"] == "init saw the validation rows"
+
+
+def test_threshold_outside_zero_one_is_refused(capsys, data_dir, timm_spec, tmp_path):
+    """A threshold of 2 is never reached: FixMatch would silently do nothing."""
+    for flag in ("--threshold", "--pseudo-threshold"):
+        err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", tmp_path / "o.pth", flag, 2)
+        assert f"{flag} is a confidence in [0, 1]" in err
+
+
+class _RunsShell:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_a_state_file_holding_python_objects_is_refused_in_one_line(capsys, data_dir, timm_spec, tmp_path):
+    out, marker = tmp_path / "ft.pth", tmp_path / "pwned"
+    out.with_name(out.name + ".state").write_bytes(pickle.dumps({"format": 1, "x": _RunsShell(f"touch {marker}")}))
+    err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", out)
+    assert "holds Python objects, which could run code" in err and "delete it" in err
+    assert not marker.exists()
+
+
+def test_a_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError):
+        finetune_module._atomic_save({"w": torch.zeros(2)}, tmp_path / "ft.pth")
+    assert list(tmp_path.iterdir()) == []

@@ -92,8 +92,11 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray of shape (n_classes,)
-    head_ : torch.nn.Module
-        The trained head (CPU), on centred, L2-normalised features.
+    coefs_ : list of ndarray
+        Weight matrix of each layer of the trained head, ``(in, out)`` (one layer, or two with ``hidden``), applied to
+        centred, L2-normalised features. Plain arrays, so a saved model holds no torch object.
+    intercepts_ : list of ndarray
+        Bias of each layer, ``(out,)``.
     mean_ : ndarray of shape (D,)
         The centre (zeros without ``center``).
     thresholds_ : ndarray of shape (n_classes,) or None
@@ -226,7 +229,9 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
             torch.manual_seed(seed)
             head = self._make_head(blocks.shape[2], n_classes)
             report = self._train(head, Xs, ys, Xu, weak, strong, thresholds, use_unlabeled, consistency, gen)
-        self.head_ = head.eval()
+        layers = [m for m in head.modules() if isinstance(m, torch.nn.Linear)]
+        self.coefs_ = [m.weight.detach().numpy().T.copy() for m in layers]  # (in, out) each
+        self.intercepts_ = [m.bias.detach().numpy().copy() for m in layers]  # (out,) each
         self.thresholds_ = None if thresholds is None else thresholds.thresholds.copy()
         self.fit_report_ = {"method": "fixmatch", "view_kinds": kinds, "n_labeled": int(labeled.sum()),
                             "n_unlabeled": int(len(Xu)), "consistency": consistency, "per_epoch": report,
@@ -278,13 +283,14 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ predict
     def _logits(self, X) -> np.ndarray:
-        import torch
-
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
-        plain = self._blocks(X, len(self._kinds()), plain_only=True)[0]  # (n, D): only the plain features
-        with torch.no_grad(), _torch_threads(1):
-            return self.head_(torch.from_numpy(plain)).double().numpy()  # (n, C)
+        h = self._blocks(X, len(self._kinds()), plain_only=True)[0]  # (n, D): only the plain features
+        for i, (W, b) in enumerate(zip(self.coefs_, self.intercepts_)):  # the head's forward pass, in numpy
+            h = h @ W + b  # (n, out)
+            if i < len(self.coefs_) - 1:
+                h = np.maximum(h, 0)  # ReLU between the layers of the hidden-layer head
+        return h.astype(np.float64)  # (n, C)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities from the plain feature block, shape (n, n_classes)."""

@@ -26,7 +26,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.features import checked_labeled_mask, l2_normalize, single_threaded_blas
-from classify.registry import register_method
+from classify.registry import persistable, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ PCA_MAX_ROWS = 4096
 CHUNKED_SAMPLE_ROWS = 65536
 
 
+@persistable
 class FeatureTransform:
     """Fitted feature preprocessing applied before cosine similarity: power-norm, centring, PCA(-whitening), L2.
 

@@ -14,7 +14,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.zeroshot import zeroshot_class_weights
-from classify.registry import register_method
+from classify.registry import persistable, register_method
 
 logger = logging.getLogger(__name__)
 
@@ -267,3 +267,43 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """Most probable class, shape (n,)."""
         idx = self._logits(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
         return self.classes_[idx]
+
+
+@persistable
+class FineTunedHead(ClassifierMixin, BaseEstimator):
+    """The head trained by ``finetune``, as a classify estimator: ``softmax(l2_normalize(X) @ weight.T + bias)``.
+
+    ``fit`` learns nothing (the weights come from fine-tuning); it checks shapes and sets ``classes_ = arange(C)``.
+
+    Parameters
+    ----------
+    weight : array-like of shape (C, D)
+    bias : array-like of shape (C,)
+    """
+
+    def __init__(self, weight=None, bias=None):
+        self.weight = weight
+        self.bias = bias
+
+    def fit(self, X, y=None) -> "FineTunedHead":
+        """Check that ``X`` has D columns; set ``classes_``."""
+        X = validate_data(self, X, dtype=[np.float32, np.float64])
+        W = np.asarray(self.weight, dtype=np.float64)
+        if W.ndim != 2 or W.shape[1] != X.shape[1] or np.shape(self.bias) != (W.shape[0],):
+            raise ValueError(f"weight {np.shape(self.weight)} / bias {np.shape(self.bias)} do not fit {X.shape[1]} "
+                             "features")
+        self.classes_ = np.arange(W.shape[0])
+        return self
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
+        return l2_normalize(X.astype(np.float64)) @ np.asarray(self.weight, np.float64).T + np.asarray(self.bias)
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (n, C)."""
+        return softmax(self._logits(X), axis=1)
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class (n,)."""
+        return self.classes_[self._logits(X).argmax(axis=1)]

@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validat
 
 from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import FeatureTransform, KNNLabelPropagation
-from classify.registry import create, register_method
+from classify.registry import create, persistable, register_method
 from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, fixed_threshold_mask
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 SELECTIONS = ("fixed", "classaware", "balanced", "all")
 
 
+@persistable
 class LogisticHead(ClassifierMixin, BaseEstimator):
     """Multinomial logistic regression on transformed, L2-normalised features; accepts ``sample_weight``.
 
