@@ -37,10 +37,22 @@ anim.gif                   3 frames red, green, blue -> the first, (255, 0, 0)
 png_named.jpg              PNG bytes named .jpg (content is sniffed)
 x.webp, x.bmp, x.tif       random content, lossless
 =========================  ===========================================================================
+
+Hostile files a real folder contains, one generator each, to compose into folders (a challenge layout, a CSV):
+
+- `skinny_png_bytes` / `write_skinny_png`: a 277-byte 1x100000 PNG; cheap to decode, but resizing its shorter
+  side to a backbone's input size would allocate gigabytes (`load_image` refuses it: "extreme aspect ratio");
+- `write_odd_names`: a valid PNG under a non-ASCII name and one under a name whose bytes are not UTF-8;
+- `make_link_loop`: a directory symlink to an ancestor (``train/zero/up -> ..``);
+- `make_fifo`: a named pipe with an image's name (opening it for reading would block);
+- `make_device_link`: an image-named symlink to a character device such as ``/dev/zero`` (endless bytes).
+
+`HOSTILE_ERRORS` holds a substring of the error `load_image` reports for each kind.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 import zlib
@@ -70,6 +82,17 @@ BAD_INPUT_ERRORS: dict[str, str] = {
 }
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+SKINNY_SIZE: tuple[int, int] = (1, 100000)
+# A name outside ASCII (NFC, as typed), and raw bytes that are not UTF-8 (Latin-1 "\xe9" and a stray "\xff").
+NON_ASCII_NAME: str = "Bo\u00eblle \u00e9t\u00e9 \u753b\u50cf.png"
+NON_UTF8_NAME: bytes = b"bad \xe9t\xe9\xff.png"
+
+HOSTILE_ERRORS: dict[str, str] = {
+    "skinny": "extreme aspect ratio",
+    "fifo": "not a regular file",
+    "device": "not a regular file",
+}
 
 
 def _random_rgb(rng: np.random.Generator, size: int) -> Image.Image:
@@ -222,3 +245,73 @@ def write_bad_inputs(folder: str | os.PathLike[str]) -> dict[str, bool]:
     for ext in (".webp", ".bmp", ".tif"):
         _save(_random_rgb(rng, 24), put(f"x{ext}", True))
     return out
+
+
+def skinny_png_bytes(width: int = SKINNY_SIZE[0], height: int = SKINNY_SIZE[1]) -> bytes:
+    """A valid 8-bit greyscale PNG of ``width x height`` mid-grey pixels (277 bytes at the default 1x100000).
+
+    Decoding it costs ``width * height`` bytes; what costs gigabytes is what comes next: every backbone transform
+    first resizes the shorter side to its input size, here 1 -> 256 pixels and 100000 -> 25.6 million.
+    """
+    buf = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def write_skinny_png(path: str | os.PathLike[str], width: int = SKINNY_SIZE[0], height: int = SKINNY_SIZE[1]) -> Path:
+    """Write `skinny_png_bytes` to ``path`` (parents created) and return it as a Path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(skinny_png_bytes(width, height))
+    return path
+
+
+def write_odd_names(folder: str | os.PathLike[str], value: int = 60) -> list[Path]:
+    """Write a 4x4 grey PNG under `NON_ASCII_NAME` and one under `NON_UTF8_NAME` into `folder`.
+
+    The second name is created from bytes; Python shows it with ``surrogateescape`` (``"bad \\udce9t..."``) and
+    ``open`` of that str reaches exactly the same bytes again.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The two files, in that order. Pixel value ``value`` in the first, ``value + 1`` in the second.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / NON_ASCII_NAME, Path(os.fsdecode(os.path.join(os.fsencode(folder), NON_UTF8_NAME)))]
+    for k, path in enumerate(paths):
+        Image.new("RGB", (4, 4), (value + k,) * 3).save(path, format="PNG")
+    return paths
+
+
+def make_link_loop(folder: str | os.PathLike[str], name: str = "up", target: str = "..") -> Path:
+    """A directory symlink ``folder/name -> target`` (default: the parent, so walking links never ends)."""
+    link = Path(folder) / name
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target, target_is_directory=True)
+    return link
+
+
+def make_fifo(path: str | os.PathLike[str]) -> Path:
+    """A named pipe at ``path`` (parents created). Opening it for reading blocks until a writer comes.
+
+    Raises
+    ------
+    NotImplementedError
+        Where the platform has no ``os.mkfifo`` (Windows); tests should skip.
+    """
+    if not hasattr(os, "mkfifo"):
+        raise NotImplementedError("named pipes need os.mkfifo (POSIX)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+def make_device_link(path: str | os.PathLike[str], device: str = "/dev/zero") -> Path:
+    """A symlink ``path -> device`` (parents created): reading it never ends (``/dev/zero``) or blocks."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(device)
+    return path

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
+import json
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -17,7 +21,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from embed.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, LoadedImage, load_image, to_rgb8
+from embed.images import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    LoadedImage,
+    load_image,
+    to_rgb8,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import imagegen  # noqa: E402
@@ -177,12 +189,17 @@ def test_reads_the_file_once(bad_dir) -> None:
 
 
 _OPEN_LOG: list[list[str]] = []
+_FORBIDDEN_OPENS: list[set[str]] = []
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event == "open" and _OPEN_LOG and isinstance(args[0], (str, bytes, os.PathLike)):
+    if event == "open" and (_OPEN_LOG or _FORBIDDEN_OPENS) and isinstance(args[0], (str, bytes, os.PathLike)):
+        name = os.fsdecode(args[0])
         for log in _OPEN_LOG:
-            log.append(os.fsdecode(args[0]))
+            log.append(name)
+        if any(name in names for names in _FORBIDDEN_OPENS):
+            # Raised inside the open call, before the system call: the test fails instead of blocking or streaming.
+            raise AssertionError(f"{name} was opened")
 
 
 sys.addaudithook(_audit)  # hooks cannot be removed; this one does nothing unless a test is listening
@@ -442,7 +459,7 @@ def test_max_pixels_applies_after_draft(tmp_path: Path) -> None:
 
 def test_draft_is_only_for_jpeg(bad_dir) -> None:
     folder, _ = bad_dir
-    assert load_image(folder / "x.webp", target_size=4).image.size == (24, 24)
+    assert load_image(folder / "x.webp", target_size=7).image.size == (24, 24)  # 24 // (2 * 7) = 1: not reduced
 
 
 def test_huge_jpeg_decodes_in_draft_mode(bad_dir) -> None:
@@ -453,6 +470,155 @@ def test_huge_jpeg_decodes_in_draft_mode(bad_dir) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in particular no DecompressionBombWarning
         result = load_image(folder / "huge.jpg", target_size=TARGET)
-    assert result.image.size == (1250, 1125)  # 1/8 scale
+    assert result.image.size == (625, 563)  # 1/8 scale by libjpeg (1250x1125), then reduced by 1125 // 448 = 2
     assert (pixels(result) == 90).all()
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+# --- hostile files: non-regular files, size caps, extreme aspect ratios, odd names
+
+
+@contextlib.contextmanager
+def _refuse_opens(*paths: os.PathLike[str] | str) -> Iterator[None]:
+    """Make any attempt to open one of ``paths`` raise (via the audit hook), before the open can block or stream."""
+    names = {os.fsdecode(os.fspath(p)) for p in paths}
+    _FORBIDDEN_OPENS.append(names)
+    try:
+        yield
+    finally:
+        _FORBIDDEN_OPENS.remove(names)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes need POSIX")
+def test_fifo_is_reported_without_being_opened(tmp_path: Path) -> None:
+    fifo = imagegen.make_fifo(tmp_path / "pipe.png")
+    with _refuse_opens(fifo):  # a real open for reading would block this test forever
+        result = load_image(fifo, target_size=TARGET)
+    assert result.error == "cannot read file: not a regular file (FIFO)"
+    assert result.image is None and result.sha256 is None
+    assert imagegen.HOSTILE_ERRORS["fifo"] in result.error
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_device_link_is_reported_without_being_opened(tmp_path: Path) -> None:
+    link = imagegen.make_device_link(tmp_path / "zero.jpg")
+    with _refuse_opens(link, "/dev/zero"):  # a real read would never end
+        result = load_image(link)
+    assert result.error == "cannot read file: not a regular file (character device)"
+    assert imagegen.HOSTILE_ERRORS["device"] in result.error
+
+
+def test_bytes_read_are_capped(tmp_path: Path) -> None:
+    assert DEFAULT_MAX_BYTES == 256 * 2**20
+    path = tmp_path / "big.png"
+    Image.new("RGB", (64, 64), RED).save(path)
+    size = path.stat().st_size
+    with _refuse_opens(path):  # decided from the size alone
+        result = load_image(path, max_bytes=size - 1)
+    assert result.error == f"file too large: {size} bytes, more than max_bytes={size - 1}"
+    assert result.sha256 is None
+    assert load_image(path, max_bytes=size).error is None
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_image(path, max_bytes=0)
+
+
+@pytest.mark.skipif(not os.path.isfile("/proc/self/status"), reason="needs Linux /proc")
+def test_bytes_read_are_capped_when_the_size_lies() -> None:
+    # /proc files are regular files that report a size of 0: the cap must hold while reading too.
+    assert os.stat("/proc/self/status").st_size == 0
+    assert load_image("/proc/self/status", max_bytes=100).error.startswith("file too large: more than max_bytes=100")
+    assert load_image("/proc/self/status").error.startswith("not an image")
+
+
+_SKINNY_CHILD = r"""
+import json, os, resource, sys
+from PIL import Image
+from embed.images import load_image
+
+path, target = sys.argv[1], int(sys.argv[2])
+if os.path.isfile("/proc/self/statm"):  # a ceiling, so that a regression fails here instead of swapping the machine
+    vm = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (vm + 3 * 2**30, resource.RLIM_INFINITY))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+result = load_image(path, target_size=target)
+if result.ok:  # what every backbone transform does first: the shorter side resized to the target
+    w, h = result.image.size
+    scale = target / min(w, h)
+    result.image.resize((round(w * scale), round(h * scale)), Image.Resampling.BICUBIC)
+added = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"error": result.error, "added_mb": added / 1024 if sys.platform != "darwin" else added / 2**20}))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="measures peak memory with the resource module")
+def test_skinny_png_costs_little_memory(tmp_path: Path) -> None:
+    """A 277-byte 1x100000 PNG, decoded and resized as the embed runner does, in a fresh process (Pillow's C
+    allocations are invisible to tracemalloc, so the peak resident size of the child is measured)."""
+    path = imagegen.write_skinny_png(tmp_path / "skinny.png")
+    assert path.stat().st_size < 300
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _SKINNY_CHILD, str(path), "256"], check=False, capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == ("extreme aspect ratio: 1x100000 is 1:100000, more than max_aspect_ratio=100; "
+                                "crop or pad the image")
+    assert imagegen.HOSTILE_ERRORS["skinny"] in outcome["error"]
+    assert outcome["added_mb"] < 300
+
+
+def test_aspect_ratio_limit(tmp_path: Path) -> None:
+    assert DEFAULT_MAX_ASPECT_RATIO == 100
+    wide = imagegen.write_skinny_png(tmp_path / "wide.png", 1000, 10)  # 100:1 is still a picture (a panorama)
+    assert load_image(wide, target_size=TARGET).error is None
+    assert load_image(wide, max_aspect_ratio=99).error.startswith("extreme aspect ratio: 1000x10 is 100:1")
+    with pytest.raises(ValueError, match="max_aspect_ratio"):
+        load_image(wide, max_aspect_ratio=0.5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "I;16"])
+def test_large_images_are_reduced_towards_the_target(tmp_path: Path, mode: str) -> None:
+    """Non-JPEG images much larger than the target come back box-reduced (Pillow's `reduce`, like JPEG draft),
+    keeping the shorter side at least twice the target; colours, transparency and 16-bit scaling are kept."""
+    path = tmp_path / f"big_{mode.replace(';', '')}.png"
+    if mode == "RGBA":
+        img, want = _halves_image("RGBA", (1000, 600), (200, 0, 0, 0), (10, 200, 30, 255)), (WHITE, (10, 200, 30))
+    elif mode == "P":
+        img = _halves_image("P", (1000, 600), 0, 1)
+        img.putpalette([*RED, *GREEN] + [0, 0, 0] * 254)
+        want = (RED, GREEN)
+    elif mode == "I;16":
+        img = Image.fromarray(np.full((600, 1000), 65535, dtype=np.uint16))
+        want = (WHITE, WHITE)
+    else:
+        img = _halves_image("RGB", (1000, 600), RED, BLUE).convert(mode)
+        want = tuple(_rgb(img.getpixel(xy)) for xy in ((0, 0), (999, 0)))
+    img.save(path)
+    result = load_image(path, target_size=100)
+    assert result.image.size == (334, 200)  # 600 // (2 * 100) = 3: 1000x600 -> ceil(1000 / 3) x 200
+    assert load_image(path, target_size=300).image.size == (1000, 600)  # 600 // 600 = 1: kept
+    assert load_image(path).image.size == (1000, 600)
+    got = pixels(result)
+    if want is not None:
+        assert (got[:, :160] == want[0]).all() and (got[:, 175:] == want[1]).all(), mode
+
+
+def _rgb(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,) * 3
+
+
+def _halves_image(mode: str, size: tuple[int, int], left: object, right: object) -> Image.Image:
+    img = Image.new(mode, size, left)  # type: ignore[arg-type]
+    img.paste(right, (size[0] // 2, 0, size[0], size[1]))  # type: ignore[arg-type]
+    return img
+
+
+def test_odd_file_names_decode(tmp_path: Path) -> None:
+    non_ascii, non_utf8 = imagegen.write_odd_names(tmp_path, value=60)
+    assert non_ascii.name == imagegen.NON_ASCII_NAME
+    assert os.fsencode(non_utf8.name) == imagegen.NON_UTF8_NAME  # surrogateescape maps back to the exact bytes
+    for k, path in enumerate((non_ascii, non_utf8)):
+        for form in (path, str(path), os.fsencode(path)):
+            result = load_image(form)
+            assert (pixels(result) == 60 + k).all(), form
+            assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
