@@ -7,14 +7,27 @@ from typing import Callable
 _METHODS: dict[str, type] = {}
 
 
-def register_method(name: str) -> Callable[[type], type]:
-    """Class decorator registering an sklearn estimator under ``name``; a duplicate name raises."""
+CAPABILITIES = ("needs_labels", "needs_text", "uses_views")
+
+
+def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
+    """Class decorator registering an sklearn estimator under ``name``; a duplicate name raises.
+
+    ``capabilities`` (see :class:`classify.base.FewShotClassifier`) become class attributes: ``needs_labels=False``
+    for methods that fit without labels, ``needs_text=True`` for methods that need CLIP text embeddings,
+    ``uses_views=True`` for methods reading cached augmented views.
+    """
+    unknown = sorted(set(capabilities) - set(CAPABILITIES))
+    if unknown:
+        raise ValueError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
 
     def decorate(cls: type) -> type:
         if name in _METHODS and _METHODS[name] is not cls:
             raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__qualname__}")
         _METHODS[name] = cls
         cls.method_name = name
+        for key, value in capabilities.items():
+            setattr(cls, key, bool(value))
         return cls
 
     return decorate

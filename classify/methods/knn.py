@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import logging
-import numbers
 
 import faiss
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import FewShotClassifier, Int, Options, Real
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
 
@@ -18,7 +17,7 @@ _DISTANCE_EPS = 1e-6
 
 
 @register_method("knn")
-class KNNClassifier(ClassifierMixin, BaseEstimator):
+class KNNClassifier(FewShotClassifier):
     """Cosine kNN over the labeled rows; ``predict_proba`` is the weighted share of neighbour votes.
 
     Rows labeled ``-1`` are unlabeled and ignored.
@@ -45,18 +44,16 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"k": [Int(1)], "weights": [Options("uniform", "distance"), Real(0, low_open=True)]}
+
     def __init__(self, k=10, weights=0.07):
         self.k = k
         self.weights = weights
 
     def fit(self, X, y):
         """Store the normalised labeled rows."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-        if not isinstance(self.k, numbers.Integral) or self.k < 1:
-            raise ValueError(f"k must be a positive integer, got {self.k!r}")
-        temperature = isinstance(self.weights, numbers.Real) and not isinstance(self.weights, bool)
-        if not (self.weights in ("uniform", "distance") or (temperature and self.weights > 0)):
-            raise ValueError(f"weights must be 'uniform', 'distance' or a positive temperature, got {self.weights!r}")
         mask = checked_labeled_mask(y)
         if not mask.any():
             raise ValueError("knn needs labeled rows (y = -1 marks unlabeled); every row is unlabeled")
@@ -90,8 +87,3 @@ class KNNClassifier(ClassifierMixin, BaseEstimator):
         flat = np.arange(n)[:, None] * n_classes + self.y_fit_[idx]  # (n, k) cell of each vote in (n, C)
         votes = np.bincount(flat.ravel(), weights=w.ravel(), minlength=n * n_classes).reshape(n, n_classes)
         return votes / votes.sum(axis=1, keepdims=True)
-
-    def predict(self, X) -> np.ndarray:
-        """Class with the largest vote share, shape (n,)."""
-        idx = self.predict_proba(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
-        return self.classes_[idx]

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import logging
-import numbers
 
 import numpy as np
-from scipy.special import log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import DICT, NONE, FewShotClassifier, Int, Options, Real, text_class_weights
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
-from classify.methods.zeroshot import zeroshot_class_weights
 from classify.registry import persistable, register_method
 
 logger = logging.getLogger(__name__)
@@ -26,7 +24,7 @@ DEFAULT_ALPHAS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
 @register_method("linear")
-class LinearProbe(ClassifierMixin, BaseEstimator):
+class LinearProbe(FewShotClassifier):
     """Linear probe on L2-normalised features with C chosen by stratified CV on the labeled rows.
 
     Rows labeled ``-1`` are unlabeled and ignored. With ``text_embeddings`` the probe is interpolated
@@ -85,6 +83,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"class_weight": [NONE, Options("balanced"), DICT], "cv": [Int(2)],
+                              "logit_scale": [Real(0, low_open=True)], "alpha": [NONE, Real(0, 1)],
+                              "max_iter": [Int(1)], "tol": [Real(0, low_open=True)]}
+
     def __init__(self, Cs=None, class_weight=None, cv=5, text_embeddings=None, templates=None, template_subset=None,
                  logit_scale=100.0, alpha=None, alphas=None, max_iter=1000, tol=1e-4, random_state=0):
         self.Cs = Cs
@@ -103,6 +105,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
     def fit(self, X, y):
         """Fit on the labeled rows of ``X`` (rows with ``y == -1`` are ignored)."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         mask = checked_labeled_mask(y)
         Xl, yl = l2_normalize(X[mask]), y[mask]  # (n_l, D), (n_l,)
@@ -110,21 +113,12 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if probe_classes.size < 2:
             raise ValueError(f"linear probe needs labeled rows of at least 2 classes, got {probe_classes.size} class"
                              f"{'' if probe_classes.size == 1 else 'es'}; label more rows (y = -1 marks unlabeled)")
-        if not isinstance(self.cv, numbers.Integral) or self.cv < 2:
-            raise ValueError(f"cv must be an integer >= 2 (the maximum number of CV folds), got {self.cv!r}")
         Cs = np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=np.float64).ravel()
         if Cs.size == 0 or np.any(Cs <= 0):
             raise ValueError(f"Cs must be a non-empty list of positive floats, got {self.Cs!r}")
 
         if self.text_embeddings is not None:
-            W = zeroshot_class_weights(self.text_embeddings, self.templates, self.template_subset)  # (C, D)
-            if W.shape[1] != X.shape[1]:
-                raise ValueError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: "
-                                 "use text and image embeddings of the same CLIP backbone")
-            if not np.issubdtype(probe_classes.dtype, np.number) or probe_classes.min() < 0 \
-                    or probe_classes.max() >= W.shape[0] or np.any(probe_classes != np.round(probe_classes)):
-                raise ValueError(f"with text_embeddings, labels must be class indices in [0, {W.shape[0]}) "
-                                 "(rows of text_embeddings) or -1 for unlabeled")
+            W = text_class_weights(self, X, y)  # (C, D)
             self.class_weights_ = W
             self.classes_ = np.arange(W.shape[0])
             if self.alpha is not None:
@@ -259,18 +253,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         zs = float(self.logit_scale) * self.class_weights_.astype(np.float64)  # (C, D) zero-shot head, no bias
         return (1.0 - self.alpha_) * zs + self.alpha_ * W, self.alpha_ * b
 
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n, len(classes_))."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
-        return self.classes_[idx]
 
 
 @persistable
-class FineTunedHead(ClassifierMixin, BaseEstimator):
+class FineTunedHead(FewShotClassifier):
     """The head trained by ``finetune``, as a classify estimator: ``softmax(l2_normalize(X) @ weight.T + bias)``.
 
     ``fit`` learns nothing (the weights come from fine-tuning); it checks shapes and sets ``classes_ = arange(C)``.
@@ -299,11 +285,3 @@ class FineTunedHead(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         return l2_normalize(X.astype(np.float64)) @ np.asarray(self.weight, np.float64).T + np.asarray(self.bias)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities (n, C)."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class (n,)."""
-        return self.classes_[self._logits(X).argmax(axis=1)]

@@ -5,11 +5,10 @@ import difflib
 import logging
 
 import numpy as np
-from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.features import l2_normalize, labeled_mask
+from classify.base import FewShotClassifier, Real, text_class_weights
+from classify.features import l2_normalize
 from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -77,8 +76,8 @@ def _template_index(t, templates, n_templates: int) -> int:
     return templates.index(t)
 
 
-@register_method("zeroshot")
-class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
+@register_method("zeroshot", needs_labels=False, needs_text=True)
+class ZeroShotClassifier(FewShotClassifier):
     """CLIP zero-shot classifier: cosine similarity between image features and prompt-ensembled class texts.
 
     Needs no labels: ``fit`` only checks shapes (``y`` may be all ``-1`` or omitted) and the classes are
@@ -103,7 +102,7 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    needs_labels = False  # fit works with every y == -1
+    _parameter_constraints = {"logit_scale": [Real(0, low_open=True)]}
 
     def __init__(self, text_embeddings=None, templates=None, template_subset=None, logit_scale=100.0):
         self.text_embeddings = text_embeddings
@@ -113,19 +112,10 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y=None):
         """Compute the class weights; ``y`` is optional and only checked against the class count."""
+        self._validate_params()
         X = validate_data(self, X, dtype=[np.float32, np.float64])
-        W = zeroshot_class_weights(self.text_embeddings, self.templates, self.template_subset)  # (C, D)
-        if W.shape[1] != X.shape[1]:
-            raise ValueError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: "
-                             "use text and image embeddings of the same CLIP backbone")
-        if y is not None:
-            y = np.asarray(y)
-            lab = y[labeled_mask(y)]
-            if lab.size and (not np.issubdtype(lab.dtype, np.number) or lab.min() < 0 or lab.max() >= W.shape[0]):
-                raise ValueError(f"labels must be class indices in [0, {W.shape[0]}) matching the rows of "
-                                 "text_embeddings (or -1 for unlabeled)")
-        self.class_weights_ = W
-        self.classes_ = np.arange(W.shape[0])
+        self.class_weights_ = text_class_weights(self, X, y)  # (C, D)
+        self.classes_ = np.arange(self.class_weights_.shape[0])
         return self
 
     def _logits(self, X) -> np.ndarray:
@@ -138,12 +128,3 @@ class ZeroShotClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         W = float(self.logit_scale) * self.class_weights_.astype(np.float64)  # (C, D)
         return W, np.zeros(len(W))
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Softmax of ``logit_scale × cos(image, class)``, shape (n, C)."""
-        return softmax(self._logits(X).astype(np.float64), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Class with the highest cosine similarity, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
-        return self.classes_[idx]
