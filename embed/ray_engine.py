@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from embed.sources import ImageSet
-from store import ERROR, OK, image_list_sha256
+from store import ERROR, OK, display_id, image_list_sha256
 from store.shards import ShardWriter
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class EmbedActor:
         from embed.runner import ImageRows, collate, forward
 
         rows = np.asarray(batch["row"], dtype=np.int64)
-        images = ImageRows(list(batch["path"]), rows, self.backbone)
+        # Paths travel as bytes: Arrow strings must be UTF-8, file names need not be.
+        images = ImageRows([os.fsdecode(bytes(p)) for p in batch["path"]], rows, self.backbone)
         rows, ok, x, _, sha, errors = collate([images[k] for k in range(len(images))])
         features = np.zeros((len(rows), self.backbone.dim), dtype=np.float32)  # (B, D), zeros for failed files
         if x is not None:
@@ -55,7 +57,7 @@ class EmbedActor:
                 features[ok] = forward(self.backbone, x, self.device, cuda)[0]
         return {"row": rows, "features": features, "status": np.where(ok, OK, ERROR).astype(np.uint8),
                 "sha256": np.array([s or "" for s in sha], dtype=object),
-                "error": np.array([e or "" for e in errors], dtype=object)}
+                "error": np.array([display_id(e or "") for e in errors], dtype=object)}
 
 
 def shard_meta(images: ImageSet, backbone, shard_size: int, templates: list[str] | None) -> dict:
@@ -130,7 +132,7 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
         actors, actor_cpus = max(1, int(ray.cluster_resources().get("GPU", 0) // num_gpus)), 1
     else:
         actors, actor_cpus = cluster_cpus, 1
-    data = ray.data.from_items([{"row": int(r), "path": str(paths[r])} for r in rows])
+    data = ray.data.from_items([{"row": int(r), "path": os.fsencode(paths[r])} for r in rows])
     embedded = data.map_batches(EmbedActor, fn_constructor_kwargs={
         "spec": spec, "image_size": image_size, "device": "cuda" if num_gpus else "cpu", "threads": actor_cpus},
         batch_size=batch_size, concurrency=actors, num_cpus=actor_cpus, num_gpus=num_gpus or None,

@@ -1,5 +1,6 @@
 """Embedding on a local Ray cluster: shards equal the local run row for row, resume skips finished shards."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -96,3 +97,20 @@ def test_export_then_import_round_trip(images, tiny_timm_ckpt, tmp_path):
     FeatureStore.create(tmp_path / "other.h5", ["x.png"], ["train"], [0], ["cat"]).close()
     with pytest.raises(ValueError, match="different image list"):
         import_shards(tmp_path / "out", tmp_path / "other.h5")
+
+
+def test_odd_file_names_travel_through_shards(tiny_timm_ckpt, tmp_path):
+    """Non-ASCII and non-UTF-8 file names: ids survive Ray, the parquet metadata and the import exactly."""
+    root = tmp_path / "data"
+    cat, dog = write_good_images(root / "train" / "cat", 1, seed=3)[0], write_good_images(root / "train" / "dog", 1)[0]
+    cat.rename(cat.with_name("Boëlle été 画像.png"))
+    dog.rename(dog.with_name(os.fsdecode(b"bad\xff.png")))
+    images = sources.from_folder(root)
+    assert any("\udcff" in i for i in images.ids) and any("画像" in i for i in images.ids)
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    result = embed_shards(images, spec, tmp_path / "shards", shard_size=SHARD, batch_size=4, progress=False)
+    assert result["written"] == 1
+    import_shards(tmp_path / "shards", tmp_path / "ray.h5")
+    with FeatureStore(tmp_path / "ray.h5") as fs:
+        assert list(fs.ids) == list(images.ids) and (fs.status == 1).all()
+    assert not [p for p in (tmp_path / "shards").rglob("*") if ".tmp" in p.name]

@@ -301,3 +301,104 @@ def test_pending_rows_keep_status_pending(store_path):
         assert list(fs.status) == [OK, PENDING, OK, PENDING]
         assert list(fs.rows_done(SPEC)) == [True, False, True, False]
         assert list(fs.sha256[[1, 3]]) == ["", ""]
+
+
+# ---------------------------------------------------------------------------------------------- shard folders
+@pytest.fixture
+def shard_folder(store_path, tmp_path):
+    pytest.importorskip("pyarrow")
+    from store.shards import export_shards
+
+    with FeatureStore(store_path, "a") as fs:
+        run_set_head(fs)
+        run_set_text(fs)
+    return export_shards(store_path, SPEC, tmp_path / "shards", shard_size=2)
+
+
+def test_shards_round_trip_odd_names(shard_folder, store_path, tmp_path):
+    from store.shards import import_shards
+
+    import_shards(shard_folder, tmp_path / "back.h5")
+    with FeatureStore(tmp_path / "back.h5") as back, FeatureStore(store_path) as orig:
+        assert list(back.ids) == IDS and back.fingerprint == orig.fingerprint
+        check_head(back)
+        check_text(back)
+
+
+def test_failed_shard_write_leaves_no_temp_file(shard_folder, monkeypatch):
+    from store.shards import ShardWriter, read_meta
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = ShardWriter(shard_folder, {k: v for k, v in read_meta(shard_folder).items() if k != "format"})
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises((OSError, ValueError), match="No space left"):
+        writer.write_shard(5, np.ones((1, DIM)), ["x.png"], ["train"], [0], ["a" * 64], [OK], [None])
+    with pytest.raises((OSError, ValueError), match="No space left"):
+        writer.write_extra("text_emb", np.ones((2, 3, DIM)))
+    assert not [p for p in shard_folder.rglob("*") if ".tmp" in p.name]
+    assert not writer.done(5)
+
+
+def rewrite_parquet(path, drop=None):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    pq.write_table(table.drop_columns([drop]), path)
+
+
+def damage(folder, how):
+    """Damage a shard folder one way; returns the name of the file the error must name."""
+    meta = folder / "meta.json"
+    if how == "meta garbled":
+        meta.write_text("{not json")
+        return "meta.json"
+    if how == "meta without dim":
+        data = json.loads(meta.read_text())
+        del data["dim"]
+        meta.write_text(json.dumps(data))
+        return "meta.json"
+    if how == "meta n_shards text":
+        data = json.loads(meta.read_text())
+        data["n_shards"] = "two"
+        meta.write_text(json.dumps(data))
+        return "meta.json"
+    if how == "shard missing":
+        (folder / "img_emb" / "img_emb_1.npy").unlink()
+        return "img_emb_1.npy"
+    if how == "shard wrong shape":
+        np.save(folder / "img_emb" / "img_emb_0.npy", np.zeros((3, DIM), dtype=np.float16))
+        return "img_emb_0.npy"
+    if how == "shard garbled":
+        (folder / "img_emb" / "img_emb_1.npy").write_bytes(b"\x93NUMPY garbage")
+        return "img_emb_1.npy"
+    if how == "parquet missing column":
+        rewrite_parquet(folder / "metadata" / "metadata_1.parquet", drop="status")
+        return "metadata_1.parquet"
+    if how == "parquet garbled":
+        (folder / "metadata" / "metadata_0.parquet").write_bytes(b"PAR1 nope")
+        return "metadata_0.parquet"
+    if how == "parquet missing":
+        (folder / "metadata" / "metadata_0.parquet").unlink()
+        return "metadata_0.parquet"
+    if how == "head bias missing":
+        (folder / "head_bias.npy").unlink()
+        return "head_bias.npy"
+    if how == "text wrong shape":
+        np.save(folder / "text_emb.npy", np.zeros((5, 3, DIM), dtype=np.float32))
+        return "text_emb.npy"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["meta garbled", "meta without dim", "meta n_shards text", "shard missing",
+                                 "shard wrong shape", "shard garbled", "parquet missing column", "parquet garbled",
+                                 "parquet missing", "head bias missing", "text wrong shape"])
+def test_malformed_shards_give_one_line_naming_the_file(shard_folder, tmp_path, how):
+    name = damage(shard_folder, how)
+    target = tmp_path / "imported.h5"
+    out = subprocess.run([sys.executable, "-m", "store", "import-shards", str(shard_folder), str(target)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and name in out.stderr and "rerun" in out.stderr, out.stderr
+    assert not target.exists()  # checked before anything is written
