@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from classify.features import labeled_mask
@@ -82,6 +82,21 @@ class Options(Rule):
 
     def __str__(self) -> str:
         return "one of " + ", ".join(repr(o) for o in self.options)
+
+
+class ListOf(Rule):
+    """A non-empty list, tuple or 1-d array whose every item passes ``item`` (grids such as ``Cs``)."""
+
+    def __init__(self, item: Rule):
+        self.item = item
+
+    def accepts(self, value) -> bool:
+        if isinstance(value, np.ndarray):
+            value = value.tolist() if value.ndim == 1 else None
+        return isinstance(value, (list, tuple)) and len(value) > 0 and all(self.item.accepts(v) for v in value)
+
+    def __str__(self) -> str:
+        return f"a non-empty list of {str(self.item).replace('a number', 'numbers').replace('an int', 'ints')}"
 
 
 class _Is(Rule):
@@ -163,3 +178,30 @@ def text_class_weights(estimator, X: np.ndarray, y=None) -> np.ndarray:
             raise ValueError(f"labels must be class indices in [0, {W.shape[0]}) (rows of text_embeddings) or -1 for "
                              "unlabeled")
     return W
+
+
+def resolve_estimator(spec, default=None):
+    """A fresh estimator from a nested-method parameter (``teacher``, ``head``, ``base``, ``gate``, ...).
+
+    Parameters
+    ----------
+    spec : estimator, str, dict or None
+        An estimator (cloned, so the caller's object is never fitted), a registered method name, a dict
+        ``{"method": name, **params}``, or None for ``default()``.
+    default : callable returning an estimator, optional
+        Used when ``spec`` is None.
+    """
+    from classify.registry import create  # the registry is a leaf; imported here as methods import this module
+
+    if spec is None:
+        if default is None:
+            raise ValueError("no method given: pass a registered method name, {'method': name, ...} or an estimator")
+        return default()
+    if isinstance(spec, str):
+        return create(spec)
+    if isinstance(spec, dict) and "method" in spec:
+        params = dict(spec)
+        return create(params.pop("method"), **params)
+    if not (hasattr(spec, "fit") and hasattr(spec, "get_params")):
+        raise ValueError(f"expected an sklearn estimator or a registered method name, got {spec!r}")
+    return clone(spec)

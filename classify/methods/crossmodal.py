@@ -12,15 +12,13 @@ trained on pseudo-labels (``head="crossmodal"``; ``fit`` takes ``sample_weight``
 from __future__ import annotations
 
 import logging
-import numbers
 
 import numpy as np
-from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import DICT, NONE, FewShotClassifier, Int, ListOf, Options, Real, text_class_weights
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.linear import DEFAULT_CS
 from classify.methods.zeroshot import zeroshot_class_weights
@@ -45,8 +43,8 @@ def text_samples(text_embeddings, templates=None, template_subset=None) -> tuple
     return X_text, y_text
 
 
-@register_method("crossmodal")
-class CrossModalProbe(ClassifierMixin, BaseEstimator):
+@register_method("crossmodal", needs_text=True)
+class CrossModalProbe(FewShotClassifier):
     """Logistic-regression probe on L2-normalised image features plus the class text embeddings as samples.
 
     Rows labeled ``-1`` are unlabeled and ignored. Labels are class indices into ``text_embeddings``' first axis
@@ -84,6 +82,10 @@ class CrossModalProbe(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"text_weight": [Real(0)], "Cs": [NONE, ListOf(Real(0, low_open=True))], "cv": [Int(2)],
+                              "class_weight": [NONE, Options("balanced"), DICT], "max_iter": [Int(1)],
+                              "tol": [Real(0, low_open=True)]}
+
     def __init__(self, text_embeddings=None, templates=None, template_subset=None, text_weight=1.0, Cs=None, cv=5,
                  class_weight=None, max_iter=1000, tol=1e-4, random_state=0):
         self.text_embeddings = text_embeddings
@@ -115,28 +117,17 @@ class CrossModalProbe(ClassifierMixin, BaseEstimator):
         if self.text_embeddings is None:
             raise ValueError("crossmodal needs CLIP text embeddings (embed with a clip:<arch>/<tag> backbone); "
                              "for other backbones use the plain probe, method 'linear'")
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
         if w.shape != (len(X),) or np.any(w < 0):
             raise ValueError(f"sample_weight must hold {len(X)} non-negative numbers, one per row of X")
         labeled = checked_labeled_mask(y)
+        text_class_weights(self, X, y)  # checks the text dim and that labels index its classes
         X_text, y_text = text_samples(self.text_embeddings, self.templates, self.template_subset)
         n_classes = int(y_text.max()) + 1
-        if X_text.shape[1] != X.shape[1]:
-            raise ValueError(f"text embeddings have dim {X_text.shape[1]} but image features have dim {X.shape[1]}: "
-                             "use text and image embeddings of the same CLIP backbone")
         yl = y[labeled]
-        if yl.size and (not np.issubdtype(yl.dtype, np.number) or np.any(yl != np.round(yl))
-                        or yl.min() < 0 or yl.max() >= n_classes):
-            raise ValueError(f"labels must be class indices in [0, {n_classes}) (rows of text_embeddings) or -1 for "
-                             "unlabeled")
-        if not (isinstance(self.text_weight, numbers.Real) and self.text_weight >= 0):
-            raise ValueError(f"text_weight must be a number >= 0, got {self.text_weight!r}")
         Cs = np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=np.float64).ravel()
-        if Cs.size == 0 or np.any(Cs <= 0):
-            raise ValueError(f"Cs must be a non-empty list of positive floats, got {self.Cs!r}")
-        if not isinstance(self.cv, numbers.Integral) or self.cv < 2:
-            raise ValueError(f"cv must be an integer >= 2 (the maximum number of CV folds), got {self.cv!r}")
 
         Xl = l2_normalize(X[labeled]).astype(X_text.dtype)  # (n_l, D)
         X_all = np.vstack([Xl, X_text])  # (n_l + C*T', D): images first, then texts
@@ -171,12 +162,3 @@ class CrossModalProbe(ClassifierMixin, BaseEstimator):
         Xn = l2_normalize(validate_data(self, X, dtype=[np.float32, np.float64], reset=False))  # (n, D)
         d = self.probe_.decision_function(Xn)
         return np.stack([-d, d], axis=1) / 2 if d.ndim == 1 else d  # (n, C); binary: softmax([-d/2, d/2])
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (n, C)."""
-        return softmax(self._logits(X).astype(np.float64), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]

@@ -4,37 +4,17 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import FewShotClassifier, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask
-from classify.registry import create, register_method
+from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_estimator(spec, default=None):
-    """A fresh (cloned) estimator from ``spec``: an estimator, a registered method name, or None for ``default()``.
-
-    Parameters
-    ----------
-    spec : estimator, str or None
-    default : callable returning an estimator, optional
-        Used when ``spec`` is None.
-    """
-    if spec is None:
-        if default is None:
-            raise ValueError("no estimator given")
-        return default()
-    if isinstance(spec, str):
-        return create(spec)
-    if not (hasattr(spec, "fit") and hasattr(spec, "get_params")):
-        raise ValueError(f"expected an sklearn estimator or a registered method name, got {spec!r}")
-    return clone(spec)
-
-
 @register_method("ensemble")
-class EnsembleClassifier(ClassifierMixin, BaseEstimator):
+class EnsembleClassifier(FewShotClassifier):
     """Weighted average of the members' ``predict_proba``, with class sets aligned into their union.
 
     Parameters
@@ -84,6 +64,7 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y):
         """Fit a clone of every member on its feature slice."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         checked_labeled_mask(y)
         if not self.methods:
@@ -111,8 +92,3 @@ class EnsembleClassifier(ClassifierMixin, BaseEstimator):
         for est, sl, w in zip(self.estimators_, self._slices(X.shape[1]), self.weights_):
             P += w * align_proba(est.predict_proba(X[:, sl]), est.classes_, self.classes_)
         return P
-
-    def predict(self, X) -> np.ndarray:
-        """Class with the highest mean probability, shape (n,)."""
-        idx = self.predict_proba(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
-        return self.classes_[idx]

@@ -10,7 +10,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import DICT, NONE, FewShotClassifier, Int, Options, Real, text_class_weights
+from classify.base import DICT, NONE, FewShotClassifier, Int, ListOf, Options, Real, text_class_weights
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import persistable, register_method
 
@@ -85,6 +85,7 @@ class LinearProbe(FewShotClassifier):
 
     _parameter_constraints = {"class_weight": [NONE, Options("balanced"), DICT], "cv": [Int(2)],
                               "logit_scale": [Real(0, low_open=True)], "alpha": [NONE, Real(0, 1)],
+                              "Cs": [NONE, ListOf(Real(0, low_open=True))], "alphas": [NONE, ListOf(Real(0, 1))],
                               "max_iter": [Int(1)], "tol": [Real(0, low_open=True)]}
 
     def __init__(self, Cs=None, class_weight=None, cv=5, text_embeddings=None, templates=None, template_subset=None,
@@ -114,8 +115,6 @@ class LinearProbe(FewShotClassifier):
             raise ValueError(f"linear probe needs labeled rows of at least 2 classes, got {probe_classes.size} class"
                              f"{'' if probe_classes.size == 1 else 'es'}; label more rows (y = -1 marks unlabeled)")
         Cs = np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=np.float64).ravel()
-        if Cs.size == 0 or np.any(Cs <= 0):
-            raise ValueError(f"Cs must be a non-empty list of positive floats, got {self.Cs!r}")
 
         if self.text_embeddings is not None:
             W = text_class_weights(self, X, y)  # (C, D)
@@ -125,8 +124,6 @@ class LinearProbe(FewShotClassifier):
                 alphas = np.array([self.alpha], dtype=np.float64)
             else:
                 alphas = np.asarray(DEFAULT_ALPHAS if self.alphas is None else self.alphas, dtype=np.float64).ravel()
-            if alphas.size == 0 or np.any((alphas < 0) | (alphas > 1)):
-                raise ValueError(f"alpha/alphas must lie in [0, 1], got alpha={self.alpha!r}, alphas={self.alphas!r}")
             missing = np.setdiff1d(self.classes_, probe_classes)
             if missing.size:
                 logger.warning("%d classes have no labeled rows; the probe ranks them last, only zero-shot can "
@@ -252,7 +249,6 @@ class LinearProbe(FewShotClassifier):
             return W, b
         zs = float(self.logit_scale) * self.class_weights_.astype(np.float64)  # (C, D) zero-shot head, no bias
         return (1.0 - self.alpha_) * zs + self.alpha_ * W, self.alpha_ * b
-
 
 
 @persistable

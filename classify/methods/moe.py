@@ -8,30 +8,27 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.cluster import AgglomerativeClustering
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, cv_splits
-from classify.methods.ensemble import resolve_estimator
 from classify.methods.linear import LinearProbe
 from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
 
-_CLASS_WEIGHTS = ("balanced", "superclass", None)
 _UNLABELED = ("ignore", "gate")
 
 
 @register_method("moe")
-class MixtureOfExperts(ClassifierMixin, BaseEstimator):
+class MixtureOfExperts(FewShotClassifier):
     """Gate over superclasses × one expert per superclass: ``P(c | x) = P(gate = s(c) | x) · P(expert_s = c | x)``.
 
     Discovery (``superclasses=None``): out-of-fold predictions of ``base`` on the labeled rows
@@ -89,6 +86,12 @@ class MixtureOfExperts(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"base": [NONE, METHOD], "gate": [NONE, METHOD], "expert": [NONE, METHOD],
+                              "n_superclasses": [NONE, Int(1)],
+                              "class_weight": [NONE, Options("balanced", "superclass")],
+                              "confusion_threshold": [Real(0, 1, low_open=True)], "cv": [Int(2)],
+                              "unlabeled": [Options(*_UNLABELED)]}
+
     def __init__(self, base=None, superclasses=None, n_superclasses=None, gate=None, expert=None,
                  class_weight="balanced", confusion_threshold=0.1, cv=5, unlabeled="ignore", random_state=0):
         self.base = base
@@ -105,13 +108,8 @@ class MixtureOfExperts(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
     def fit(self, X, y):
         """Find the superclasses, then fit the gate and one expert per superclass on the labeled rows."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-        if self.class_weight not in _CLASS_WEIGHTS:
-            raise ValueError(f"class_weight must be one of {_CLASS_WEIGHTS}, got {self.class_weight!r}")
-        if self.unlabeled not in _UNLABELED:
-            raise ValueError(f"unlabeled must be one of {_UNLABELED}, got {self.unlabeled!r}")
-        if not isinstance(self.cv, numbers.Integral) or self.cv < 2:
-            raise ValueError(f"cv must be an integer >= 2 (the maximum number of CV folds), got {self.cv!r}")
         mask = checked_labeled_mask(y)
         Xl, yl = X[mask], y[mask]  # (n_l, D), (n_l,)
         self.classes_, y_idx = np.unique(yl, return_inverse=True)
@@ -216,15 +214,13 @@ class MixtureOfExperts(ClassifierMixin, BaseEstimator):
         n_classes = len(self.classes_)
         n_super = self.n_superclasses
         if n_super is not None:
-            if not isinstance(n_super, numbers.Integral) or not 1 <= n_super <= n_classes:
+            if n_super > n_classes:
                 raise ValueError(f"n_superclasses must be an integer in [1, {n_classes}] (the number of labeled "
                                  f"classes), got {n_super!r}")
             if n_super == 1:
                 return [list(range(n_classes))]
             if n_super == n_classes:
                 return [[i] for i in range(n_classes)]
-        elif not 0 < self.confusion_threshold <= 1:
-            raise ValueError(f"confusion_threshold must lie in (0, 1], got {self.confusion_threshold!r}")
         n_splits = cv_splits(yl, self.cv)
         if n_splits < 2:
             logger.warning("a class has a single labeled row, so confusions cannot be cross-validated; "
@@ -269,8 +265,3 @@ class MixtureOfExperts(ClassifierMixin, BaseEstimator):
             E = np.where(tot > 0, E / np.where(tot > 0, tot, 1.0), 1.0 / len(cols))
             P[:, cols] = G[:, s:s + 1] * E
         return P
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self.predict_proba(X).argmax(axis=1)  # (n,); computed first so an unfitted call raises NotFittedError
-        return self.classes_[idx]

@@ -21,16 +21,16 @@ import numbers
 import time
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.semi_supervised import LabelPropagation, LabelSpreading, SelfTrainingClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
+from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import FeatureTransform, KNNLabelPropagation
-from classify.registry import create, persistable, register_method
+from classify.registry import persistable, register_method
 from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, fixed_threshold_mask
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ SELECTIONS = ("fixed", "classaware", "balanced", "all")
 
 
 @persistable
-class LogisticHead(ClassifierMixin, BaseEstimator):
+class LogisticHead(FewShotClassifier):
     """Multinomial logistic regression on transformed, L2-normalised features; accepts ``sample_weight``.
 
     The default head of ``selftrain``. Features go through :class:`~classify.methods.labelprop.FeatureTransform`
@@ -68,6 +68,10 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"C": [Real(0, low_open=True)], "feature_power": [NONE, Real(0, low_open=True)],
+                              "center": [BOOL], "n_components": [NONE, Int(1)], "max_iter": [Int(1)],
+                              "tol": [Real(0, low_open=True)]}
+
     def __init__(self, C: float = 3.0, feature_power: float | None = 0.5, center: bool = True,
                  n_components: int | None = 256, max_iter: int = 300, tol: float = 1e-4) -> None:
         self.C = C
@@ -79,6 +83,7 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
 
     def fit(self, X, y, sample_weight=None) -> "LogisticHead":
         """Fit on rows ``X`` (n, D) with labels ``y`` (n,) and optional per-row weights (n,)."""
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         check_classification_targets(y)
         if sample_weight is not None:
@@ -102,11 +107,6 @@ class LogisticHead(ClassifierMixin, BaseEstimator):
         with single_threaded_blas():
             return self.lr_.predict_proba(self.transform_.transform(X))
 
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self.predict_proba(X).argmax(axis=1)  # first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]
-
 
 def _accepts_unlabeled(estimator) -> bool:
     """Whether ``fit(X, y)`` treats ``y == -1`` as unlabeled (this suite's and sklearn's semi-supervised methods)."""
@@ -128,7 +128,7 @@ def _fit_weighted(estimator, X, y, weight):
 
 
 @register_method("selftrain")
-class SelfTraining(ClassifierMixin, BaseEstimator):
+class SelfTraining(FewShotClassifier):
     """Self-training of a head on a teacher's pseudo-labels, with fixed, class-aware or class-balanced selection.
 
     Rows with ``y == -1`` are unlabeled. See the module docstring for the round structure.
@@ -201,6 +201,13 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"teacher": [NONE, METHOD], "head": [NONE, METHOD], "selection": [Options(*SELECTIONS)],
+                              "threshold": [Real(0, 1)], "tau0": [NONE, Real(0, 1)], "ema": [Real(0, 1)],
+                              "eps": [Real(0)], "classaware_steps": [Int(0)], "target": [Options("labeled", "uniform")],
+                              "per_class_k": [Int(1), Real(0, 1, low_open=True)], "rounds": [Int(0)],
+                              "labels": [Options("hard", "soft")], "pseudo_weight": [Real(0)],
+                              "min_soft": [Real(0, 1)], "random_state": [NONE, Int()]}
+
     def __init__(self, teacher=None, head=None, selection: str = "balanced", threshold: float = 0.98,
                  tau0: float | None = 0.5, ema: float = 0.9, eps: float = 0.001, classaware_steps: int = 1000,
                  target: str = "labeled", per_class_k: float = 1.0, rounds: int = 1, labels: str = "hard",
@@ -222,30 +229,6 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
 
     # ------------------------------------------------------------------ helpers
-    def _check_params(self) -> None:
-        if self.selection not in SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
-        if self.labels not in ("hard", "soft"):
-            raise ValueError(f"labels must be 'hard' or 'soft', got {self.labels!r}")
-        if self.target not in ("labeled", "uniform"):
-            raise ValueError(f"target must be 'labeled' or 'uniform', got {self.target!r}")
-        if not (isinstance(self.rounds, numbers.Integral) and self.rounds >= 0):
-            raise ValueError(f"rounds must be an int >= 0 (0 = the teacher alone), got {self.rounds!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
-        if not (isinstance(self.classaware_steps, numbers.Integral) and self.classaware_steps >= 0):
-            raise ValueError(f"classaware_steps must be an int >= 0, got {self.classaware_steps!r}")
-        if not self.pseudo_weight >= 0:
-            raise ValueError(f"pseudo_weight must be >= 0, got {self.pseudo_weight!r}")
-        k = self.per_class_k
-        if isinstance(k, numbers.Integral) and not isinstance(k, bool):
-            ok = k >= 1
-        else:
-            ok = isinstance(k, numbers.Real) and 0.0 < k <= 1.0
-        if not ok:
-            raise ValueError(f"per_class_k must be an int >= 1 (rows per class) or a float in (0, 1] (share of "
-                             f"n_unlabeled / n_classes), got {k!r}")
-
     @property
     def needs_labels(self) -> bool:
         """False when the teacher needs no labels (zeroshot, conse): self-training then starts from none."""
@@ -257,7 +240,7 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         return teacher is None or getattr(teacher, "needs_labels", True) is not False
 
     def _build(self, spec, default):
-        est = default() if spec is None else create(spec) if isinstance(spec, str) else clone(spec)
+        est = resolve_estimator(spec, default)
         if self.random_state is not None and "random_state" in est.get_params(deep=False):
             est.set_params(random_state=self.random_state)
         return est
@@ -326,7 +309,7 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         -------
         self
         """
-        self._check_params()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         t0 = time.perf_counter()
@@ -426,8 +409,3 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         return self._proba(self.teacher_ if self.head_ is None else self.head_, X)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class of each row, shape (n_rows,)."""
-        idx = self.predict_proba(X).argmax(axis=1)  # first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]

@@ -18,17 +18,15 @@ softmax is shift-invariant per row, so log-probabilities are logits.
 from __future__ import annotations
 
 import logging
-import numbers
 
 import numpy as np
-from scipy.special import log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Real, resolve_estimator, text_class_weights
 from classify.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
-from classify.methods.zeroshot import zeroshot_class_weights
-from classify.registry import create, register_method
+from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +73,7 @@ def _accepts_unlabeled(estimator) -> bool:
 
 
 @register_method("tip")
-class TipAdapter(ClassifierMixin, BaseEstimator):
+class TipAdapter(FewShotClassifier):
     """Tip-Adapter (training-free cache) and Tip-Adapter-F (``finetune_keys=True``) over a zero-shot prior.
 
     Rows with ``y == -1`` are unlabeled: they never enter the cache (only a ``base`` prior may see them).
@@ -126,6 +124,10 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"logit_scale": [Real(0, low_open=True)], "base": [NONE, METHOD], "cv": [Int(2)],
+                              "finetune_keys": [BOOL], "epochs": [Int(0)], "lr": [Real(0, low_open=True)],
+                              "batch_size": [Int(1)], "weight_decay": [Real(0)]}
+
     def __init__(self, text_embeddings=None, templates=None, template_subset=None, logit_scale=100.0, base=None,
                  alpha=None, beta=None, alphas=None, betas=None, cv=5, finetune_keys=False, epochs=20, lr=1e-3,
                  batch_size=256, weight_decay=0.01, random_state=0):
@@ -158,7 +160,7 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
     def _fit_prior(self, X, y, labeled) -> None:
         """Set ``classes_`` and the zero-shot prior (class weights or a fitted ``base``)."""
         if self.base is not None:
-            base = create(self.base) if isinstance(self.base, str) else clone(self.base)
+            base = resolve_estimator(self.base)
             if _accepts_unlabeled(base):
                 base.fit(X, y)
             else:
@@ -170,10 +172,7 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
             raise ValueError("tip needs a zero-shot prior: CLIP text embeddings (embed with a clip:<arch>/<tag> "
                              "backbone), or base='conse' for an ImageNet-classifier backbone such as "
                              "timm:tf_efficientnet_lite0")
-        W = zeroshot_class_weights(self.text_embeddings, self.templates, self.template_subset)  # (C, D)
-        if W.shape[1] != X.shape[1]:
-            raise ValueError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: "
-                             "use text and image embeddings of the same CLIP backbone")
+        W = text_class_weights(self, X)  # (C, D)
         self.base_, self.class_weights_ = None, W
         self.classes_ = np.arange(W.shape[0])
 
@@ -197,6 +196,7 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
         -------
         self
         """
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         if not labeled.any():
@@ -204,8 +204,6 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
                              "zeroshot or conse")
         alphas = self._grid(self.alpha, self.alphas, DEFAULT_ALPHAS, "alpha")
         betas = self._grid(self.beta, self.betas, DEFAULT_BETAS, "beta")
-        if not isinstance(self.cv, numbers.Integral) or self.cv < 2:
-            raise ValueError(f"cv must be an integer >= 2 (the maximum number of CV folds), got {self.cv!r}")
         self._fit_prior(X, y, labeled)
         yl = y[labeled]
         unknown = np.setdiff1d(yl, self.classes_)
@@ -309,15 +307,6 @@ class TipAdapter(ClassifierMixin, BaseEstimator):
         prior = self._prior_logits(X, Xn)  # (n, C)
         return prior + self.alpha_ * cache_logits(Xn, self.keys_.astype(Xn.dtype), self.values_.astype(Xn.dtype),
                                                   self.beta_)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Softmax of zero-shot logits + alpha × cache logits, shape (n, C)."""
-        return softmax(self._logits(X).astype(np.float64), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,)
-        return self.classes_[idx]
 
 
 def _best(acc: np.ndarray, loss: np.ndarray) -> tuple[int, int]:
