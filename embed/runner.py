@@ -2,13 +2,22 @@
 
 One writer (this process) and decoding in DataLoader worker processes. Each batch is written and flushed before
 the next, so a run killed at any moment resumes with the same command and recomputes nothing already written.
+
+Resume trusts content, not names: before embedding into an existing store, every file read before is hashed again
+and compared with the sha256 recorded when it was embedded; a file that changed (another picture under the same
+name) is forgotten by every backbone and embedded again, and the run reports it. This reads each such file once
+more (hashing runs at disk speed, far faster than any backbone); a size + mtime signature would be cheaper but
+misses replacements that keep both (``cp -p``, ``rsync -a``, archives, fixed-size formats).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 import random
+import stat
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +32,7 @@ from embed.backbones import Backbone, load_backbone
 from embed.images import load_image
 from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
-from store import ERROR, OK, FeatureStore, open_for_images
+from store import ERROR, OK, FeatureStore, display_id, open_for_images
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,7 @@ class RunSummary:
     embedded: dict[str, int] = field(default_factory=dict)  # spec -> rows computed in this run
     errors: list[tuple[str, str]] = field(default_factory=list)  # (id, message) of every failed file
     duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical bytes
+    changed: list[str] = field(default_factory=list)  # ids whose file changed since it was embedded: embedded again
 
 
 class ImageRows(Dataset):
@@ -158,12 +168,49 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     summary = RunSummary(store=Path(store_path))
     with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
                          root=images.root) as store:
+        changed = changed_rows(images.paths, store.sha256, progress)
+        if changed.size:
+            summary.changed = [str(store.ids[r]) for r in changed]
+            shown = ", ".join(display_id(i) for i in summary.changed[:10]) + (", ..." if changed.size > 10 else "")
+            log.warning("%d file(s) changed since they were embedded; embedding them again: %s", changed.size, shown)
+            store.invalidate_rows(changed)
         for spec in backbones:
             backbone = load_backbone(spec, device=str(torch_device), image_size=image_size)
             summary.embedded[backbone.spec] = _embed_one(store, images, backbone, torch_device, batch_size, workers,
                                                          dtype, views, templates, seed, progress)
+        stale = [spec for spec in store.backbones if spec not in summary.embedded and not store.rows_done(spec).all()]
+        if changed.size and stale:
+            log.warning("%s also needs the changed files embedded again: rerun with --backbone %s", store.path,
+                        " --backbone ".join(stale))
         summary.errors, summary.duplicates = store.errors(), store.duplicates()
     return summary
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a regular file's bytes (what :func:`embed.images.load_image` records), None when it is not a
+    regular file any more or cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or device that took a file's place
+            return None
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
+
+
+def changed_rows(paths: Sequence[Path], sha256: np.ndarray, progress: bool = False) -> np.ndarray:
+    """Rows whose file no longer has the recorded ``sha256`` (rows never read, ``""``, are skipped).
+
+    Reads every file read before, in threads (hashlib releases the GIL on large buffers).
+    """
+    known = np.flatnonzero(np.asarray(sha256) != "")
+    if not known.size:
+        return known
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = pool.map(file_sha256, [paths[r] for r in known])
+        current = list(tqdm(digests, total=known.size, unit="file", desc="checking files", disable=not progress,
+                            leave=False))
+    return known[np.array([now != sha256[r] for now, r in zip(current, known)], dtype=bool)]
 
 
 def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device: torch.device, batch_size: int,

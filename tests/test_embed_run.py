@@ -1,5 +1,6 @@
 """The batch runner and `python -m embed run`: bad inputs, resume after kill -9, provenance, CLI errors."""
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ from embed.backbones import load_backbone
 from embed.cli import main
 from embed.images import load_image
 from embed.runner import embed
-from store import FeatureStore
+from store import FeatureStore, display_id
 from imagegen import write_bad_inputs, write_good_images
 
 BATCH = 4
@@ -182,3 +183,97 @@ def test_cli_error_in_a_fresh_process():
     out = cli("--data", "/nonexistent/data", "--backbone", "timm:resnet50")
     assert out.returncode == 2 and out.stderr.strip() == ("error: data folder /nonexistent/data does not exist; "
                                                           "pass --data DIR with train/<class>/ images (or --csv FILE)")
+
+
+def test_changed_file_is_embedded_again_and_reported(tmp_path, tiny_spec):
+    root = tmp_path / "data"
+    cats = write_good_images(root / "train" / "cat", 3, seed=1)
+    write_good_images(root / "unlabeled", 2, seed=2)
+    other = write_good_images(tmp_path / "other", 1, seed=9)[0]
+    images = sources.from_folder(root)
+    path = tmp_path / "s.h5"
+    embed(images, path, [tiny_spec], workers=0, progress=False)
+    cats[1].write_bytes(other.read_bytes())  # another picture under the same name
+    summary = embed(sources.from_folder(root), path, [tiny_spec], workers=0, progress=False)
+    changed = cats[1].relative_to(root).as_posix()
+    assert summary.changed == [changed] and summary.embedded[tiny_spec] == 1
+    fresh = embed(sources.from_folder(root), tmp_path / "fresh.h5", [tiny_spec], workers=0, progress=False)
+    with FeatureStore(path) as fs, FeatureStore(fresh.store) as clean:
+        np.testing.assert_allclose(fs.load(tiny_spec).X, clean.load(tiny_spec).X, rtol=1e-4, atol=1e-5)
+        assert list(fs.sha256) == list(clean.sha256)
+    again = embed(sources.from_folder(root), path, [tiny_spec], workers=0, progress=False)
+    assert again.changed == [] and again.embedded[tiny_spec] == 0
+
+
+def enospc_when(monkeypatch, predicate):
+    """Raise ENOSPC from h5py writes for which ``predicate(kind, name)`` is true (kind: create / write)."""
+    import errno
+
+    import h5py
+
+    create, setitem = h5py.Group.create_dataset, h5py.Dataset.__setitem__
+
+    def create_dataset(self, name, *args, **kwargs):
+        if predicate("create", name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return create(self, name, *args, **kwargs)
+
+    def write(self, key, value):
+        if predicate("write", self.name):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return setitem(self, key, value)
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
+    monkeypatch.setattr(h5py.Dataset, "__setitem__", write)
+
+
+@pytest.mark.parametrize("fail", ["head_bias", "features of the second batch"])
+def test_disk_full_mid_run_resumes_with_the_same_command(dataset, tiny_spec, tmp_path, monkeypatch, capsys, fail):
+    root, _ = dataset
+    path = tmp_path / "s.h5"
+    writes = {"features": 0}
+
+    def full(kind, name):
+        if fail == "head_bias":
+            return kind == "create" and name == "head_bias"
+        if kind == "write" and name.endswith("/features"):
+            writes["features"] += 1
+            return writes["features"] == 2
+        return False
+
+    args = ["run", "--data", str(root), "--backbone", tiny_spec, "--store", str(path), "--batch-size", str(BATCH),
+            "--workers", "0", "--progress", "False"]
+    with monkeypatch.context() as m:
+        enospc_when(m, full)
+        with pytest.raises((SystemExit, OSError)) as failure:
+            main(args)
+    assert isinstance(failure.value, SystemExit) and failure.value.code == 2  # one line, not a traceback
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "No space left on device" in err[-1] and "rerun the same command" in err[-1]
+    main(args)  # the same command finishes the store
+    fresh = embed(sources.from_folder(root), tmp_path / "fresh.h5", [tiny_spec], batch_size=BATCH, workers=0,
+                  progress=False)
+    with FeatureStore(path) as fs, FeatureStore(fresh.store) as clean:
+        assert fs.rows_done(tiny_spec).all()
+        np.testing.assert_allclose(fs.load(tiny_spec).X, clean.load(tiny_spec).X, rtol=1e-4, atol=1e-5)
+        weight, bias, _ = fs.head(tiny_spec)
+        np.testing.assert_array_equal(bias, clean.head(tiny_spec)[1])
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_odd_file_names_are_embedded_and_read_back(tmp_path, tiny_spec):
+    root = tmp_path / "data"
+    cat = write_good_images(root / "train" / "cat", 2, seed=3)
+    cat[0].rename(cat[0].with_name("Boëlle été 画像.png"))
+    cat[1].rename(cat[1].with_name(os.fsdecode(b"bad\xff.png")))
+    (root / "unlabeled").mkdir()
+    (root / "unlabeled" / os.fsdecode(b"broken \xfe.png")).write_bytes(b"not an image")
+    images = sources.from_folder(root)
+    summary = embed(images, tmp_path / "s.h5", [tiny_spec], workers=1, batch_size=2, progress=False)
+    assert [display_id(i) for i, _ in summary.errors] == ["unlabeled/broken \\xfe.png"]
+    with FeatureStore(summary.store) as fs:
+        assert list(fs.ids) == list(images.ids) and fs.load(tiny_spec).X.shape[0] == 2
+    info = store_info(summary.store)
+    assert info["ok"] == 2 and info["failed"][0]["id"] == "unlabeled/broken \\xfe.png"
+    again = embed(sources.from_folder(root), summary.store, [tiny_spec], workers=0, progress=False)
+    assert again.embedded[tiny_spec] == 0 and again.changed == []
