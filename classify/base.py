@@ -81,7 +81,7 @@ class Options(Rule):
         return isinstance(value, str) and value in self.options
 
     def __str__(self) -> str:
-        return "one of " + ", ".join(repr(o) for o in self.options)
+        return repr(self.options[0]) if len(self.options) == 1 else "one of " + ", ".join(map(repr, self.options))
 
 
 class ListOf(Rule):
@@ -122,7 +122,8 @@ def check_params(owner: str, params: dict[str, Any], constraints: dict[str, list
     for name, rules in constraints.items():
         value = params[name]
         if not any(rule.accepts(value) for rule in rules):
-            allowed = " or ".join(str(rule) for rule in rules)
+            forms = [str(rule) for rule in rules]
+            allowed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
             raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
 
 

@@ -132,9 +132,11 @@ def test_tiny_inputs_and_single_class():
 
 
 @pytest.mark.parametrize("params, message", [
-    (dict(alpha=1.0), "alpha must be in"), (dict(k=0), "k must be an int"), (dict(power=0), "power must be"),
-    (dict(class_weight="auto"), "class_weight must be"), (dict(device="tpu"), "device must be"),
-    (dict(n_components=0), "n_components must be"), (dict(index="annoy"), "index must be"),
+    (dict(alpha=1.0), r"alpha must be a number in \(0, 1\)"), (dict(k=0), "k must be an int >= 1"),
+    (dict(power=0), "power must be a number > 0"), (dict(k="20"), "k must be an int >= 1, got '20'"),
+    (dict(class_weight="auto"), "class_weight must be None, 'balanced' or a dict"),
+    (dict(device="tpu"), "device must be one of 'auto', 'cpu', 'cuda'"),
+    (dict(n_components=0), "n_components must be None or an int >= 1"), (dict(index="annoy"), "index must be one of"),
 ])
 def test_bad_params_raise_with_the_fix(params, message):
     X, y, _ = blobs()
@@ -201,3 +203,13 @@ def test_fit_chunks_from_a_store_equals_fit_in_memory(tmp_path):
     np.testing.assert_array_equal(chunked.predict(X[:20]), in_memory.predict(X[:20]))
     with pytest.raises(ValueError, match="one label per row"):
         KNNLabelPropagation().fit_chunks(source, y[:-1])
+
+
+def test_cg_residual_is_recorded_and_a_truncated_solve_warns(caplog):
+    X, _, y_semi, _, _ = fewshot_data.digits_few()
+    converged = KNNLabelPropagation().fit(X, y_semi)
+    assert converged.cg_residual_.shape == (10,) and converged.cg_residual_.max() < 1e-2
+    assert "conjugate gradient stopped" not in caplog.text
+    truncated = KNNLabelPropagation(max_iter=1).fit(X, y_semi)
+    assert truncated.cg_residual_.max() > 1e-2
+    assert "raise max_iter" in caplog.text
