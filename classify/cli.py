@@ -2,18 +2,165 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import logging
+import numbers
+import re
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
 
 from classify import pipeline
 from classify.registry import available, get
-from store import FeatureStore
+from store import SPLITS, FeatureStore
 from store.cli import run_cli
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- flag checking
+# Flag checks, the same in embed.cli (embed and classify do not import each other; both import store.cli).
+def _check_number(flag: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False, optional: bool = False):
+    """A command-line number in range, or a one-line ``ValueError`` naming ``--flag`` (fire passes ``abc`` as text).
+
+    ``low`` / ``high`` bound the value (excluded when ``low_open`` / ``high_open``); ``optional`` accepts None.
+    """
+    if value is None and optional:
+        return None
+    kind = numbers.Integral if integer else numbers.Real
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        what = "an integer" if integer else "a number"
+        if low is not None and high is not None:
+            what += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            what += f" {'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"--{flag.replace('_', '-')} must be {what}, got {value!r}")
+    return value
+
+
+def _check_bool(flag: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"--{flag.replace('_', '-')} is a switch: give it alone, or True / False, not {value!r}")
+    return value
+
+
+def _check_choice(flag: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"--{flag.replace('_', '-')} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+                         f"not {value!r}")
+    return value
+
+
+def _check_cv(folds, seed) -> None:
+    _check_number("folds", folds, integer=True, low=2)
+    _check_number("seed", seed, integer=True, low=0)
+
+
+_HEADER = re.compile(r"^(\w[\w ]*)\n-{3,}$", re.MULTILINE)
+_DOC_PARAM = re.compile(r"^(\w+(?:, \w+)*) : (.+)$", re.MULTILINE)
+_SCALARS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "None": "None", "NoneType": "None"}
+
+
+def _allowed_types(type_text: str) -> set[str] | None:
+    """The scalar types a numpydoc type line accepts (``float or None, default=0.5``), None when it names others."""
+    text = type_text.split(", default")[0]
+    text = re.sub(r"\{[^}]*\}", "str", text)  # {"fixed", "balanced"}: a choice of strings
+    text = re.sub(r"\s+in\s+[\[(][^\])]*[\])]", "", text)  # "float in (0, 1)": the method checks the range
+    allowed = set()
+    for part in re.split(r",\s*|\s+or\s+", text.strip()):
+        part = part.strip()
+        if part[:1] in "'\"" and part[-1:] == part[:1] and len(part) > 1:
+            allowed.add("str")
+        elif part in _SCALARS:
+            allowed.add(_SCALARS[part])
+        else:
+            return None  # an estimator, array, sequence, dict...: not checkable from the command line
+    return allowed or None
+
+
+def _hint_types(hint) -> set[str] | None:
+    """The scalar types a type annotation accepts, None when it names others."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    names = {getattr(a, "__name__", str(a)) for a in args}
+    return {_SCALARS[n] for n in names} if names <= set(_SCALARS) else None
+
+
+def _parameter_types(cls) -> dict[str, tuple[set[str], str]]:
+    """``name -> (accepted scalar types, how to say it)`` for a method's parameters: the docstring's ``Parameters``
+    type lines, else the ``__init__`` annotations; parameters of other types are left out (not checkable)."""
+    out: dict[str, tuple[set[str], str]] = {}
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that does not evaluate: fall back to the docstring alone
+        hints = {}
+    for name in inspect.signature(cls).parameters:
+        if name in hints and (allowed := _hint_types(hints[name])) is not None:
+            out[name] = allowed, " or ".join(sorted(allowed))
+    doc = inspect.getdoc(cls) or ""
+    sections = _HEADER.split(doc)  # [intro, title, body, title, body, ...]
+    params_doc = next((body for title, body in zip(sections[1::2], sections[2::2]) if title == "Parameters"), "")
+    for names, type_text in _DOC_PARAM.findall(params_doc):
+        allowed = _allowed_types(type_text)
+        for name in names.split(", "):
+            if allowed is None:
+                out.pop(name, None)  # the docstring admits more than the annotation says
+            else:
+                out[name] = allowed, type_text.strip()
+    return out
+
+
+def _fits(value, allowed: set[str]) -> bool:
+    if value is None:
+        return "None" in allowed
+    if isinstance(value, bool):
+        return "bool" in allowed
+    if isinstance(value, numbers.Integral):
+        return bool({"int", "float"} & allowed)
+    if isinstance(value, numbers.Real):
+        return "float" in allowed
+    return isinstance(value, str) and "str" in allowed
+
+
+def _check_params(method: str, params: dict) -> None:
+    """Each method parameter given on the command line has a type the method takes, else one line naming it."""
+    types = _parameter_types(get(method))
+    for name, value in params.items():
+        if name in types and not _fits(value, types[name][0]):
+            raise ValueError(f"--{name.replace('_', '-')} {value!r}: method {method!r} takes {types[name][1]}")
+
+
+def _suspect_params(method: str, params: dict) -> list[str]:
+    """Parameters given with another type than their default's (where a TypeError inside a fit can come from)."""
+    defaults = {n: p.default for n, p in inspect.signature(get(method)).parameters.items()}
+    return [f"--{n.replace('_', '-')} {v!r}" for n, v in params.items()
+            if n in defaults and defaults[n] is not None and type(v) is not type(defaults[n])]
+
+
+def _fitting(method: str, params: dict, run):
+    """``run()``, where a TypeError caused by a parameter of the wrong type becomes one line naming it."""
+    try:
+        return run()
+    except TypeError as err:
+        suspects = _suspect_params(method, params)
+        if not suspects:
+            raise
+        log.debug("fit of %s failed", method, exc_info=True)
+        raise ValueError(f"method {method!r} cannot use {', '.join(suspects)} ({err}); see the method's docstring "
+                         "for its parameter types") from None
+
+
+def _check_common(transductive, params: dict, method: str) -> None:
+    _check_bool("transductive", transductive)
+    _check_params(method, params)
 
 
 def _backbones(store: FeatureStore, backbone) -> list[str]:
@@ -50,8 +197,13 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
         The method's parameters, e.g. --k 20 --teacher labelprop.
     """
     get(method)  # an unknown method fails before any reading
+    _check_common(transductive, params, method)
+    if stream is not None:
+        _check_bool("stream", stream)
     with FeatureStore(store) as fs:
-        model = pipeline.fit(fs, _backbones(fs, backbone), method, params, combine, transductive, stream)
+        specs = _backbones(fs, backbone)
+        model = _fitting(method, params, lambda: pipeline.fit(fs, specs, method, params, combine, transductive,
+                                                              stream))
     model.save(out)
     print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
     report = getattr(model.estimator, "fit_report_", None)
@@ -76,8 +228,9 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     label_format : str
         name (class name) or index (class index).
     """
-    if label_format not in ("name", "index"):
-        raise ValueError(f"--label-format must be name or index, not {label_format!r}")
+    _check_choice("label_format", label_format, ("name", "index"))
+    _check_choice("split", split, tuple(SPLITS))
+    _check_bool("proba", proba)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
@@ -111,8 +264,13 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
         Also print the result as one JSON object on the last line (``--json``).
     """
     get(method)
+    _check_common(transductive, params, method)
+    _check_cv(folds, seed)
+    _check_bool("json", json_output)
     with FeatureStore(store) as fs:
-        result = pipeline.evaluate(fs, _backbones(fs, backbone), method, params, combine, transductive, folds, seed)
+        specs = _backbones(fs, backbone)
+        result = _fitting(method, params, lambda: pipeline.evaluate(fs, specs, method, params, combine, transductive,
+                                                                    folds, seed))
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
           f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")
@@ -128,6 +286,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     """
     from classify.report import write_report
 
+    _check_cv(folds, seed)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
@@ -156,7 +315,8 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
 def finetune(data: str | None = None, backbone: str | None = None, out: str | None = None, init: str | None = None,
              unfreeze: str = "all", pseudo: str | None = None, store: str | None = None, epochs: int = 20,
              lr: float = 1e-4, batch_size: int = 32, device: str = "auto", image_size: int | None = None,
-             seed: int = 0, progress: bool = True, json_output: bool = False, **options) -> None:
+             seed: int = 0, progress: bool = True, json_output: bool = False, offline: bool = False,
+             **options) -> None:
     """Fine-tune a timm model or a CLIP image tower end to end; the result is a new backbone spec for `embed run`.
 
     Rerun the same command to resume after a crash (state in OUT.state). See classify/finetune.py for the recipe.
@@ -186,6 +346,9 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
         Square input side (default: the backbone's, or what the --init model's store used).
     json_output : bool
         Print the result as one JSON object on the last line (--json).
+    offline : bool
+        Never download the backbone's weights (as ``HF_HUB_OFFLINE=1``): use the @checkpoint, the cache or a weight
+        package, else stop with one line naming what is missing.
     **options
         Further settings of classify.finetune.finetune, e.g. --val-fraction 0.2 --patience 5 --layer-decay 0.8
         --mu 2 --threshold 0.95 --fixmatch-weight 1 --wise-alphas 0,0.5,1 --workers 4.
@@ -212,9 +375,15 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
         raise ValueError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
                          "--help`")
     ft.parse_unfreeze(unfreeze)
-    result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store, epochs=epochs,
-                         lr=lr, batch_size=batch_size, device=device, image_size=image_size, seed=seed,
-                         progress=progress, **options)
+    _check_finetune_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
+                               seed=seed, progress=progress, json=json_output, offline=offline))
+    from embed.backbones import offline_env, resolve_weights
+
+    resolve_weights(str(backbone), offline=True if offline else None)  # bad spec, unsafe or missing weights: now
+    with offline_env(offline):
+        result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store,
+                             epochs=epochs, lr=lr, batch_size=batch_size, device=device, image_size=image_size,
+                             seed=seed, progress=progress, **options)
     size = f" --image-size {result.image_size}" if result.image_size else ""
     val = "" if result.val_accuracy is None else (f", validation accuracy {result.val_accuracy_initial:.4f} -> "
                                                   f"{result.val_accuracy:.4f}")
@@ -225,6 +394,30 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     print(f"       python -m classify predict --model {result.head_model} --store STORE   (the fine-tuned head)")
     if json_output:
         print(json.dumps(result.to_dict(), default=pipeline.jsonable))
+
+
+#: finetune's numeric flags: (integer, low, high, low excluded, high excluded, None accepted)
+_FINETUNE_NUMBERS = {
+    "epochs": (True, 0, None, False, False, False), "lr": (False, 0, None, True, False, False),
+    "batch_size": (True, 1, None, False, False, False), "image_size": (True, 8, None, False, False, True),
+    "seed": (True, 0, None, False, False, False), "weight_decay": (False, 0, None, False, False, False),
+    "layer_decay": (False, 0, 1, True, False, False), "warmup_epochs": (False, 0, None, False, False, False),
+    "val_fraction": (False, 0, 1, False, True, False), "patience": (True, 1, None, False, False, False),
+    "fixmatch_weight": (False, 0, None, False, False, False), "mu": (True, 0, None, False, False, False),
+    "threshold": (False, 0, 1, True, False, False), "pseudo_threshold": (False, 0, 1, True, False, False),
+    "pseudo_steps": (True, 0, None, False, False, False), "workers": (True, 0, None, False, False, True),
+}
+
+
+def _check_finetune_flags(flags: dict) -> None:
+    """Types and ranges of finetune's flags (a confidence threshold above 1 would turn FixMatch off silently)."""
+    for name, value in flags.items():
+        if name in _FINETUNE_NUMBERS:
+            integer, low, high, low_open, high_open, optional = _FINETUNE_NUMBERS[name]
+            _check_number(name, value, integer=integer, low=low, high=high, low_open=low_open, high_open=high_open,
+                          optional=optional)
+        elif name in ("progress", "json", "offline", "bn_train"):
+            _check_bool(name, value)
 
 
 def list_methods() -> None:
