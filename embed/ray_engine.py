@@ -80,7 +80,8 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
                  image_size: int | None = None, templates: list[str] | None = None, progress: bool = True) -> dict:
     """Embed ``images`` with one backbone on Ray into a shard folder.
 
-    Returns ``{"spec": canonical spec, "shards": total, "written": shards written now, "rows": rows embedded now}``.
+    Returns ``{"spec": canonical spec, "shards": total, "written": shards written now, "rows": rows embedded now,
+    "changed": ids of files that changed since a finished shard read them (their shards are written again)}``.
 
     Parameters
     ----------
@@ -112,10 +113,11 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
         writer.write_extra("head_weight", head[0])
         writer.write_extra("head_bias", head[1])
     n_shards = writer.meta["n_shards"]
+    changed = _forget_changed_shards(writer, images, shard_size, progress)
     pending = [s for s in range(n_shards) if not writer.done(s)]
     if not pending:
         log.info("%s: all %d shards already in %s", spec, n_shards, folder)
-        return {"spec": backbone.spec, "shards": n_shards, "written": 0, "rows": 0}
+        return {"spec": backbone.spec, "shards": n_shards, "written": 0, "rows": 0, "changed": changed}
     if len(pending) < n_shards:
         log.info("%s: resuming, %d of %d shards already written", spec, n_shards - len(pending), n_shards)
     rows = np.concatenate([np.arange(s * shard_size, min(len(images), (s + 1) * shard_size)) for s in pending])
@@ -151,7 +153,31 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
                 _write(writer, images, s, buffers.pop(s))
                 written += 1
     assert not buffers, f"rows of shards {sorted(buffers)} never completed"
-    return {"spec": backbone.spec, "shards": n_shards, "written": written, "rows": int(rows.size)}
+    return {"spec": backbone.spec, "shards": n_shards, "written": written, "rows": int(rows.size), "changed": changed}
+
+
+def _forget_changed_shards(writer: ShardWriter, images: ImageSet, shard_size: int, progress: bool) -> list[str]:
+    """Ids of files that changed since a finished shard read them; those shards lose their done marker.
+
+    Each file a finished shard read is hashed again and compared with the sha256 in the shard's metadata (as the
+    local runner does on resume), so another picture under the same name is embedded again, never kept silently.
+    """
+    from embed.runner import changed_rows
+
+    finished = [s for s in range(writer.meta["n_shards"]) if writer.done(s)]
+    if not finished:
+        return []
+    rows = np.concatenate([np.arange(s * shard_size, min(len(images), (s + 1) * shard_size)) for s in finished])
+    recorded = np.full(len(images), "", dtype=object)
+    recorded[rows] = np.concatenate([writer.sha256(s) for s in finished])
+    changed = changed_rows(images.paths, recorded, progress)
+    for s in np.unique(changed // shard_size):
+        writer.forget(int(s))
+    ids = [images.ids[r] for r in changed]
+    if ids:
+        shown = ", ".join(display_id(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+        log.warning("%d file(s) changed since they were embedded; embedding their shards again: %s", len(ids), shown)
+    return ids
 
 
 def _size(shard: int, shard_size: int, n: int) -> int:

@@ -102,6 +102,14 @@ class ShardWriter:
     def done(self, n: int) -> bool:
         return (self.folder / "done" / str(n)).is_file()
 
+    def forget(self, n: int) -> None:
+        """Drop shard ``n``'s done marker, so that it is written again (e.g. one of its files changed)."""
+        (self.folder / "done" / str(n)).unlink(missing_ok=True)
+
+    def sha256(self, n: int) -> np.ndarray:
+        """(rows,) sha256 recorded in finished shard ``n``'s metadata ("" for files never read)."""
+        return np.asarray(_read_table(self.folder / "metadata" / f"metadata_{n}.parquet")["sha256"], dtype=object)
+
     def write_extra(self, name: str, array: np.ndarray) -> None:
         """A side array such as ``text_emb`` or ``head_weight`` (``name.npy``)."""
         _atomic(self.folder / f"{name}.npy", _save_npy(np.asarray(array)))
@@ -222,10 +230,17 @@ def import_shards(folder: str | Path, store_path: str | Path) -> dict:
                       view_kinds=[])
     with open_for_images(store_path, ids, splits, labels, meta["classes"], root=meta.get("root")) as fs:
         done = fs.begin_backbone(provenance, dim, prob_classes=meta.get("head_classes") if head.is_file() else None)
+        known = fs.sha256
         start = 0
         for n, table in enumerate(tables):
             rows = np.arange(start, start + len(table["id"]))
             start = rows[-1] + 1 if rows.size else start
+            # A file read again with other bytes (it changed, and its shard was written again): forget the old row.
+            stale = rows[done[rows] & (known[rows] != np.asarray(table["sha256"], dtype=str))]
+            if stale.size:
+                log.info("%s: %d row(s) of shard %d hold a changed file; replacing them", store_path, stale.size, n)
+                fs.invalidate_rows(stale)
+                done[stale] = False
             if done[rows].all():
                 continue
             emb = np.load(folder / "img_emb" / f"img_emb_{n}.npy")

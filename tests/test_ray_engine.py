@@ -114,3 +114,23 @@ def test_odd_file_names_travel_through_shards(tiny_timm_ckpt, tmp_path):
     with FeatureStore(tmp_path / "ray.h5") as fs:
         assert list(fs.ids) == list(images.ids) and (fs.status == 1).all()
     assert not [p for p in (tmp_path / "shards").rglob("*") if ".tmp" in p.name]
+
+
+def test_resume_embeds_a_changed_file_again(tiny_timm_ckpt, tmp_path):
+    root = tmp_path / "data"
+    cats = write_good_images(root / "train" / "cat", SHARD + 2, seed=4)
+    other = write_good_images(tmp_path / "other", 1, seed=11)[0]
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    folder = tmp_path / "shards"
+    embed_shards(sources.from_folder(root), spec, folder, shard_size=SHARD, batch_size=4, progress=False)
+    import_shards(folder, tmp_path / "ray.h5")
+    cats[-1].write_bytes(other.read_bytes())  # another picture under the same name, in the second shard
+    images = sources.from_folder(root)
+    result = embed_shards(images, spec, folder, shard_size=SHARD, batch_size=4, progress=False)
+    changed = cats[-1].relative_to(root).as_posix()
+    assert result["written"] == 1 and result["changed"] == [changed]
+    import_shards(folder, tmp_path / "ray.h5")
+    embed(images, tmp_path / "local.h5", [spec], workers=0, progress=False)
+    with FeatureStore(tmp_path / "local.h5") as local, FeatureStore(tmp_path / "ray.h5") as sharded:
+        np.testing.assert_allclose(sharded.load(spec).X, normalised(local.load(spec).X), atol=2e-3)
+        assert list(sharded.sha256) == list(local.sha256)
