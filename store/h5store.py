@@ -486,8 +486,8 @@ class FeatureStore:
     def head(self, spec: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
         """The backbone's own classifier ``(W (K, D), b (K,), class names)``, or None when it has none."""
         g = self._group(spec)
-        if "head_weight" not in g or "head_bias" not in g:  # none, or half of one left by an older release
-            return None
+        if "head_weight" not in g or "head_bias" not in g or "classes" not in g["head_weight"].attrs:
+            return None  # none, or part of one left by an older release (the runner writes it again)
         return g["head_weight"][:], g["head_bias"][:], json.loads(g["head_weight"].attrs["classes"])
 
     @_writes
@@ -643,7 +643,7 @@ class FeatureStore:
     def text(self, spec: str) -> tuple[np.ndarray, list[str], float | None]:
         """CLIP text embeddings (C, T, D), their templates, and the logit scale; ValueError when absent."""
         g = self._group(spec)
-        if "text" not in g:
+        if not self.has_text(spec):
             raise ValueError(f"backbone {spec!r} in {self.path} has no text embeddings; zero-shot needs a CLIP "
                              "backbone (clip:<arch>/<tag>) embedded with `python -m embed run`")
         d = g["text"]
@@ -652,8 +652,10 @@ class FeatureStore:
 
     @_reads
     def has_text(self, spec: str) -> bool:
-        """Whether a backbone group holds CLIP text embeddings."""
-        return "text" in self._group(spec)
+        """Whether a backbone group holds CLIP text embeddings (complete: an older release could leave them without
+        their attributes, which the runner then writes again)."""
+        g = self._group(spec)
+        return "text" in g and all(key in g["text"].attrs for key in ("templates", "logit_scale"))
 
     @staticmethod
     def _read_rows(dataset: h5py.Dataset, index: np.ndarray) -> np.ndarray:
@@ -768,8 +770,8 @@ def _open_error(path: Path, err: OSError) -> ValueError:
     if "unable to lock file" in text:
         if isinstance(err, BlockingIOError) or err.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "errno = 11" in text:
             return ValueError(f"store {path} is in use by another process (HDF5 allows one writer and no readers at a "
-                              "time); wait for the other `python -m embed run` / `classify` command to finish (or "
-                              "stop it), then retry")
+                              f"time); wait for the other `python -m embed run` / `classify` command to finish (or "
+                              f"stop it; `fuser -v {path}` names it), then retry")
         return ValueError(f"cannot lock {path}: its file system does not support file locking ({text}); set "
                           "HDF5_USE_FILE_LOCKING=FALSE and make sure no other process writes the store")
     return ValueError(f"{path} is not a readable HDF5 feature store ({text}); point --store at a store written by "

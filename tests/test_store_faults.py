@@ -207,6 +207,21 @@ def test_head_weight_without_bias_of_an_older_release_is_rewritten(store_path):
         check_head(fs)
 
 
+def test_text_without_attributes_of_an_older_release_is_rewritten(store_path):
+    with h5py.File(store_path, "a") as f:  # version 1 created the dataset, then set its attributes
+        f[f"backbones/{SPEC.replace(':', '%3A')}"].create_dataset("text", data=np.zeros((2, 3, DIM)))
+    with FeatureStore(store_path, "a") as fs:
+        assert not fs.has_text(SPEC)
+        run_set_text(fs)
+        check_text(fs)
+
+
+def test_non_utf8_root_round_trips(tmp_path):
+    root = os.fsdecode(b"/data/caf\xe9")
+    with FeatureStore.create(tmp_path / "s.h5", IDS, SPLITS, LABELS, CLASSES, root=root) as fs:
+        assert fs.root == root
+
+
 # ---------------------------------------------------------------------------------------------- in use, corrupted
 HOLDER = textwrap.dedent("""
     import sys, h5py
