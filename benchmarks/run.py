@@ -30,6 +30,7 @@ from sklearn.preprocessing import Normalizer
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify import pipeline
+from classify.base import NotApplicable
 from classify.features import UNLABELED
 from classify.registry import get
 from store import FeatureStore
@@ -154,7 +155,7 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
                 rows = labeled if name in SUPERVISED_ANCHORS else slice(None)
                 try:
                     result = _measure(make, X[rows], y[rows], X[test])
-                except ValueError as err:  # e.g. zeroshot without text embeddings: recorded, not fatal
+                except NotApplicable as err:  # e.g. zeroshot without text embeddings: recorded; bugs are raised
                     skipped(name, n_shots, str(err))
                     continue
                 scores = pipeline.scores(data.y[test], result.pop("predicted"))

@@ -23,6 +23,12 @@ from sklearn.utils.validation import check_is_fitted
 from classify.features import labeled_mask
 
 
+class NotApplicable(ValueError):
+    """The method cannot run on this data: it needs something the store lacks (CLIP text embeddings, the backbone's
+    classifier head, augmented views). The CLIs print it in one line; the benchmarks record it as "not applicable",
+    while any other error (a bug) stops them."""
+
+
 class Rule(ABC):
     """One accepted form of a parameter value; a parameter is valid when any of its rules accepts it."""
 
@@ -171,14 +177,22 @@ def text_class_weights(estimator, X: np.ndarray, y=None) -> np.ndarray:
     if W.shape[1] != X.shape[1]:
         raise ValueError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: use text "
                          "and image embeddings of the same CLIP backbone")
-    if y is not None:
-        y = np.asarray(y)
-        labeled = y[labeled_mask(y)]
-        if labeled.size and (not np.issubdtype(labeled.dtype, np.number) or labeled.min() < 0
-                             or labeled.max() >= W.shape[0] or np.any(labeled != np.round(labeled))):
-            raise ValueError(f"labels must be class indices in [0, {W.shape[0]}) (rows of text_embeddings) or -1 for "
-                             "unlabeled")
+    check_class_indices(y, W.shape[0], "text_embeddings")
     return W
+
+
+def check_class_indices(y, n_classes: int, source: str) -> None:
+    """Labels of methods whose classes come from elsewhere (text rows, class names) must index those classes.
+
+    ``y`` may be None (label-free fit); ``-1`` marks unlabeled rows; ``source`` names where the classes come from.
+    """
+    if y is None:
+        return
+    y = np.asarray(y)
+    labeled = y[labeled_mask(y)]
+    if labeled.size and (not np.issubdtype(labeled.dtype, np.number) or labeled.min() < 0
+                         or labeled.max() >= n_classes or np.any(labeled != np.round(labeled))):
+        raise ValueError(f"labels must be class indices in [0, {n_classes}) (rows of {source}) or -1 for unlabeled")
 
 
 def resolve_estimator(spec, default=None):

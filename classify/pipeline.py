@@ -20,6 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from classify import persist
+from classify.base import NotApplicable
 from classify.features import UNLABELED
 from classify.registry import create, get
 from store import FeatureStore
@@ -119,7 +120,7 @@ def load_data(store: FeatureStore, backbones: Sequence[str], split=None, views: 
 
 
 def uses_views(method) -> bool:
-    """Whether a method (name or estimator) takes ``[features | views…]`` rows instead of plain features."""
+    """Whether a method (name or estimator) takes ``[features | views…]`` rows (its ``uses_views`` capability)."""
     cls = get(method) if isinstance(method, str) else type(method)
     return bool(getattr(cls, "uses_views", False))
 
@@ -164,11 +165,14 @@ def build(method, params: dict | None = None, context: dict | None = None):
     for key, value in context.items():
         if key in accepted and params.get(key) is None:
             params[key] = value
-    if "text_embeddings" in accepted and params.get("text_embeddings") is None and method == "zeroshot":
-        raise ValueError("zeroshot needs CLIP text embeddings, and this backbone has none in the store; embed with a "
-                         "CLIP backbone (clip:<arch>/<tag>) or choose another method")
-    estimator = create(method, **params)
-    return estimator
+    cls = get(method)
+    if cls.needs_text and params.get("text_embeddings") is None and context.get("text_embeddings") is None:
+        raise NotApplicable(f"{method} needs CLIP text embeddings, and this backbone has none in the store; embed with "
+                            "a CLIP backbone (clip:<arch>/<tag>) or choose another method")
+    if cls.uses_views and context and not context.get("view_kinds"):
+        raise NotApplicable(f"{method} trains on cached augmented views and the store has none; embed with "
+                            "`python -m embed run ... --views 2`")
+    return create(method, **params)
 
 
 def _build_nested(value, context):
@@ -320,6 +324,9 @@ def cross_val_predictions(store, data: Data, backbones, method, params, combine,
                           seed=0):
     """Out-of-fold predictions for the labeled train rows; each fold's held-out rows are passed unlabeled."""
     labeled = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    if not labeled.size:
+        raise ValueError(f"{store.path} has no labeled images to score on (neither train/<class>/ nor test/<class>/); "
+                         "evaluation needs labels: add labeled images, or use `classify predict` for predictions only")
     counts = np.bincount(data.y[labeled])
     k = int(min(folds, counts[counts > 0].min()))
     if k < 2:

@@ -75,3 +75,23 @@ def test_dataset_adapters(tmp_path):
         handle.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
                      + bytes(range(12)))
     np.testing.assert_array_equal(_read_idx(idx), np.arange(12).reshape(2, 2, 3))
+
+
+def test_a_bug_stops_the_run_and_only_not_applicable_is_recorded(task, monkeypatch):
+    from classify.base import NotApplicable
+    from classify.methods.knn import KNNClassifier
+
+    def bug(self, X, y):
+        raise ValueError("a bug in a method")
+
+    monkeypatch.setattr(KNNClassifier, "fit", bug)
+    with pytest.raises(ValueError, match="a bug in a method"):
+        run_task(task, ["knn"], shots=[1], seeds=1, anchors=[], progress=lambda _: None)
+
+    def not_here(self, X, y):
+        raise NotApplicable("knn needs something this store lacks")
+
+    monkeypatch.setattr(KNNClassifier, "fit", not_here)
+    records = run_task(task, ["knn"], shots=[1], seeds=1, anchors=[], progress=lambda _: None)
+    assert records == [{"dataset": "synthetic", "backbone": A, "method": "knn", "shots": 1,
+                        "skipped": "knn needs something this store lacks"}]

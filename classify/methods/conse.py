@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.features import l2_normalize, labeled_mask
+from classify.base import NotApplicable, BOOL, FewShotClassifier, Int, Real, check_class_indices
+from classify.features import l2_normalize
 from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ def _mean_by_owner(E: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
     return l2_normalize(out).astype(np.float32)
 
 
-@register_method("conse")
-class ConSE(ClassifierMixin, BaseEstimator):
+@register_method("conse", needs_labels=False)
+class ConSE(FewShotClassifier):
     """ConSE zero-shot classifier on an ImageNet classifier's features (no labels, no CLIP weights).
 
     Like ``zeroshot`` it needs no labels: ``fit`` only checks shapes and embeds the class names; ``classes_`` is
@@ -131,7 +131,7 @@ class ConSE(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
-    needs_labels = False  # fit works with every y == -1 (like zeroshot)
+    _parameter_constraints = {"top_t": [Int(1)], "logit_scale": [Real(0, low_open=True)], "synonyms": [BOOL]}
 
     def __init__(self, head_weight=None, head_bias=None, head_classes=None, class_names=None,
                  templates=DEFAULT_TEMPLATES, top_t=10, logit_scale=20.0, synonyms=True, encoder=None,
@@ -179,7 +179,7 @@ class ConSE(ClassifierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit / predict
     def _check_params(self, n_features: int) -> tuple[np.ndarray, np.ndarray]:
         if self.head_weight is None or self.head_bias is None or self.head_classes is None:
-            raise ValueError(_NO_HEAD)
+            raise NotApplicable(_NO_HEAD)
         W = np.asarray(self.head_weight, dtype=np.float32)
         b = np.asarray(self.head_bias, dtype=np.float32).ravel()
         if W.ndim != 2 or b.shape != (W.shape[0],) or len(self.head_classes) != W.shape[0]:
@@ -192,21 +192,15 @@ class ConSE(ClassifierMixin, BaseEstimator):
             raise ValueError("conse needs class_names, at least 2 (the pipeline takes them from the store)")
         if not self.templates or any(str(t).count("{}") != 1 for t in self.templates):
             raise ValueError(f"templates must be format strings with exactly one '{{}}', got {self.templates!r}")
-        if not (isinstance(self.top_t, (int, np.integer)) and self.top_t >= 1):
-            raise ValueError(f"top_t must be an int >= 1 (ImageNet classes mixed per image), got {self.top_t!r}")
         return W, b
 
     def fit(self, X, y=None):
         """Embed the ImageNet and user class names; ``y`` is optional and only checked against the class count."""
+        self._validate_params()
         X = validate_data(self, X, dtype=[np.float32, np.float64])
         self._check_params(X.shape[1])
         n_classes = len(self.class_names)
-        if y is not None:
-            y = np.asarray(y)
-            lab = y[labeled_mask(y)]
-            if lab.size and (not np.issubdtype(lab.dtype, np.number) or lab.min() < 0 or lab.max() >= n_classes):
-                raise ValueError(f"labels must be class indices in [0, {n_classes}) matching class_names (or -1 "
-                                 "for unlabeled)")
+        check_class_indices(y, n_classes, "class_names")
         self.imagenet_embeddings_ = self._embed(list(self.head_classes), bool(self.synonyms))  # (K, d)
         self.class_embeddings_ = self._embed(list(self.class_names), bool(self.synonyms))  # (C, d)
         if self.imagenet_embeddings_.shape[1] != self.class_embeddings_.shape[1]:  # pragma: no cover - encoder bug
@@ -229,12 +223,3 @@ class ConSE(ClassifierMixin, BaseEstimator):
     def _logits(self, X) -> np.ndarray:
         s = l2_normalize(self.semantic_embeddings(X))  # (n, d)
         return float(self.logit_scale) * (s @ self.class_embeddings_.T).astype(np.float64)  # (n, C)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Softmax of ``logit_scale × cos(semantic embedding, class embedding)``, shape (n, C)."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Class with the highest cosine, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]

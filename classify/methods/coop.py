@@ -21,10 +21,9 @@ import numbers
 from types import SimpleNamespace
 
 import numpy as np
-from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import NONE, FewShotClassifier, Int, Options, Real, check_class_indices
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
 
@@ -141,8 +140,8 @@ def _device(name: str):
     return torch.device(name)
 
 
-@register_method("coop")
-class CoOp(ClassifierMixin, BaseEstimator):
+@register_method("coop", needs_text=True)
+class CoOp(FewShotClassifier):
     """CoOp: context vectors learned through the CLIP text tower against the store's image features.
 
     Rows labeled ``-1`` are unlabeled and ignored. Labels are indices into ``class_names`` and ``classes_`` is
@@ -191,6 +190,10 @@ class CoOp(ClassifierMixin, BaseEstimator):
     n_features_in_ : int
     """
 
+    _parameter_constraints = {"n_ctx": [Int(1)], "logit_scale": [NONE, Real(0, low_open=True)], "epochs": [Int(0)],
+                              "batch_size": [NONE, Int(1)], "lr": [Real(0, low_open=True)], "weight_decay": [Real(0)],
+                              "device": [Options("auto", "cpu", "cuda")], "random_state": [NONE, Int()]}
+
     def __init__(self, class_names=None, backbone_spec=None, n_ctx=4, ctx_init="a photo of a", logit_scale=None,
                  epochs=50, batch_size=None, lr=2e-3, weight_decay=0.0, device="auto", random_state=0):
         self.class_names = class_names
@@ -230,6 +233,7 @@ class CoOp(ClassifierMixin, BaseEstimator):
         self
         """
         torch = _import_torch()
+        self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         if not self.class_names or len(self.class_names) < 2:
@@ -238,12 +242,7 @@ class CoOp(ClassifierMixin, BaseEstimator):
         yl = y[labeled]
         if not yl.size:
             raise ValueError("coop needs labeled rows (y = -1 marks unlabeled); with no labels use zeroshot")
-        if not np.issubdtype(yl.dtype, np.number) or yl.min() < 0 or yl.max() >= n_classes \
-                or np.any(yl != np.round(yl)):
-            raise ValueError(f"labels must be class indices in [0, {n_classes}) into class_names, or -1 for "
-                             "unlabeled")
-        if not (isinstance(self.epochs, numbers.Integral) and self.epochs >= 0):
-            raise ValueError(f"epochs must be an int >= 0, got {self.epochs!r}")
+        check_class_indices(y, n_classes, "class_names")
         backbone = self._load_clip()
         if backbone.dim != X.shape[1]:
             raise ValueError(f"{self.backbone_spec} gives {backbone.dim}-dim features but X has {X.shape[1]} columns; "
@@ -289,12 +288,3 @@ class CoOp(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         Xn = l2_normalize(validate_data(self, X, dtype=[np.float32, np.float64], reset=False))  # (n, D)
         return self.logit_scale_ * (Xn @ self.class_embeddings_.T.astype(Xn.dtype)).astype(np.float64)  # (n, C)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Softmax of ``logit_scale × cos(image, learned class embedding)``, shape (n, C)."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]

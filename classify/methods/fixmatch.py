@@ -11,21 +11,20 @@ where ``mask`` keeps the weak predictions that pass the class-aware thresholds o
 :class:`classify.thresholds.ClassAwareThresholds` (Lucas et al. 2022; the same rule as ``selftrain``'s
 ``selection="classaware"``), stepped once per mini-batch as in the paper. Seconds on a CPU instead of GPU hours.
 
-Input contract (see ``classify.pipeline.load_data``): the class attribute ``uses_views = True`` makes the pipeline
-pass rows ``[features | view_0 | ... | view_{V-1}]`` (each D wide) and the store's ``view_kinds`` (V strings).
+Input contract (see ``classify.pipeline.load_data``): the capability ``uses_views=True``, declared at registration,
+makes the pipeline pass rows ``[features | view_0 | ... | view_{V-1}]`` (each D wide) and the store's ``view_kinds``
+(V strings).
 ``predict`` reads the plain feature block only.
 """
 from __future__ import annotations
 
 import logging
-import numbers
 from contextlib import contextmanager
 
 import numpy as np
-from scipy.special import softmax
-from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from classify.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
 from classify.thresholds import ClassAwareThresholds
@@ -53,8 +52,8 @@ def _torch_threads(n: int):
         torch.set_num_threads(before)
 
 
-@register_method("fixmatch")
-class FixMatchHead(ClassifierMixin, BaseEstimator):
+@register_method("fixmatch", uses_views=True)
+class FixMatchHead(FewShotClassifier):
     """A head trained FixMatch-style on cached weak/strong view features, with class-aware thresholds.
 
     Rows with ``y == -1`` are unlabeled. X rows are ``[features | view_0 | ... | view_{V-1}]``.
@@ -107,7 +106,11 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
         ``D * (1 + V)``.
     """
 
-    uses_views = True
+    _parameter_constraints = {"center": [BOOL], "hidden": [NONE, Int(1)], "epochs": [Int(0)], "batch_size": [Int(1)],
+                              "mu": [Int(1)], "lambda_u": [Real(0)], "lr": [Real(0, low_open=True)],
+                              "weight_decay": [Real(0)], "threshold": [Real(0, 1)], "ema": [Real(0, 1)],
+                              "eps": [Real(0)], "target": [Options("labeled", "uniform")],
+                              "random_state": [NONE, Int()]}
 
     def __init__(self, view_kinds=None, center=True, hidden=None, epochs=10, batch_size=64, mu=4, lambda_u=1.0, lr=5e-2,
                  weight_decay=5e-4, threshold=0.95, ema=0.9, eps=0.001, target="labeled", random_state=0):
@@ -154,18 +157,6 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
         blocks = X[:, :D][None] if plain_only else X.reshape(len(X), 1 + n_views, D).transpose(1, 0, 2)
         return l2_normalize(blocks - self.mean_.astype(X.dtype)).astype(np.float32)  # (1+V, n, D)
 
-    def _check_params(self) -> None:
-        for name in ("epochs", "batch_size", "mu"):
-            value = getattr(self, name)
-            if not (isinstance(value, numbers.Integral) and value >= (0 if name == "epochs" else 1)):
-                raise ValueError(f"{name} must be an int >= {0 if name == 'epochs' else 1}, got {value!r}")
-        if self.hidden is not None and not (isinstance(self.hidden, numbers.Integral) and self.hidden >= 1):
-            raise ValueError(f"hidden must be None (linear head) or an int >= 1, got {self.hidden!r}")
-        if self.target not in ("labeled", "uniform"):
-            raise ValueError(f"target must be 'labeled' or 'uniform', got {self.target!r}")
-        if not self.lambda_u >= 0:
-            raise ValueError(f"lambda_u must be >= 0, got {self.lambda_u!r}")
-
     def _make_head(self, dim: int, n_classes: int):
         import torch
 
@@ -190,7 +181,7 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
         """
         import torch
 
-        self._check_params()
+        self._validate_params()
         kinds = self._kinds()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
@@ -291,12 +282,3 @@ class FixMatchHead(ClassifierMixin, BaseEstimator):
             if i < len(self.coefs_) - 1:
                 h = np.maximum(h, 0)  # ReLU between the layers of the hidden-layer head
         return h.astype(np.float64)  # (n, C)
-
-    def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities from the plain feature block, shape (n, n_classes)."""
-        return softmax(self._logits(X), axis=1)
-
-    def predict(self, X) -> np.ndarray:
-        """Most probable class, shape (n,)."""
-        idx = self._logits(X).argmax(axis=1)  # (n,); first, so an unfitted call raises NotFittedError
-        return self.classes_[idx]

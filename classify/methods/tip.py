@@ -24,7 +24,7 @@ from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Real, resolve_estimator, text_class_weights
+from classify.base import NotApplicable, BOOL, METHOD, NONE, FewShotClassifier, Int, Real, resolve_estimator, text_class_weights
 from classify.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import register_method
 
@@ -169,7 +169,7 @@ class TipAdapter(FewShotClassifier):
             self.classes_ = np.asarray(base.classes_)
             return
         if self.text_embeddings is None:
-            raise ValueError("tip needs a zero-shot prior: CLIP text embeddings (embed with a clip:<arch>/<tag> "
+            raise NotApplicable("tip needs a zero-shot prior: CLIP text embeddings (embed with a clip:<arch>/<tag> "
                              "backbone), or base='conse' for an ImageNet-classifier backbone such as "
                              "timm:tf_efficientnet_lite0")
         W = text_class_weights(self, X)  # (C, D)

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import FewShotClassifier, Real, text_class_weights
+from classify.base import NotApplicable, FewShotClassifier, Real, text_class_weights
 from classify.features import l2_normalize
 from classify.registry import register_method
 
@@ -39,7 +39,7 @@ def zeroshot_class_weights(text_embeddings, templates=None, template_subset=None
     ndarray of shape (C, D), float32, rows of unit norm.
     """
     if text_embeddings is None:
-        raise ValueError(_NO_TEXT)
+        raise NotApplicable(_NO_TEXT)
     E = np.asarray(text_embeddings, dtype=np.float32)
     if E.ndim == 2:
         E = E[:, None, :]  # (C, 1, D)
