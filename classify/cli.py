@@ -377,10 +377,9 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     ft.parse_unfreeze(unfreeze)
     _check_finetune_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
                                seed=seed, progress=progress, json=json_output, offline=offline))
-    from embed.backbones import offline_env, resolve_weights
+    from embed.backbones import offline_env
 
-    resolve_weights(str(backbone), offline=True if offline else None)  # bad spec, unsafe or missing weights: now
-    with offline_env(offline):
+    with offline_env(offline):  # the backbone's load refuses to download (finetune checks its inputs first)
         result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store,
                              epochs=epochs, lr=lr, batch_size=batch_size, device=device, image_size=image_size,
                              seed=seed, progress=progress, **options)
