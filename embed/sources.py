@@ -101,20 +101,41 @@ def _search_tree(top: Path, searched: set[tuple[int, int]], links: deque[Path]) 
         except OSError as exc:
             log.warning("cannot list %s: %s; its images are skipped", folder, exc.strerror or exc)
             continue
+        subfolders = []
         for entry in entries:
             if entry.name.startswith("."):
                 continue
             path = folder / entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append(path)
+                    subfolders.append(path)
                 elif entry.is_symlink() and entry.is_dir():
                     links.append(path)
                 elif path.suffix.lower() in IMAGE_EXTENSIONS:
                     found.append(path)
             except OSError as exc:
                 log.warning("skipping %s: %s", path, exc.strerror or exc)
+        stack += reversed(subfolders)  # depth first, in name order: links are queued in a predictable order
     return found
+
+
+def _class_folders(train: Path) -> list[str]:
+    """The class folders in ``train``, sorted; a link that `_find_images` would not follow is no class."""
+    folders = sorted((d for d in train.iterdir() if d.is_dir() and not d.name.startswith(".")), key=lambda d: d.name)
+    taken = {_identity(d.stat()) for d in folders if not d.is_symlink()}
+    real_train = Path(os.path.realpath(train))
+    taken |= {_identity(os.stat(p)) for p in (real_train, *real_train.parents)}
+    names = []
+    for folder in folders:
+        if folder.is_symlink():
+            key = _identity(folder.stat())
+            if key in taken:  # its images are found (and labelled) in the folder it leads to, or it loops
+                log.warning("%s -> %s is not a class folder: it leads to one already listed, or to one that holds "
+                            "the data", folder, os.readlink(folder))
+                continue
+            taken.add(key)
+        names.append(folder.name)
+    return names
 
 
 def _read_classes_file(path: Path) -> tuple[list[str], list[str]]:
@@ -146,7 +167,7 @@ def from_folder(root: str | Path) -> ImageSet:
     if not train.is_dir():
         raise ValueError(f"{root} has no train/ folder; expected train/<class>/*, unlabeled/*, test/* "
                          "(or pass --csv FILE with path,label[,split])")
-    folders = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    folders = _class_folders(train)
     classes_file = root / "classes.txt"
     if classes_file.is_file():
         listed, classes = _read_classes_file(classes_file)

@@ -244,3 +244,11 @@ def test_csv_names_that_are_not_utf8_map_back_exactly(tmp_path):
     assert images.classes == ["caf\udce9", "cat"]
     assert [os.fsencode(p) for p in images.paths] == [os.fsencode(non_ascii), os.fsencode(non_utf8)]
     assert all(load_image(p).ok for p in images.paths)
+
+
+def test_a_looping_link_is_not_a_class(challenge):
+    imagegen.make_link_loop(challenge / "train", "up", "..")  # train/up -> the data root
+    imagegen.make_link_loop(challenge / "train", "kitten", "cat")  # a second name for train/cat
+    images = sources.from_folder(challenge)
+    assert images.classes == ["cat", "red fox"]
+    assert images.ids == CHALLENGE_IDS
