@@ -1,6 +1,7 @@
 """``python -m classify fit|predict|evaluate|report|list`` on the features of a store."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import inspect
 import json
@@ -145,10 +146,21 @@ def _suspect_params(method: str, params: dict) -> list[str]:
             if n in defaults and defaults[n] is not None and type(v) is not type(defaults[n])]
 
 
-def _fitting(method: str, params: dict, run):
-    """``run()``, where a TypeError caused by a parameter of the wrong type becomes one line naming it."""
+def _no_downloads(offline: bool):
+    """``--offline``: a method that builds a backbone (CoOp's text tower) refuses to download its weights."""
+    if not offline:
+        return contextlib.nullcontext()
+    from embed.backbones import offline_env  # embed only for the methods with a text tower, as they do
+
+    return offline_env()
+
+
+def _fitting(method: str, params: dict, run, offline: bool = False):
+    """``run()`` (downloads off with ``offline``), where a TypeError caused by a parameter of the wrong type becomes
+    one line naming it."""
     try:
-        return run()
+        with _no_downloads(offline):
+            return run()
     except TypeError as err:
         suspects = _suspect_params(method, params)
         if not suspects:
@@ -158,8 +170,9 @@ def _fitting(method: str, params: dict, run):
                          "for its parameter types") from None
 
 
-def _check_common(transductive, params: dict, method: str) -> None:
+def _check_common(transductive, offline, params: dict, method: str) -> None:
     _check_bool("transductive", transductive)
+    _check_bool("offline", offline)
     _check_params(method, params)
 
 
@@ -174,7 +187,7 @@ def _backbones(store: FeatureStore, backbone) -> list[str]:
 
 
 def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat", transductive: bool = True,
-        stream: bool | None = None, **params) -> None:
+        stream: bool | None = None, offline: bool = False, **params) -> None:
     """Fit a method on a store and save the model.
 
     Parameters
@@ -193,17 +206,19 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
         Also pass the test rows, without labels, to the fit (label propagation and self-training use them).
     stream : bool
         Read the features chunk by chunk instead of loading them (labelprop; default: when they exceed 4 GiB).
+    offline : bool
+        Methods that build a backbone (coop's text tower) never download its weights (as ``HF_HUB_OFFLINE=1``).
     **params
         The method's parameters, e.g. --k 20 --teacher labelprop.
     """
     get(method)  # an unknown method fails before any reading
-    _check_common(transductive, params, method)
+    _check_common(transductive, offline, params, method)
     if stream is not None:
         _check_bool("stream", stream)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         model = _fitting(method, params, lambda: pipeline.fit(fs, specs, method, params, combine, transductive,
-                                                              stream))
+                                                              stream), offline)
     model.save(out)
     print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
     report = getattr(model.estimator, "fit_report_", None)
@@ -251,12 +266,12 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
 
 
 def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
-             folds: int = 5, seed: int = 0, json_output: bool = False, **params) -> None:
+             folds: int = 5, seed: int = 0, json_output: bool = False, offline: bool = False, **params) -> None:
     """Accuracy and macro-F1 on the labeled test split, or stratified CV on the labeled train rows.
 
     Parameters
     ----------
-    store, method, backbone, combine, transductive, **params
+    store, method, backbone, combine, transductive, offline, **params
         As for ``fit``.
     folds, seed : int
         Cross-validation folds and seed, when the store has no labeled test split.
@@ -264,13 +279,13 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
         Also print the result as one JSON object on the last line (``--json``).
     """
     get(method)
-    _check_common(transductive, params, method)
+    _check_common(transductive, offline, params, method)
     _check_cv(folds, seed)
     _check_bool("json", json_output)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         result = _fitting(method, params, lambda: pipeline.evaluate(fs, specs, method, params, combine, transductive,
-                                                                    folds, seed))
+                                                                    folds, seed), offline)
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
           f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")

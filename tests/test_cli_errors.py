@@ -5,6 +5,8 @@ an out-of-range value; backbone specs and checkpoints that cannot be used are re
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import timm
 import torch
@@ -12,7 +14,7 @@ import torch
 from classify.cli import main as classify_main
 from embed.cli import main as embed_main
 from imagegen import write_good_images
-from synthstore import A, make_store
+from synthstore import A, B, make_store
 
 
 def one_error_line(capsys) -> str:
@@ -232,3 +234,21 @@ def test_finetune_offline_refuses_uncached_weights(folder, tmp_path, monkeypatch
     line = fails(classify_main, ["finetune", "--data", folder, "--backbone", "timm:resnet50", "--out",
                                  tmp_path / "ft.pth", "--offline"], capsys)
     assert "timm:resnet50" in line and "--offline" in line
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fit"])
+def test_offline_reaches_a_methods_backbone(store, tmp_path, monkeypatch, capsys, command):
+    """coop builds its backbone's text tower inside the fit: --offline must hold there, and only for the command."""
+    seen = []
+
+    def no_weights_here(spec, **kwargs):
+        seen.append(os.environ.get("HF_HUB_OFFLINE"))
+        raise FileNotFoundError(f"weights for {spec} are not on this machine")
+
+    monkeypatch.setattr("embed.backbones.load_backbone", no_weights_here)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    extra = ["--out", tmp_path / "m.skops"] if command == "fit" else []
+    line = fails(classify_main, [command, "--store", store, "--backbone", B, "--method", "coop", "--offline",
+                                 *extra], capsys)
+    assert "not on this machine" in line and seen == ["1"]
+    assert "HF_HUB_OFFLINE" not in os.environ
