@@ -47,7 +47,8 @@ Hostile files a real folder contains, one generator each, to compose into folder
 - `make_fifo`: a named pipe with an image's name (opening it for reading would block);
 - `make_device_link`: an image-named symlink to a character device such as ``/dev/zero`` (endless bytes).
 
-`HOSTILE_ERRORS` holds a substring of the error `load_image` reports for each kind.
+`HOSTILE_ERRORS` holds a substring of the error `load_image` reports for each kind. `write_hostile_folder`
+composes them all into one challenge-layout folder and says what each file should become.
 """
 
 from __future__ import annotations
@@ -315,3 +316,52 @@ def make_device_link(path: str | os.PathLike[str], device: str = "/dev/zero") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     path.symlink_to(device)
     return path
+
+
+HOSTILE_CLASSES: tuple[str, ...] = ("one", "zero")  # sorted folder names: "one" is class 0
+
+
+def write_hostile_folder(root: str | os.PathLike[str], size: int = 32) -> dict[str, tuple[str, int, str | None]]:
+    """A challenge-layout folder (``train/<class>/``, ``unlabeled/``, ``test/<class>/``) holding every hostile kind.
+
+    Good images (``good_pixels``) in every split; in ``train/one/`` and ``unlabeled/`` the two `write_odd_names`
+    files; in ``unlabeled/`` the skinny PNG, a FIFO (``pipe.png``, where ``os.mkfifo`` exists) and a link to
+    ``/dev/zero`` (``zero.jpg``, where it exists); a loop ``train/zero/up -> ..``; a phantom class link
+    ``train/again -> zero``; and beside the splits a CSV ``conflicts.csv`` (header ``file_name,class``) listing
+    ``unlabeled/u0.png`` twice with different labels, which `embed.sources.from_csv` must refuse.
+
+    Returns
+    -------
+    dict of str to (str, int, str or None)
+        Every id `embed.sources.from_folder` must list, exactly these and once each: ``(split, label, error)``
+        with ``label`` an index into `HOSTILE_CLASSES` (-1 unknown) and ``error`` None for a file that decodes,
+        else a substring of the error `embed.images.load_image` reports.
+    """
+    root = Path(root)
+    want: dict[str, tuple[str, int, str | None]] = {}
+    k = 0
+    for split, folder, label, n in (("train", "train/one", 0, 3), ("train", "train/zero", 1, 3),
+                                    ("unlabeled", "unlabeled", -1, 2), ("test", "test/one", 0, 1),
+                                    ("test", "test/zero", 1, 1)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            name = f"{folder}/{'u' if split == 'unlabeled' else 'g'}{i}.png"
+            Image.fromarray(good_pixels(k, size), mode="RGB").save(root / name)
+            want[name] = (split, label, None)
+            k += 1
+    for folder, split, label in (("train/one", "train", 0), ("unlabeled", "unlabeled", -1)):
+        for path in write_odd_names(root / folder):
+            want[f"{folder}/{path.name}"] = (split, label, None)
+    write_skinny_png(root / "unlabeled/skinny.png")
+    want["unlabeled/skinny.png"] = ("unlabeled", -1, HOSTILE_ERRORS["skinny"])
+    if hasattr(os, "mkfifo"):
+        make_fifo(root / "unlabeled/pipe.png")
+        want["unlabeled/pipe.png"] = ("unlabeled", -1, HOSTILE_ERRORS["fifo"])
+    if os.path.exists("/dev/zero"):
+        make_device_link(root / "unlabeled/zero.jpg")
+        want["unlabeled/zero.jpg"] = ("unlabeled", -1, HOSTILE_ERRORS["device"])
+    make_link_loop(root / "train/zero", "up", "..")
+    make_link_loop(root / "train", "again", "zero")
+    (root / "conflicts.csv").write_text("file_name,class\nunlabeled/u0.png,one\nunlabeled/u1.png,zero\n"
+                                        "unlabeled/u0.png,zero\n")
+    return want

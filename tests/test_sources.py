@@ -252,3 +252,17 @@ def test_a_looping_link_is_not_a_class(challenge):
     images = sources.from_folder(challenge)
     assert images.classes == ["cat", "red fox"]
     assert images.ids == CHALLENGE_IDS
+
+
+def test_hostile_folder(tmp_path):
+    want = imagegen.write_hostile_folder(tmp_path)
+    images = sources.from_folder(tmp_path)
+    assert images.classes == list(imagegen.HOSTILE_CLASSES)
+    assert sorted(images.ids) == sorted(want) and len(images.ids) == len(set(images.ids))
+    for id_, split, label, path in zip(images.ids, images.splits, images.labels, images.paths):
+        want_split, want_label, want_error = want[id_]
+        assert (split, label) == (want_split, want_label), id_
+        error = load_image(path, target_size=224).error
+        assert error is None if want_error is None else want_error in error, (id_, error)
+    with pytest.raises(ValueError, match="unlabeled/u0.png \\(row 2: one train; row 4: zero train\\)"):
+        sources.from_csv(tmp_path / "conflicts.csv")
