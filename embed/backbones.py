@@ -81,16 +81,19 @@ _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLIN
 
 
 def downloads_off(offline: bool | None = None) -> bool:
-    """Whether weights may not be downloaded: ``offline`` when given, else ``HF_HUB_OFFLINE`` (read now, not at import).
+    """Whether weights may not be downloaded: ``offline`` when given, else ``HF_HUB_OFFLINE``.
 
     Parameters
     ----------
     offline : bool, optional
-        True refuses downloads, False allows them; None follows the ``HF_HUB_OFFLINE`` environment variable.
+        True refuses downloads, False allows them; None follows the ``HF_HUB_OFFLINE`` environment variable, read
+        now (so that :func:`offline_env` works after import) and as huggingface_hub read it at import.
     """
     if offline is not None:
         return bool(offline)
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
 @contextlib.contextmanager
