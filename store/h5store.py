@@ -496,8 +496,9 @@ class FeatureStore:
                    probs: np.ndarray | None = None) -> None:
         """Write one batch: per-image status for ``rows`` and the features of its ok rows, then mark them done.
 
-        An ok row whose features (or views) are not finite, or exceed :data:`MAX_ABS_FEATURE`, in the storage dtype
-        (float16 overflows above 65504) is recorded as an error instead: every ok row on disk is sane.
+        Features (and views) must be finite and within :data:`MAX_ABS_FEATURE` in the storage dtype (float16
+        overflows above 65504): a batch that is not is refused whole (ValueError) before anything of it is written,
+        so every ok row on disk is sane and a bad value read later means the file was damaged.
 
         Parameters
         ----------
@@ -510,24 +511,20 @@ class FeatureStore:
         assert rows.ndim == 1 and np.all(np.diff(rows) > 0), "rows must be strictly increasing"
         g = self._group(spec)
         dtype = g["features"].dtype
-        status = np.array(status, dtype=np.uint8)
-        errors = list(errors)
+        status = np.asarray(status, dtype=np.uint8)
         if features is not None:
-            features = np.asarray(features, dtype=dtype)  # (n_ok, D)
+            with np.errstate(over="ignore"):  # a value float16 cannot hold becomes inf, refused just below
+                features = np.asarray(features, dtype=dtype)  # (n_ok, D)
+                views = None if views is None else np.asarray(views, dtype=dtype)  # (n_ok, V, D)
             sane = _sane_rows(features)
             if views is not None:
-                views = np.asarray(views, dtype=dtype)  # (n_ok, V, D)
                 sane &= _sane_rows(views.reshape(len(views), -1))
             if not sane.all():
-                positions = np.flatnonzero(status == OK)[~sane]
-                status[positions] = ERROR
-                for p in positions:
-                    errors[p] = f"the backbone gave non-finite or out-of-range features (in {dtype})"
-                log.warning("%s: %d image(s) gave non-finite features, e.g. row %d", spec, positions.size,
-                            rows[positions[0]])
-                features = features[sane]
-                views = None if views is None else views[sane]
-                probs = None if probs is None else np.asarray(probs)[sane]
+                first = display_id(str(self.ids[rows[status == OK][np.argmin(sane)]]))
+                hint = ", or embed with --dtype float32 (float16 overflows above 65504)" if dtype == np.float16 else ""
+                raise ValueError(f"backbone {spec!r} gave non-finite or out-of-range features (in {dtype}) for "
+                                 f"{int((~sane).sum())} image(s) of a batch, e.g. {first}; nothing of the batch was "
+                                 f"written; check the backbone's weights{hint}")
         sel = _selector(rows)
         img = self._f["images"]
         img["status"][sel] = status

@@ -48,7 +48,8 @@ def store_path(tmp_path):
 
 
 def store_info(path, *extra):
-    return subprocess.run([sys.executable, "-m", "store", "info", str(path), *extra], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "store", "info", str(path), *extra], capture_output=True, text=True,
+                          check=False)
 
 
 # ---------------------------------------------------------------------------------------------- file names
@@ -70,7 +71,8 @@ def test_store_info_shows_odd_names_readably(tmp_path):
     out = store_info(path, "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
-    assert info["failed"] == [{"id": "unlabeled/bad\\xff\\xfe.png", "error": "cannot decode unlabeled/bad\\xff\\xfe.png"}]
+    shown = "unlabeled/bad\\xff\\xfe.png"
+    assert info["failed"] == [{"id": shown, "error": f"cannot decode {shown}"}]
     assert info["duplicates"] == [sorted(["test/d.png", NON_ASCII])]
     text = store_info(path)
     assert text.returncode == 0, text.stderr
@@ -270,15 +272,19 @@ def test_corrupted_feature_bytes_are_refused_on_read(store_path, garbage):
         np.testing.assert_array_equal(fs.load(SPEC).X, FEATURES)
 
 
-def test_non_finite_features_from_a_backbone_become_errors(tmp_path):
+@pytest.mark.parametrize("dtype, value", [("float32", np.inf), ("float32", np.nan), ("float16", 1e5)])
+def test_non_finite_features_from_a_backbone_are_refused_before_writing(tmp_path, dtype, value):
     with FeatureStore.create(tmp_path / "s.h5", IDS, SPLITS, LABELS, CLASSES) as fs:
-        fs.begin_backbone(provenance(), dim=DIM)
-        bad = FEATURES.copy()
-        bad[2, 1] = np.inf
-        fs.write_rows(SPEC, np.arange(4), np.full(4, OK), ["a" * 64] * 4, [None] * 4, features=bad)
-        assert list(fs.status) == [OK, OK, ERROR, OK]
-        assert "non-finite" in fs.errors()[0][1]
-        np.testing.assert_array_equal(fs.load(SPEC).X, FEATURES[[0, 1, 3]])
+        fs.begin_backbone(provenance(dtype=dtype), dim=DIM)
+        fill(fs, rows=[0])
+        bad = FEATURES[1:].copy()
+        bad[1, 1] = value
+        with pytest.raises(ValueError, match=r"non-finite .* 1 image\(s\) of a batch, e\.g\. unlabeled/bad\\xff"):
+            fs.write_rows(SPEC, np.arange(1, 4), np.full(3, OK), ["a" * 64] * 3, [None] * 3, features=bad)
+        assert list(fs.rows_done(SPEC)) == [True, False, False, False]
+        assert list(fs.status) == [OK, PENDING, PENDING, PENDING]
+        fill(fs, rows=[1, 2, 3])  # the rerun (with sane features) completes the store
+        np.testing.assert_array_equal(fs.load(SPEC).X, FEATURES.astype(dtype))
 
 
 def test_random_corruption_gives_one_line_or_sane_values(tmp_path):
@@ -413,7 +419,7 @@ def test_malformed_shards_give_one_line_naming_the_file(shard_folder, tmp_path, 
     name = damage(shard_folder, how)
     target = tmp_path / "imported.h5"
     out = subprocess.run([sys.executable, "-m", "store", "import-shards", str(shard_folder), str(target)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and name in out.stderr and "rerun" in out.stderr, out.stderr
     assert not target.exists()  # checked before anything is written
