@@ -145,18 +145,14 @@ def check_text(fs):
 
 
 @pytest.mark.parametrize("after", [False, True])
-@pytest.mark.parametrize("fail_at", [1, 2])
-@pytest.mark.parametrize("write, check", [(run_set_head, check_head), (run_set_text, check_text)])
+@pytest.mark.parametrize("write, check, fail_at", [(run_set_head, check_head, 1), (run_set_head, check_head, 2),
+                                                   (run_set_text, check_text, 1)])
 def test_disk_full_in_a_side_dataset_write_is_resumable(store_path, monkeypatch, write, check, fail_at, after):
     with FeatureStore(store_path, "a") as fs:
         with monkeypatch.context() as m:
-            calls = enospc_on_create_dataset(m, fail_at, after)
-            try:
+            enospc_on_create_dataset(m, fail_at, after)
+            with pytest.raises((OSError, ValueError), match="No space left"):
                 write(fs)
-            except (OSError, ValueError):
-                pass
-            if calls["n"] < fail_at:
-                pytest.skip("the write needs fewer datasets")
         # The failed write left something the rerun (and every reader) copes with.
         assert fs.head(SPEC) is None or check is check_text
         assert not fs.has_text(SPEC) or check is check_head
