@@ -60,9 +60,10 @@ def _find_images(*folders: Path) -> list[Path]:
         for parent in Path(os.path.realpath(folder)).parents:
             ancestors.add(_identity(os.stat(parent)))
     found: list[Path] = []
-    links: deque[Path] = deque()
-    # A deque: links found while searching a linked folder are queued behind those found before them.
+    # The real trees of every start folder first, so that a link into one of them is seen as searched already;
+    # links found while searching a linked folder queue behind those found before them.
     pending: deque[Path] = deque(Path(f) for f in folders)
+    links: deque[Path] = deque()
     while pending or links:
         if pending:
             top = pending.popleft()
