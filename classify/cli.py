@@ -7,9 +7,6 @@ import inspect
 import json
 import logging
 import numbers
-import re
-import types
-import typing
 from pathlib import Path
 
 import numpy as np
@@ -66,77 +63,16 @@ def _check_cv(folds, seed) -> None:
     _check_number("seed", seed, integer=True, low=0)
 
 
-_HEADER = re.compile(r"^(\w[\w ]*)\n-{3,}$", re.MULTILINE)
-_DOC_PARAM = re.compile(r"^(\w+(?:, \w+)*) : (.+)$", re.MULTILINE)
-_SCALARS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "None": "None", "NoneType": "None"}
-
-
-def _allowed_types(type_text: str) -> set[str] | None:
-    """The scalar types a numpydoc type line accepts (``float or None, default=0.5``), None when it names others."""
-    text = type_text.split(", default")[0]
-    text = re.sub(r"\{[^}]*\}", "str", text)  # {"fixed", "balanced"}: a choice of strings
-    text = re.sub(r"\s+in\s+[\[(][^\])]*[\])]", "", text)  # "float in (0, 1)": the method checks the range
-    allowed = set()
-    for part in re.split(r",\s*|\s+or\s+", text.strip()):
-        part = part.strip()
-        if part[:1] in "'\"" and part[-1:] == part[:1] and len(part) > 1:
-            allowed.add("str")
-        elif part in _SCALARS:
-            allowed.add(_SCALARS[part])
-        else:
-            return None  # an estimator, array, sequence, dict...: not checkable from the command line
-    return allowed or None
-
-
-def _hint_types(hint) -> set[str] | None:
-    """The scalar types a type annotation accepts, None when it names others."""
-    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    names = {getattr(a, "__name__", str(a)) for a in args}
-    return {_SCALARS[n] for n in names} if names <= set(_SCALARS) else None
-
-
-def _parameter_types(cls) -> dict[str, tuple[set[str], str]]:
-    """``name -> (accepted scalar types, how to say it)`` for a method's parameters: the docstring's ``Parameters``
-    type lines, else the ``__init__`` annotations; parameters of other types are left out (not checkable)."""
-    out: dict[str, tuple[set[str], str]] = {}
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation that does not evaluate: fall back to the docstring alone
-        hints = {}
-    for name in inspect.signature(cls).parameters:
-        if name in hints and (allowed := _hint_types(hints[name])) is not None:
-            out[name] = allowed, " or ".join(sorted(allowed))
-    doc = inspect.getdoc(cls) or ""
-    sections = _HEADER.split(doc)  # [intro, title, body, title, body, ...]
-    params_doc = next((body for title, body in zip(sections[1::2], sections[2::2]) if title == "Parameters"), "")
-    for names, type_text in _DOC_PARAM.findall(params_doc):
-        allowed = _allowed_types(type_text)
-        for name in names.split(", "):
-            if allowed is None:
-                out.pop(name, None)  # the docstring admits more than the annotation says
-            else:
-                out[name] = allowed, type_text.strip()
-    return out
-
-
-def _fits(value, allowed: set[str]) -> bool:
-    if value is None:
-        return "None" in allowed
-    if isinstance(value, bool):
-        return "bool" in allowed
-    if isinstance(value, numbers.Integral):
-        return bool({"int", "float"} & allowed)
-    if isinstance(value, numbers.Real):
-        return "float" in allowed
-    return isinstance(value, str) and "str" in allowed
-
-
 def _check_params(method: str, params: dict) -> None:
-    """Each method parameter given on the command line has a type the method takes, else one line naming it."""
-    types = _parameter_types(get(method))
+    """Each method parameter given on the command line passes the method's own rules (``_parameter_constraints``,
+    see :mod:`classify.base`) before any reading, else one line naming the flag."""
+    constraints = getattr(get(method), "_parameter_constraints", {})
     for name, value in params.items():
-        if name in types and not _fits(value, types[name][0]):
-            raise ValueError(f"--{name.replace('_', '-')} {value!r}: method {method!r} takes {types[name][1]}")
+        rules = constraints.get(name)
+        if rules and not any(rule.accepts(value) for rule in rules):
+            forms = [str(rule) for rule in rules]
+            allowed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+            raise ValueError(f"--{name.replace('_', '-')} must be {allowed} for method {method!r}, got {value!r}")
 
 
 def _suspect_params(method: str, params: dict) -> list[str]:
