@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from embed.backbones import Backbone, load_backbone
-from embed.images import load_image
+from embed.images import DEFAULT_MAX_BYTES, load_image
 from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
 from store import ERROR, OK, FeatureStore, display_id, open_for_images
@@ -186,13 +186,19 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     return summary
 
 
-def file_sha256(path: str | os.PathLike) -> str | None:
-    """sha256 of a regular file's bytes (what :func:`embed.images.load_image` records), None when it is not a
-    regular file any more or cannot be read."""
+def file_sha256(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
+    """sha256 of a regular file's bytes (what :func:`embed.images.load_image` records), or None when it is no
+    regular file any more, is larger than the loader reads, or cannot be read."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO or device that took a file's place
+        # As the loader does: stat before opening (a FIFO or device that took the file's place is never opened),
+        # then a non-blocking open and fstat of what was opened, in case the name was swapped in between.
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > max_bytes:
             return None
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None

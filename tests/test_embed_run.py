@@ -256,7 +256,7 @@ def test_disk_full_mid_run_resumes_with_the_same_command(dataset, tiny_spec, tmp
     with FeatureStore(path) as fs, FeatureStore(fresh.store) as clean:
         assert fs.rows_done(tiny_spec).all()
         np.testing.assert_allclose(fs.load(tiny_spec).X, clean.load(tiny_spec).X, rtol=1e-4, atol=1e-5)
-        weight, bias, _ = fs.head(tiny_spec)
+        _, bias, _ = fs.head(tiny_spec)
         np.testing.assert_array_equal(bias, clean.head(tiny_spec)[1])
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -277,3 +277,16 @@ def test_odd_file_names_are_embedded_and_read_back(tmp_path, tiny_spec):
     assert info["ok"] == 2 and info["failed"][0]["id"] == "unlabeled/broken \\xfe.png"
     again = embed(sources.from_folder(root), summary.store, [tiny_spec], workers=0, progress=False)
     assert again.embedded[tiny_spec] == 0 and again.changed == []
+
+
+def test_file_replaced_by_a_fifo_is_read_again_without_hanging(tmp_path, tiny_spec):
+    root = tmp_path / "data"
+    cats = write_good_images(root / "train" / "cat", 2, seed=5)
+    path = tmp_path / "s.h5"
+    embed(sources.from_folder(root), path, [tiny_spec], workers=0, progress=False)
+    cats[0].unlink()
+    os.mkfifo(cats[0])  # opening it for reading would block until a writer comes
+    summary = embed(sources.from_folder(root), path, [tiny_spec], workers=0, progress=False)
+    assert summary.changed == [cats[0].relative_to(root).as_posix()]
+    with FeatureStore(path) as fs:
+        assert [i for i, _ in fs.errors()] == summary.changed and fs.rows_done(tiny_spec).all()
