@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from classify import pipeline
 from classify.methods.linear import FineTunedHead, LinearProbe
-from classify.thresholds import ClassAwareThresholds
+from classify.thresholds import ClassAwareThresholds, classaware_pool_mask
 from embed.backbones import Backbone, ClipBackbone, TimmBackbone, load_backbone, parse_spec
 from embed.images import load_image
 from embed.runner import default_workers, resolve_device, seeded
@@ -277,8 +277,10 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
                          steps: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """Confident predictions of a fitted classify model on the store's unlabeled rows, as image rows of ``images``.
 
-    Selection is ``selftrain``'s "classaware" rule: :class:`~classify.thresholds.ClassAwareThresholds` starting at
-    ``threshold``, with the labeled class prior as target, stepped ``steps`` times on the pool, then its mask.
+    Selection is ``selftrain``'s "classaware" rule, the same function
+    (:func:`~classify.thresholds.classaware_pool_mask`): thresholds starting at ``threshold`` with the labeled class
+    prior as target, stepped ``steps`` times on the pool, each class keeping the most lenient threshold of the EMA
+    window.
 
     Returns
     -------
@@ -305,9 +307,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     counts = np.asarray(train_counts, dtype=np.float64)
     thresholds = ClassAwareThresholds(len(images.classes), tau0=threshold,
                                       target=counts if np.all(counts > 0) else None)
-    for _ in range(int(steps)):
-        thresholds.step(proba)
-    mask = thresholds.mask(proba)  # (n_u,)
+    mask, details = classaware_pool_mask(proba, thresholds, steps)  # (n_u,): selftrain's rule, the same code
     index = {image_id: row for row, image_id in enumerate(images.ids)}
     missing = [i for i in data.ids[mask] if i not in index]
     if missing:
@@ -317,7 +317,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     labels = proba[mask].argmax(axis=1).astype(np.int64)
     report = {"model": fitted.method, "n_pool": int(len(data.ids)), "n_selected": int(mask.sum()),
               "per_class": np.bincount(labels, minlength=len(images.classes)).tolist(),
-              "thresholds": np.round(thresholds.thresholds, 4).tolist()}
+              **details}
     logger.info("pseudo-labels from %s: %d of %d unlabeled rows kept, per class %s", fitted.method, mask.sum(),
                 len(mask), report["per_class"])
     return rows, labels, report
@@ -582,7 +582,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
              store: str | Path | None = None, epochs: int = 20, lr: float = 1e-4, batch_size: int = 32,
              device: str = "auto", image_size: int | None = None, seed: int = 0, weight_decay: float = 0.05,
              layer_decay: float = 0.8, warmup_epochs: float = 1.0, val_fraction: float = 0.2, patience: int = 5,
-             fixmatch_weight: float = 1.0, mu: int = 2, threshold: float = 0.95, pseudo_threshold: float = 0.98,
+             fixmatch_weight: float = 1.0, mu: int = 2, threshold: float = 0.95, pseudo_threshold: float = 0.5,
              pseudo_steps: int = 1000, wise_alphas: Sequence[float] = DEFAULT_WISE_ALPHAS, bn_train: bool = False,
              workers: int | None = None, progress: bool = True,
              callback: Callable[[int, dict], None] | None = None) -> FinetuneResult:
@@ -623,7 +623,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     fixmatch_weight, mu, threshold
         Unlabeled loss weight, unlabeled images per labeled image in a batch, initial class-aware threshold.
     pseudo_threshold, pseudo_steps
-        Class-aware selection of ``pseudo`` labels (as ``selftrain``'s threshold and classaware_steps).
+        Class-aware selection of ``pseudo`` labels: ``selftrain``'s ``tau0`` and ``classaware_steps`` (same defaults).
     wise_alphas : sequence of float
         Candidate WiSE-FT mixing weights of the fine-tuned weights.
     bn_train : bool

@@ -254,6 +254,41 @@ class ClassAwareThresholds:
                 f"steps={self.n_steps}, thresholds={np.round(self.thresholds, 4).tolist()})")
 
 
+def classaware_pool_mask(proba: np.ndarray, thresholds: ClassAwareThresholds, steps: int) -> tuple[np.ndarray, dict]:
+    """Class-aware selection on a static pool (``selftrain``'s "classaware" rule and fine-tuning's ``--pseudo``).
+
+    The thresholds are stepped ``steps`` times on the whole pool (as :meth:`ClassAwareThresholds.step` would, without
+    recomputing the arg-max), then each class keeps rows reaching the most lenient threshold it had within the EMA's
+    memory (``ceil(1 / (1 - ema))`` steps): on a static pool the thresholds oscillate around the rows' confidences,
+    and the last step alone would drop a class whenever it ends on an upswing.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n_pool, n_classes)
+    thresholds : ClassAwareThresholds
+        Its state is advanced (and carries over to a next round).
+    steps : int
+        Updates on the pool; 0 selects with the thresholds as they are.
+
+    Returns
+    -------
+    mask : ndarray of shape (n_pool,), bool
+    details : dict
+        JSON-able thresholds used, final thresholds and class shares.
+    """
+    conf, idx = proba.max(axis=1), proba.argmax(axis=1)  # (n,), (n,): the pool is static
+    window = max(1, int(np.ceil(1.0 / (1.0 - thresholds.ema))))  # the EMA's memory, 10 steps for 0.9
+    recent = [thresholds.thresholds.copy()]
+    for _ in range(int(steps)):
+        kept = conf >= thresholds.thresholds[idx]
+        thresholds.update(np.bincount(idx[kept], minlength=thresholds.n_classes))
+        recent = (recent + [thresholds.thresholds.copy()])[-window:]
+    used = np.min(recent, axis=0)  # (C,) most lenient threshold of each class within the EMA window
+    return conf >= used[idx], {"thresholds": np.round(used, 6).tolist(),
+                               "final_thresholds": np.round(thresholds.thresholds, 6).tolist(),
+                               "shares": np.round(thresholds.shares, 6).tolist()}
+
+
 def balanced_topk_mask(proba: Any, k: Any) -> Any:
     """Per class, the ``k`` most confident rows whose arg-max is that class.
 

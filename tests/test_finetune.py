@@ -370,3 +370,22 @@ def test_a_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         finetune_module._atomic_save({"w": torch.zeros(2)}, tmp_path / "ft.pth")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_pseudo_label_selection_is_selftrains_classaware_rule(data_dir, store, timm_spec, tmp_path):
+    """--pseudo keeps exactly the rows selftrain(selection="classaware") keeps for the same probabilities."""
+    from classify.methods.selftrain import SelfTraining
+    from classify.thresholds import ClassAwareThresholds
+
+    model = _fit(store, timm_spec, "linear", tmp_path / "lin.skops")
+    images = sources.from_folder(data_dir)
+    counts = np.array([5.0, 4.0, 3.0])
+    rows, labels, report = select_pseudo_labels(model, store, images, counts, threshold=0.5, steps=1000)
+    fitted = pipeline.load_model(model)
+    with FeatureStore(store) as fs:
+        data = pipeline.load_data(fs, fitted.backbones, "unlabeled")
+    proba = fitted.estimator.predict_proba(data.X)
+    rule = SelfTraining(selection="classaware", tau0=0.5, classaware_steps=1000)
+    mask, details = rule._select(proba, ClassAwareThresholds(3, tau0=0.5, target=counts))
+    assert sorted(np.asarray(images.ids)[rows]) == sorted(data.ids[mask])
+    assert report["thresholds"] == details["thresholds"] and report["final_thresholds"] == details["final_thresholds"]

@@ -114,3 +114,19 @@ def test_balanced_topk_short_class_keeps_all_and_per_class_k():
     assert balanced_topk_mask(ties, 2).tolist() == [True, True, False]  # ties go to the earlier rows
     with pytest.raises(ValueError, match="non-negative int"):
         balanced_topk_mask(proba, -1)
+
+
+def test_pool_selection_uses_the_most_lenient_threshold_of_the_ema_window():
+    """On a static pool the last step alone drops rows whenever a class ends on an upswing of its threshold."""
+    from classify.thresholds import classaware_pool_mask
+
+    rng = np.random.default_rng(0)
+    p = np.exp(rng.normal(size=(40, 3)) * 2)
+    p /= p.sum(axis=1, keepdims=True)
+    target = np.array([5.0, 4.0, 3.0])
+    last = ClassAwareThresholds(3, tau0=0.5, target=target)
+    for _ in range(1000):
+        last.step(p)
+    mask, details = classaware_pool_mask(p, ClassAwareThresholds(3, tau0=0.5, target=target), 1000)
+    assert np.all(mask >= last.mask(p)) and mask.sum() > last.mask(p).sum()
+    assert np.all(np.array(details["thresholds"]) <= last.thresholds + 1e-6)

@@ -31,7 +31,7 @@ from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Options, R
 from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import FeatureTransform, KNNLabelPropagation
 from classify.registry import persistable, register_method
-from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, fixed_threshold_mask
+from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask, fixed_threshold_mask
 
 logger = logging.getLogger(__name__)
 
@@ -257,17 +257,7 @@ class SelfTraining(FewShotClassifier):
         if self.selection == "fixed":
             return fixed_threshold_mask(proba, self.threshold), {"threshold": float(self.threshold)}
         if self.selection == "classaware":
-            conf, idx = proba.max(axis=1), proba.argmax(axis=1)  # (n_u,), (n_u,): the pool is static in a round
-            window = max(1, int(np.ceil(1.0 / (1.0 - thresholds.ema))))  # the EMA's memory, 10 steps for 0.9
-            recent = [thresholds.thresholds.copy()]
-            for _ in range(self.classaware_steps):  # == thresholds.step(proba), without recomputing the arg-max
-                kept = conf >= thresholds.thresholds[idx]
-                thresholds.update(np.bincount(idx[kept], minlength=n_classes))
-                recent = (recent + [thresholds.thresholds.copy()])[-window:]
-            used = np.min(recent, axis=0)  # (C,) most lenient threshold of each class within the EMA window
-            return conf >= used[idx], {"thresholds": np.round(used, 6).tolist(),
-                                       "final_thresholds": np.round(thresholds.thresholds, 6).tolist(),
-                                       "shares": np.round(thresholds.shares, 6).tolist()}
+            return classaware_pool_mask(proba, thresholds, self.classaware_steps)
         if self.selection == "balanced":
             k = self._k(n_u, n_classes)
             return balanced_topk_mask(proba, k), {"k": k}
