@@ -5,9 +5,10 @@ the next, so a run killed at any moment resumes with the same command and recomp
 
 Resume trusts content, not names: before embedding into an existing store, every file read before is hashed again
 and compared with the sha256 recorded when it was embedded; a file that changed (another picture under the same
-name) is forgotten by every backbone and embedded again, and the run reports it. This reads each such file once
-more (hashing runs at disk speed, far faster than any backbone); a size + mtime signature would be cheaper but
-misses replacements that keep both (``cp -p``, ``rsync -a``, archives, fixed-size formats).
+name) is forgotten by every backbone and embedded again, and the run reports it (``RunSummary.changed`` and a
+warning). So a rerun reads every file embedded before once more: hashing goes at disk speed (in threads), far faster
+than any backbone embeds. A size + mtime signature would spare that read, but it misses replacements that keep both
+(``cp -p``, ``rsync -a``, archives extracted over the folder, formats whose size depends only on the image size).
 """
 from __future__ import annotations
 

@@ -129,7 +129,7 @@ class ShardWriter:
             columns["id_bytes"] = pa.array([i.encode("utf-8", "surrogateescape") for i in ids], type=pa.binary())
         table = pa.table(columns)
         _atomic(self.folder / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(table, p))
-        (self.folder / "done" / str(n)).write_text("")
+        _atomic(self.folder / "done" / str(n), lambda p: p.write_text(""))
 
 
 def read_meta(folder: str | Path) -> dict:
