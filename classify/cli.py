@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import inspect
 import json
 import logging
 import numbers
@@ -75,11 +74,11 @@ def _check_params(method: str, params: dict) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be {allowed} for method {method!r}, got {value!r}")
 
 
-def _suspect_params(method: str, params: dict) -> list[str]:
-    """Parameters given with another type than their default's (where a TypeError inside a fit can come from)."""
-    defaults = {n: p.default for n, p in inspect.signature(get(method)).parameters.items()}
-    return [f"--{n.replace('_', '-')} {v!r}" for n, v in params.items()
-            if n in defaults and defaults[n] is not None and type(v) is not type(defaults[n])]
+def _unchecked_params(method: str, params: dict) -> list[str]:
+    """The parameters given on the command line that the method's rules do not check (where a TypeError inside a
+    fit can come from), as ``--flag value``."""
+    constraints = getattr(get(method), "_parameter_constraints", {})
+    return [f"--{n.replace('_', '-')} {v!r}" for n, v in params.items() if n not in constraints]
 
 
 def _no_downloads(offline: bool):
@@ -98,8 +97,8 @@ def _fitting(method: str, params: dict, run, offline: bool = False):
         with _no_downloads(offline):
             return run()
     except TypeError as err:
-        suspects = _suspect_params(method, params)
-        if not suspects:
+        suspects = _unchecked_params(method, params)
+        if not suspects:  # every parameter passed the method's rules: a bug, not the user's value
             raise
         log.debug("fit of %s failed", method, exc_info=True)
         raise ValueError(f"method {method!r} cannot use {', '.join(suspects)} ({err}); see the method's docstring "

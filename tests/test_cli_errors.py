@@ -252,3 +252,10 @@ def test_offline_reaches_a_methods_backbone(store, tmp_path, monkeypatch, capsys
                                  *extra], capsys)
     assert "not on this machine" in line and seen == ["1"]
     assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_type_error_from_an_unchecked_parameter_is_one_line(store, capsys):
+    """template_subset has no rule of its own: the TypeError its wrong value causes inside the fit names the flag."""
+    line = fails(classify_main, ["evaluate", "--store", store, "--backbone", B, "--method", "zeroshot",
+                                 "--template-subset", 5], capsys)
+    assert "--template-subset 5" in line and "zeroshot" in line
