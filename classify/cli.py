@@ -132,7 +132,7 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     method : str
         A registered method (`python -m classify list`).
     out : str
-        Where to save the model (joblib file).
+        Where to save the model (a skops file, e.g. model.skops: loading it runs no code).
     backbone : str
         Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
     combine : str
@@ -278,7 +278,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     backbone : str
         timm:<name>[@ckpt], clip:<arch>/<tag> or clip:<arch>@<ckpt>.
     out : str
-        The fine-tuned checkpoint to write (e.g. ft.pth); the head goes to OUT-stem.head.joblib.
+        The fine-tuned checkpoint to write (e.g. ft.pth); the head goes to OUT-stem.head.skops.
     init : str
         A saved linear or zeroshot model of this backbone to start the head from (default: a probe fitted here).
     unfreeze : str
