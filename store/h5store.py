@@ -589,8 +589,12 @@ class FeatureStore:
     @_reads
     def features_block(self, spec: str, start: int, stop: int) -> np.ndarray:
         """(stop - start, D) float32 raw feature rows ``start:stop`` (all rows, failed ones included): for streaming
-        exports; use :meth:`load` for the decoded rows of a split."""
-        return self._group(spec)["features"][start:stop].astype(np.float32)
+        exports; use :meth:`load` for the decoded rows of a split. Damaged done ok rows raise as in :meth:`load`."""
+        g = self._group(spec)
+        block = g["features"][start:stop].astype(np.float32)
+        ok = np.flatnonzero((self.status[start:stop] == OK) & g["done"][start:stop])
+        self._check_features(spec, block[ok], start + ok)
+        return block
 
     @_reads
     def row_chunks(self, spec: str, index: np.ndarray, chunk_rows: int = 65536) -> "RowChunks":

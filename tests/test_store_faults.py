@@ -262,6 +262,10 @@ def test_corrupted_feature_bytes_are_refused_on_read(store_path, garbage):
         with pytest.raises(ValueError, match="damaged"):
             list(fs.row_chunks(SPEC, np.arange(4), chunk_rows=2).chunks())
         assert fs.load(SPEC, "test").X.shape == (1, DIM)  # rows that are intact still read
+    from store.shards import export_shards
+
+    with pytest.raises(ValueError, match="damaged"):  # an export never spreads damaged rows
+        export_shards(store_path, SPEC, store_path.parent / "shards", shard_size=2)
     with FeatureStore(store_path, "a") as fs:  # the fix the message names: the rerun embeds the damaged row again
         assert list(fs.begin_backbone(provenance(), dim=DIM)) == [True, False, True, True]
         fill(fs, rows=[1])
