@@ -99,7 +99,7 @@ def check_backbones(specs: list[str], offline: bool | None = None) -> None:
 
     for spec in specs:
         plan = resolve_weights(spec, offline=offline)
-        log.info("%s: weights from %s %s", spec, plan.source, plan.location)
+        log.info("%s: weights from %s (%s)", spec, plan.source, plan.location)
 
 
 def run(data: str | None = None, csv: str | None = None, backbone=None, store: str | None = None,
