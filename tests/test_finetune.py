@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.special import softmax
 
 import tinymodels
-from classify import finetune as finetune_module
+from classify.finetune.state import atomic_save
 from classify import pipeline
 from classify.cli import main
 from classify.finetune import (FineTuneNet, apply_unfreeze, finetune, head_from_model, parse_unfreeze,
@@ -342,7 +342,9 @@ def test_threshold_outside_zero_one_is_refused(capsys, data_dir, timm_spec, tmp_
     """A threshold of 2 is never reached: FixMatch would silently do nothing."""
     for flag in ("--threshold", "--pseudo-threshold"):
         err = _cli_error(capsys, "--data", data_dir, "--backbone", timm_spec, "--out", tmp_path / "o.pth", flag, 2)
-        assert f"{flag} is a confidence in [0, 1]" in err
+        assert err.startswith(f"error: {flag} ") and "got 2" in err
+        with pytest.raises(ValueError, match=f"{flag} is a confidence in"):
+            finetune(data_dir, timm_spec, tmp_path / "o.pth", **{flag[2:].replace("-", "_"): 2.0})
 
 
 class _RunsShell:
@@ -368,7 +370,7 @@ def test_a_failed_checkpoint_write_leaves_no_temp_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(OSError):
-        finetune_module._atomic_save({"w": torch.zeros(2)}, tmp_path / "ft.pth")
+        atomic_save({"w": torch.zeros(2)}, tmp_path / "ft.pth")
     assert list(tmp_path.iterdir()) == []
 
 
