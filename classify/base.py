@@ -5,15 +5,12 @@ A method subclasses :class:`FewShotClassifier`, lists its parameter rules in ``_
 their softmax) or ``predict_proba`` itself (methods whose output is a distribution: votes, propagated mass).
 ``predict`` is written once, here.
 
-Parameter rules are hand-written rather than sklearn's ``_parameter_constraints`` machinery because that lives in a
-private module (``sklearn.utils._param_validation``) and the suite uses public sklearn API only; the rules below are
-the small subset the methods need, and their messages name the method, the parameter and what it accepts.
+The parameter rules (``Int``, ``Real``, ``Options``, ...) are :mod:`store.validation`'s, shared with the CLIs' flags;
+they are re-exported here for the methods.
 """
 from __future__ import annotations
 
-import numbers
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 from scipy.special import softmax
@@ -21,6 +18,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from classify.features import labeled_mask
+from store.validation import (BOOL, DICT, NONE, Int, Interval, Is, ListOf, Options, Real, Rule,  # noqa: F401
+                              check_params)
 
 
 class NotApplicable(ValueError):
@@ -29,108 +28,8 @@ class NotApplicable(ValueError):
     while any other error (a bug) stops them."""
 
 
-class Rule(ABC):
-    """One accepted form of a parameter value; a parameter is valid when any of its rules accepts it."""
-
-    @abstractmethod
-    def accepts(self, value: Any) -> bool:
-        """Whether ``value`` has this form."""
-
-    @abstractmethod
-    def __str__(self) -> str:
-        """What this form is, for error messages ("an int >= 1")."""
-
-
-class Interval(Rule):
-    """A number between ``low`` and ``high`` (None: unbounded); ``integer`` asks for an int. Booleans never pass."""
-
-    def __init__(self, low=None, high=None, *, integer: bool = False, low_open: bool = False, high_open: bool = False):
-        self.low, self.high, self.integer, self.low_open, self.high_open = low, high, integer, low_open, high_open
-
-    def accepts(self, value) -> bool:
-        kind = numbers.Integral if self.integer else numbers.Real
-        if isinstance(value, bool) or not isinstance(value, kind) or value != value:  # NaN fails value == value
-            return False
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
-
-    def __str__(self) -> str:
-        kind = "an int" if self.integer else "a number"
-        if self.low is not None and self.high is not None:
-            return (f"{kind} in {'(' if self.low_open else '['}{self.low}, {self.high}"
-                    f"{')' if self.high_open else ']'}")
-        if self.low is not None:
-            return f"{kind} {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None:
-            return f"{kind} {'<' if self.high_open else '<='} {self.high}"
-        return kind
-
-
-def Int(low=None, high=None) -> Interval:
-    """An int in ``[low, high]``."""
-    return Interval(low, high, integer=True)
-
-
-def Real(low=None, high=None, **open_ends) -> Interval:
-    """A number (int or float) between ``low`` and ``high``; ``low_open`` / ``high_open`` exclude an end."""
-    return Interval(low, high, **open_ends)
-
-
-class Options(Rule):
-    """One of the given strings."""
-
-    def __init__(self, *options: str):
-        self.options = options
-
-    def accepts(self, value) -> bool:
-        return isinstance(value, str) and value in self.options
-
-    def __str__(self) -> str:
-        return repr(self.options[0]) if len(self.options) == 1 else "one of " + ", ".join(map(repr, self.options))
-
-
-class ListOf(Rule):
-    """A non-empty list, tuple or 1-d array whose every item passes ``item`` (grids such as ``Cs``)."""
-
-    def __init__(self, item: Rule):
-        self.item = item
-
-    def accepts(self, value) -> bool:
-        if isinstance(value, np.ndarray):
-            value = value.tolist() if value.ndim == 1 else None
-        return isinstance(value, (list, tuple)) and len(value) > 0 and all(self.item.accepts(v) for v in value)
-
-    def __str__(self) -> str:
-        return f"a non-empty list of {str(self.item).replace('a number', 'numbers').replace('an int', 'ints')}"
-
-
-class _Is(Rule):
-    def __init__(self, check, text: str):
-        self.check, self.text = check, text
-
-    def accepts(self, value) -> bool:
-        return bool(self.check(value))
-
-    def __str__(self) -> str:
-        return self.text
-
-
-NONE = _Is(lambda v: v is None, "None")
-BOOL = _Is(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
-DICT = _Is(lambda v: isinstance(v, dict), "a dict")
 #: a nested method: a registered name, ``{"method": name, ...}``, or an estimator
-METHOD = _Is(lambda v: isinstance(v, (str, dict)) or hasattr(v, "fit"), "a method name, a dict or an estimator")
-
-
-def check_params(owner: str, params: dict[str, Any], constraints: dict[str, list[Rule]]) -> None:
-    """Raise ``ValueError`` naming the first parameter no rule accepts (``owner`` names the method)."""
-    for name, rules in constraints.items():
-        value = params[name]
-        if not any(rule.accepts(value) for rule in rules):
-            forms = [str(rule) for rule in rules]
-            allowed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
-            raise ValueError(f"{owner}: {name} must be {allowed}, got {value!r}")
+METHOD = Is(lambda v: isinstance(v, (str, dict)) or hasattr(v, "fit"), "a method name, a dict or an estimator")
 
 
 class FewShotClassifier(ClassifierMixin, BaseEstimator):

@@ -5,7 +5,6 @@ import contextlib
 import csv
 import json
 import logging
-import numbers
 from pathlib import Path
 
 import numpy as np
@@ -14,52 +13,21 @@ from classify import pipeline
 from classify.registry import available, get
 from store import SPLITS, FeatureStore
 from store.cli import run_cli
+from store.validation import BOOL, NONE, Int, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- flag checking
-# Flag checks, the same in embed.cli (embed and classify do not import each other; both import store.cli).
-def _check_number(flag: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False, optional: bool = False):
-    """A command-line number in range, or a one-line ``ValueError`` naming ``--flag`` (fire passes ``abc`` as text).
-
-    ``low`` / ``high`` bound the value (excluded when ``low_open`` / ``high_open``); ``optional`` accepts None.
-    """
-    if value is None and optional:
-        return None
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        what = "an integer" if integer else "a number"
-        if low is not None and high is not None:
-            what += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            what += f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"--{flag.replace('_', '-')} must be {what}, got {value!r}")
-    return value
-
-
-def _check_bool(flag: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"--{flag.replace('_', '-')} is a switch: give it alone, or True / False, not {value!r}")
-    return value
-
-
-def _check_choice(flag: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"--{flag.replace('_', '-')} must be {', '.join(choices[:-1])} or {choices[-1]}, "
-                         f"not {value!r}")
-    return value
-
-
-def _check_cv(folds, seed) -> None:
-    _check_number("folds", folds, integer=True, low=2)
-    _check_number("seed", seed, integer=True, low=0)
+#: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules
+FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "proba": [BOOL], "json_output": [BOOL],
+         "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)], "seed": [Int(0)],
+         "progress": [BOOL], "bn_train": [BOOL], "epochs": [Int(0)], "lr": [Real(0, low_open=True)],
+         "batch_size": [Int(1)], "image_size": [NONE, Int(8)], "weight_decay": [Real(0)],
+         "layer_decay": [Real(0, 1, low_open=True)], "warmup_epochs": [Real(0)],
+         "val_fraction": [Real(0, 1, high_open=True)], "patience": [Int(1)], "fixmatch_weight": [Real(0)],
+         "mu": [Int(0)], "threshold": [Real(0, 1)], "pseudo_threshold": [Real(0, 1)], "pseudo_steps": [Int(0)],
+         "workers": [NONE, Int(0)]}
 
 
 def _check_params(method: str, params: dict) -> None:
@@ -105,12 +73,6 @@ def _fitting(method: str, params: dict, run, offline: bool = False):
                          "for its parameter types") from None
 
 
-def _check_common(transductive, offline, params: dict, method: str) -> None:
-    _check_bool("transductive", transductive)
-    _check_bool("offline", offline)
-    _check_params(method, params)
-
-
 def _backbones(store: FeatureStore, backbone) -> list[str]:
     specs = pipeline.as_list(backbone)
     if not specs:
@@ -147,9 +109,8 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
         The method's parameters, e.g. --k 20 --teacher labelprop.
     """
     get(method)  # an unknown method fails before any reading
-    _check_common(transductive, offline, params, method)
-    if stream is not None:
-        _check_bool("stream", stream)
+    check_flags(dict(transductive=transductive, offline=offline, stream=stream), FLAGS)
+    _check_params(method, params)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         model = _fitting(method, params, lambda: pipeline.fit(fs, specs, method, params, combine, transductive,
@@ -178,9 +139,7 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     label_format : str
         name (class name) or index (class index).
     """
-    _check_choice("label_format", label_format, ("name", "index"))
-    _check_choice("split", split, tuple(SPLITS))
-    _check_bool("proba", proba)
+    check_flags(dict(label_format=label_format, split=split, proba=proba), FLAGS)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
@@ -191,7 +150,8 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     classes_ = np.asarray(fitted.estimator.classes_)
     predicted = classes_[probabilities.argmax(axis=1)]
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
+    # ids are file names: surrogateescape writes a name that is not UTF-8 as its original bytes, so it matches the file
+    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "label"] + ([f"p_{fitted.classes[c]}" for c in classes_] if proba else []))
         for i, (image_id, label) in enumerate(zip(data.ids, predicted)):
@@ -214,9 +174,9 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
         Also print the result as one JSON object on the last line (``--json``).
     """
     get(method)
-    _check_common(transductive, offline, params, method)
-    _check_cv(folds, seed)
-    _check_bool("json", json_output)
+    check_flags(dict(transductive=transductive, offline=offline, folds=folds, seed=seed, json_output=json_output),
+                FLAGS)
+    _check_params(method, params)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         result = _fitting(method, params, lambda: pipeline.evaluate(fs, specs, method, params, combine, transductive,
@@ -236,7 +196,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     """
     from classify.report import write_report
 
-    _check_cv(folds, seed)
+    check_flags(dict(folds=folds, seed=seed), FLAGS)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
@@ -325,8 +285,8 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
         raise ValueError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
                          "--help`")
     ft.parse_unfreeze(unfreeze)
-    _check_finetune_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size,
-                               seed=seed, progress=progress, json=json_output, offline=offline))
+    check_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, seed=seed,
+                     progress=progress, json_output=json_output, offline=offline), FLAGS)
     from embed.backbones import offline_env
 
     with offline_env(offline):  # the backbone's load refuses to download (finetune checks its inputs first)
@@ -345,36 +305,11 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
         print(json.dumps(result.to_dict(), default=pipeline.jsonable))
 
 
-#: finetune's numeric flags: (integer, low, high, low excluded, high excluded, None accepted)
-_FINETUNE_NUMBERS = {
-    "epochs": (True, 0, None, False, False, False), "lr": (False, 0, None, True, False, False),
-    "batch_size": (True, 1, None, False, False, False), "image_size": (True, 8, None, False, False, True),
-    "seed": (True, 0, None, False, False, False), "weight_decay": (False, 0, None, False, False, False),
-    "layer_decay": (False, 0, 1, True, False, False), "warmup_epochs": (False, 0, None, False, False, False),
-    "val_fraction": (False, 0, 1, False, True, False), "patience": (True, 1, None, False, False, False),
-    "fixmatch_weight": (False, 0, None, False, False, False), "mu": (True, 0, None, False, False, False),
-    "threshold": (False, 0, 1, True, False, False), "pseudo_threshold": (False, 0, 1, True, False, False),
-    "pseudo_steps": (True, 0, None, False, False, False), "workers": (True, 0, None, False, False, True),
-}
-
-
-def _check_finetune_flags(flags: dict) -> None:
-    """Types and ranges of finetune's flags (a confidence threshold above 1 would turn FixMatch off silently)."""
-    for name, value in flags.items():
-        if name in _FINETUNE_NUMBERS:
-            integer, low, high, low_open, high_open, optional = _FINETUNE_NUMBERS[name]
-            _check_number(name, value, integer=integer, low=low, high=high, low_open=low_open, high_open=high_open,
-                          optional=optional)
-        elif name in ("progress", "json", "offline", "bn_train"):
-            _check_bool(name, value)
-
-
 def list_methods() -> None:
     """The registered methods, one line each."""
     for name in available():
         doc = (get(name).__doc__ or "").strip().splitlines()
         print(f"{name:12s} {doc[0] if doc else ''}")
-
 
 
 def main(argv: list[str] | None = None) -> None:

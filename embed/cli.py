@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import numbers
 import os
 import re
 from pathlib import Path
 
 from embed import sources
+from store import display_id
 from store.cli import run_cli
+from store.validation import BOOL, NONE, Int, Is, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -32,61 +33,13 @@ def _as_list(value) -> list[str]:
     return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
-# Flag checks, the same in classify.cli (embed and classify do not import each other; both import store.cli).
-def _check_number(flag: str, value, *, integer: bool = False, low: float | None = None, high: float | None = None,
-                  low_open: bool = False, high_open: bool = False, optional: bool = False):
-    """A command-line number in range, or a one-line ``ValueError`` naming ``--flag`` (fire passes ``abc`` as text).
-
-    ``low`` / ``high`` bound the value (excluded when ``low_open`` / ``high_open``); ``optional`` accepts None.
-    """
-    if value is None and optional:
-        return None
-    kind = numbers.Integral if integer else numbers.Real
-    ok = isinstance(value, kind) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        what = "an integer" if integer else "a number"
-        if low is not None and high is not None:
-            what += f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            what += f" {'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"--{flag.replace('_', '-')} must be {what}, got {value!r}")
-    return value
-
-
-def _check_bool(flag: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"--{flag.replace('_', '-')} is a switch: give it alone, or True / False, not {value!r}")
-    return value
-
-
-def _check_choice(flag: str, value, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"--{flag.replace('_', '-')} must be {', '.join(choices[:-1])} or {choices[-1]}, "
-                         f"not {value!r}")
-    return value
-
-
-def _check_flags(batch_size, workers, device, dtype, views, image_size, seed, progress, engine, num_cpus, num_gpus,
-                 shard_size, offline) -> None:
-    """Every flag of ``run`` with a type or range: one-line errors before anything is read or written."""
-    _check_number("batch_size", batch_size, integer=True, low=1)
-    _check_number("workers", workers, integer=True, low=0, optional=True)
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-        raise ValueError(f"--device must be auto, cpu or cuda (or cuda:N), not {device!r}")
-    _check_choice("dtype", dtype, ("float32", "float16"))
-    _check_number("views", views, integer=True, low=0)
-    _check_number("image_size", image_size, integer=True, low=8, optional=True)
-    _check_number("seed", seed, integer=True, low=0)
-    _check_bool("progress", progress)
-    _check_choice("engine", engine, ("local", "ray"))
-    _check_number("num_cpus", num_cpus, integer=True, low=1, optional=True)
-    _check_number("num_gpus", num_gpus, low=0)
-    _check_number("shard_size", shard_size, integer=True, low=1)
-    _check_bool("offline", offline)
+#: the type and range of every flag of ``run`` (see :mod:`store.validation`)
+RUN_FLAGS = {"batch_size": [Int(1)], "workers": [NONE, Int(0)], "dtype": [Options("float32", "float16")],
+             "views": [Int(0)], "image_size": [NONE, Int(8)], "seed": [Int(0)], "progress": [BOOL],
+             "engine": [Options("local", "ray")], "num_cpus": [NONE, Int(1)], "num_gpus": [Real(0)],
+             "shard_size": [Int(1)], "offline": [BOOL],
+             "device": [Is(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+                           "auto, cpu or cuda (or cuda:N)")]}
 
 
 def check_backbones(specs: list[str], offline: bool | None = None) -> None:
@@ -117,7 +70,9 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     data : str
         Folder in the challenge layout: train/<class>/*, unlabeled/*, test/* (or test/<class>/*).
     csv : str
-        Instead of --data: a CSV of path,label[,split] (paths relative to the CSV's folder).
+        Instead of --data: a CSV whose header names a path column (path, file, filename, file_name, image, ...), a
+        label column (label, class, category, target) and optionally split, as Hugging Face's metadata.csv; or
+        headerless rows path,label[,split]. Paths are relative to the CSV's folder.
     backbone : str
         Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>.
     store : str
@@ -151,8 +106,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         packages, and stop with one line naming what is missing otherwise (as does ``HF_HUB_OFFLINE=1``). Without
         it, pretrained weights missing from the cache are downloaded as timm / open_clip do.
     """
-    _check_flags(batch_size, workers, device, dtype, views, image_size, seed, progress, engine, num_cpus, num_gpus,
-                 shard_size, offline)
+    check_flags(locals(), RUN_FLAGS)  # one line for a flag of the wrong type or range, before anything is read
     # fire turns a numeric-looking argument (a folder named 2024) into a number
     data, csv, store, templates, shards, address = (None if v is None else str(v)
                                                     for v in (data, csv, store, templates, shards, address))
@@ -209,6 +163,7 @@ def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_si
         log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
         import_shards(folder, store)
         summary.embedded[result["spec"]] = result["rows"]
+        summary.changed += [i for i in result["changed"] if i not in summary.changed]
     with FeatureStore(store) as fs:
         summary.errors, summary.duplicates = fs.errors(), fs.duplicates()
     return summary
@@ -223,17 +178,22 @@ def _folder_name(spec: str) -> str:
 def _print_summary(summary, first_spec: str) -> None:
     for spec, n in summary.embedded.items():
         print(f"{spec}: embedded {n} images in this run")
+    if summary.changed:
+        print(f"{len(summary.changed)} file(s) changed since they were embedded and were embedded again:")
+        for image_id in summary.changed:
+            print(f"  {display_id(image_id)}")
     if summary.errors:
         print(f"{len(summary.errors)} file(s) could not be used and are excluded downstream:")
         for image_id, message in summary.errors:
-            print(f"  {image_id}: {message}")
+            print(f"  {display_id(image_id)}: {display_id(message)}")
     if summary.duplicates:
         print(f"{len(summary.duplicates)} group(s) of identical files (same sha256):")
         for group in summary.duplicates:
-            print(f"  {', '.join(group)}")
-    print(f"store: {summary.store.resolve()}")
-    print("next:  python -m store info " + str(summary.store))
-    print(f"       python -m classify evaluate --store {summary.store} --backbone {first_spec} --method labelprop")
+            print(f"  {', '.join(map(display_id, group))}")
+    print(f"store: {display_id(str(summary.store.resolve()))}")
+    print("next:  python -m store info " + display_id(str(summary.store)))
+    print(f"       python -m classify evaluate --store {display_id(str(summary.store))} --backbone {first_spec} "
+          "--method labelprop")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -124,8 +124,10 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
     paths = images.paths
 
     if not ray.is_initialized():
+        # actors on other nodes do not inherit this process's environment: --offline must reach them explicitly
+        offline = {"env_vars": {"HF_HUB_OFFLINE": "1"}} if os.environ.get("HF_HUB_OFFLINE") == "1" else None
         ray.init(address=address, num_cpus=None if address else num_cpus, include_dashboard=False,
-                 log_to_driver=False)
+                 log_to_driver=False, runtime_env=offline)
     cluster_cpus = int(ray.cluster_resources().get("CPU", 1))
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # rows come back in order: shards complete one after another

@@ -1,7 +1,13 @@
 """Shared fixtures. Backbone fixtures: tiny random-weight checkpoints (helpers live in ``tinymodels.py``)."""
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Weights download by default (as timm / open_clip do) and CI has a network: no test may reach a model hub. Tests of
+# the download decision clear this and fake the hub (test_downloads.py).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import tinymodels
 

@@ -142,15 +142,8 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     # A linear --init model was fitted on every labeled row of the store, the validation rows included: comparing the
     # initial network on them is biased in its favour. A zero-shot model never saw a label.
     contaminated = fitted_init is not None and fitted_init.method != "zeroshot"
-    if state is not None:
-        pseudo_rows, pseudo_y = np.asarray(state["pseudo_rows"], np.int64), np.asarray(state["pseudo_y"], np.int64)
-        pseudo_report = state.get("pseudo_report")
-    elif pseudo is not None:
-        pseudo_rows, pseudo_y, pseudo_report = select_pseudo_labels(
-            fitted_pseudo, store, images, np.bincount(images.labels[train_rows], minlength=len(images.classes)),
-            pseudo_threshold, pseudo_steps)
-    else:
-        pseudo_rows, pseudo_y, pseudo_report = np.zeros(0, np.int64), np.zeros(0, np.int64), None
+    pseudo_rows, pseudo_y, pseudo_report = _pseudo_labels(state, fitted_pseudo, store, images, train_rows,
+                                                          pseudo_threshold, pseudo_steps)
     train_y = np.full(len(images), -1, dtype=np.int64)
     train_y[train_rows] = images.labels[train_rows]
     train_y[pseudo_rows] = pseudo_y
@@ -182,7 +175,19 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     net.load_state_dict(wise_interpolate(run.initial, run.best, alpha))
     final_score = trainer.evaluate()
 
-    # ---- export: backbone checkpoint, verified through the same loader embed uses; head as a classify model
+    result = _export(net, loaded, parsed, out, image_size, cfg, images, t_start, run, alpha, alpha_by, final_score,
+                     resumed_from, pseudo_report)
+    # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
+    atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
+    logger.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
+                result.head_model, result.seconds)
+    return result
+
+
+def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, cfg: dict, images: ImageSet,
+            t_start: float, run: Progress, alpha: float, alpha_by: str, final_score, resumed_from: int,
+            pseudo_report) -> FinetuneResult:
+    """The backbone checkpoint, verified through the loader ``embed`` uses, and the head as a classify model."""
     exported = cpu_state(net.trunk) if net.kind == "timm" else cpu_state(loaded.model)
     atomic_save(exported, out)
     new_spec = parse_spec(f"{parsed.kind}:{parsed.name}@{out}")
@@ -195,17 +200,12 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
                          backbones=[str(new_spec)], combine="concat", store_fingerprint=cfg["fingerprint"],
                          classes=list(images.classes), fit_seconds=seconds,
                          backbone_weights={str(new_spec): check.weights_sha256}).save(head_path)
-    result = FinetuneResult(spec=str(new_spec), checkpoint=str(out), head_model=str(head_path), image_size=image_size,
-                            epochs_run=len(run.history), best_epoch=run.best_epoch, alpha=float(alpha),
-                            alpha_chosen_by=alpha_by,
-                            val_accuracy_initial=None if run.score0 is None else run.score0["accuracy"],
-                            val_accuracy=None if final_score is None else final_score["accuracy"],
-                            resumed_from=resumed_from, seconds=seconds, history=run.history, pseudo=pseudo_report)
-    # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
-    atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
-    logger.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha, head_path,
-                seconds)
-    return result
+    return FinetuneResult(spec=str(new_spec), checkpoint=str(out), head_model=str(head_path), image_size=image_size,
+                          epochs_run=len(run.history), best_epoch=run.best_epoch, alpha=float(alpha),
+                          alpha_chosen_by=alpha_by,
+                          val_accuracy_initial=None if run.score0 is None else run.score0["accuracy"],
+                          val_accuracy=None if final_score is None else final_score["accuracy"],
+                          resumed_from=resumed_from, seconds=seconds, history=run.history, pseudo=pseudo_report)
 
 
 def _check_flags(parsed, out: Path, unfreeze, epochs, batch_size, lr, val_fraction, patience, threshold,
@@ -280,6 +280,17 @@ def _check_init_backbone(fitted_init, loaded: Backbone, store, store_pp) -> None
         raise ValueError(f"--init model was fitted on features of {spec0} (weights {want[:12]}), not of "
                          f"{loaded.spec} (weights {loaded.weights_sha256[:12]}); fine-tune the backbone it was "
                          "fitted on")
+
+
+def _pseudo_labels(state, fitted_pseudo, store, images: ImageSet, train_rows, threshold, steps):
+    """Rows, labels and report of the pseudo-labels: saved in the state, selected from ``--pseudo``, or none."""
+    if state is not None:
+        rows, labels = np.asarray(state["pseudo_rows"], np.int64), np.asarray(state["pseudo_y"], np.int64)
+        return rows, labels, state.get("pseudo_report")
+    if fitted_pseudo is not None:
+        counts = np.bincount(images.labels[train_rows], minlength=len(images.classes))
+        return select_pseudo_labels(fitted_pseudo, store, images, counts, threshold, steps)
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), None
 
 
 def _network(state, fitted_init, images: ImageSet, loaded: Backbone, train_rows, device: torch.device, workers: int,
