@@ -169,7 +169,7 @@ def build(method, params: dict | None = None, context: dict | None = None):
     if cls.needs_text and params.get("text_embeddings") is None and context.get("text_embeddings") is None:
         raise NotApplicable(f"{method} needs CLIP text embeddings, and this backbone has none in the store; embed with "
                             "a CLIP backbone (clip:<arch>/<tag>) or choose another method")
-    if cls.uses_views and context and not context.get("view_kinds"):
+    if cls.uses_views and context and not (params.get("view_kinds") or context.get("view_kinds")):
         raise NotApplicable(f"{method} trains on cached augmented views and the store has none; embed with "
                             "`python -m embed run ... --views 2`")
     return create(method, **params)

@@ -133,7 +133,7 @@ def cv_store(tmp_path):
 def test_evaluate_bad_folds_names_the_flag(cv_store, capsys, folds):
     line = fails(classify_main, ["evaluate", "--store", cv_store, "--backbone", A, "--method", "knn",
                                  "--folds", folds], capsys)
-    assert "--folds must be an integer >= 2" in line
+    assert "--folds must be an int >= 2" in line
 
 
 @pytest.mark.parametrize("flags, message", [
