@@ -24,6 +24,7 @@ from classify.base import NotApplicable
 from classify.features import UNLABELED
 from classify.registry import create, get
 from store import FeatureStore
+from store.cli import as_list  # noqa: F401  (re-exported: benchmarks and finetune use pipeline.as_list)
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +33,6 @@ NESTED_PARAMS = ("teacher", "head", "base", "gate", "expert", "methods")
 MODEL_FORMAT = "fewshot-classifier/2"  # 2: skops files (1 was joblib, refused)
 #: ``fit`` streams a store's features (methods with ``fit_chunks``) when they would take more memory than this.
 STREAM_BYTES = 4 * 2**30
-
-
-def as_list(value) -> list[str]:
-    """fire turns ``a,b`` into a tuple; accept that, a list, or a comma-separated string (commas inside
-    parentheses do not split: ``selftrain(teacher=conse,rounds=2),knn`` is two items)."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    items, depth, current = [], 0, ""
-    for char in str(value):
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if char == "," and depth == 0:
-            items.append(current)
-            current = ""
-        else:
-            current += char
-    return [item.strip() for item in items + [current] if item.strip()]
 
 
 def jsonable(value):

@@ -1,4 +1,7 @@
-"""Explicit registry of classification methods: ``@register_method("name")`` and ``create(name, **params)``."""
+"""Explicit registry of classification methods: ``@register_method("name")`` and ``create(name, **params)``.
+
+A leaf module: it imports no method (methods import it to register themselves; ``import classify`` loads them all).
+"""
 from __future__ import annotations
 
 import difflib
@@ -33,19 +36,13 @@ def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
     return decorate
 
 
-def _ensure_loaded() -> None:
-    import classify.methods  # noqa: F401  (importing registers every built-in method)
-
-
 def available() -> list[str]:
     """Sorted names of every registered method."""
-    _ensure_loaded()
     return sorted(_METHODS)
 
 
 def get(name: str) -> type:
     """The estimator class registered as ``name``; unknown names raise with close-match suggestions."""
-    _ensure_loaded()
     try:
         return _METHODS[name]
     except KeyError:
@@ -78,5 +75,4 @@ def persistable(cls: type) -> type:
 
 def trusted_types() -> set[str]:
     """Fully qualified names of the suite's classes a saved model may contain (see :mod:`classify.persist`)."""
-    _ensure_loaded()
     return {f"{cls.__module__}.{cls.__qualname__}" for cls in set(_METHODS.values()) | _PERSISTABLE}

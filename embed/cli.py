@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embed import sources
 from store import display_id
-from store.cli import run_cli
+from store.cli import as_list, run_cli
 from store.validation import BOOL, NONE, Int, Is, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,6 @@ def demo_folder() -> Path:
     """Where the demo images are written: the user's cache folder."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "fewshot-suite" / "demo-digits"
-
-
-def _as_list(value) -> list[str]:
-    """fire turns ``a,b`` into a tuple; accept both that and a comma-separated string."""
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [v.strip() for v in str(value).split(",") if v.strip()]
 
 
 #: the type and range of every flag of ``run`` (see :mod:`store.validation`)
@@ -115,12 +106,12 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         raise ValueError("pass either --data DIR or --csv FILE, not both")
     if is_demo:
         images = sources.from_folder(sources.write_demo(demo_folder()))
-        specs = _as_list(backbone) or [DEMO_BACKBONE]
+        specs = as_list(backbone) or [DEMO_BACKBONE]
         image_size = DEMO_IMAGE_SIZE if image_size is None and specs == [DEMO_BACKBONE] else image_size
         store = store or "demo.h5"
     else:
         images = sources.from_folder(data) if data is not None else sources.from_csv(csv)
-        specs = _as_list(backbone)
+        specs = as_list(backbone)
         if not specs:
             raise ValueError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"

@@ -69,6 +69,24 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
     print(f"exported {backbone} of {store} to {folder}")
 
 
+def as_list(value) -> list[str]:
+    """fire turns ``a,b`` into a tuple; accept that, a list, or a comma-separated string (commas inside
+    parentheses do not split: ``selftrain(teacher=conse,rounds=2),knn`` is two items)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v).strip() for v in value if str(v).strip()]
+    items, depth, current = [], 0, ""
+    for char in str(value):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    return [item.strip() for item in items + [current] if item.strip()]
+
+
 def run_cli(commands: dict, argv: list[str] | None = None) -> None:
     """Run a fire CLI, turning user errors into one line on stderr and exit status 2."""
     argv = sys.argv[1:] if argv is None else argv

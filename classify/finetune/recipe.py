@@ -40,6 +40,7 @@ from embed.backbones import Backbone, load_backbone, parse_spec
 from embed.runner import default_workers, resolve_device
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
+from store.cli import as_list
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +227,7 @@ def _check_flags(parsed, out: Path, unfreeze, epochs, batch_size, lr, val_fracti
             raise ValueError(f"{flag} is a confidence in [0, 1], got {value!r}; 0.95 is FixMatch's usual value")
     if float(fixmatch_weight) < 0 or int(mu) < 0 or int(pseudo_steps) < 0:
         raise ValueError("need --fixmatch-weight >= 0, --mu >= 0 and --pseudo-steps >= 0 (0 turns that part off)")
-    alphas = sorted({float(a) for a in (pipeline.as_list(wise_alphas) if not isinstance(wise_alphas, (list, tuple))
+    alphas = sorted({float(a) for a in (as_list(wise_alphas) if not isinstance(wise_alphas, (list, tuple))
                                         else wise_alphas)})
     if not alphas or any(not 0 <= a <= 1 for a in alphas):
         raise ValueError(f"wise_alphas must be values in [0, 1], got {wise_alphas!r}")
