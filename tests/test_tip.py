@@ -67,7 +67,9 @@ def test_cv_uses_labeled_rows_only_and_picks_from_grid():
     y_semi = y.copy()
     y_semi[::3] = -1
     alphas, betas = [0.0, 1.0, 4.0], [1.0, 5.0]
-    make = lambda: TipAdapter(text_embeddings=text, logit_scale=10.0, alphas=alphas, betas=betas, cv=3)
+    def make():
+        return TipAdapter(text_embeddings=text, logit_scale=10.0, alphas=alphas, betas=betas, cv=3)
+
     tip = make().fit(X, y_semi)
     assert tip.alpha_ in alphas and tip.beta_ in betas and tip.cv_scores_.shape == (3, 2)
     assert tip.alpha_ > 0  # the cache helps a zero-shot classifier that is 87% right
@@ -117,7 +119,9 @@ def test_conse_prior_without_clip():
     rng = np.random.default_rng(0)
     vectors = {"alpha": [1.0, 0.0], "beta": [0.0, 1.0], "gamma": [0.6, 0.8], "x": [1.0, 0.1], "y": [0.1, 1.0]}
     emb = {f"a photo of a {name}.": v for name, v in vectors.items()}  # a fake sentence encoder, by prompt
-    enc = lambda texts: np.array([emb[t] for t in texts], dtype=np.float32)
+    def enc(texts):
+        return np.array([emb[t] for t in texts], dtype=np.float32)
+
     conse = ConSE(head_weight=np.eye(3, 4), head_bias=np.zeros(3), head_classes=["alpha", "beta", "gamma"],
                   class_names=["x", "y"], encoder=enc, cache_dir="")
     X = rng.normal(size=(30, 4)).astype(np.float32)

@@ -25,7 +25,7 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import NotApplicable, BOOL, FewShotClassifier, Int, Real, check_class_indices
+from classify.base import BOOL, FewShotClassifier, Int, NotApplicable, Real, check_class_indices
 from classify.features import l2_normalize
 from classify.registry import register_method
 

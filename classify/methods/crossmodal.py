@@ -18,7 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import NotApplicable, DICT, NONE, FewShotClassifier, Int, ListOf, Options, Real, text_class_weights
+from classify.base import DICT, NONE, FewShotClassifier, Int, ListOf, NotApplicable, Options, Real, text_class_weights
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.linear import DEFAULT_CS
 from classify.methods.zeroshot import zeroshot_class_weights

@@ -24,7 +24,8 @@ from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import NotApplicable, BOOL, METHOD, NONE, FewShotClassifier, Int, Real, resolve_estimator, text_class_weights
+from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, NotApplicable, Real, resolve_estimator,
+                           text_class_weights)
 from classify.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import register_method
 

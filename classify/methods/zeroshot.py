@@ -7,7 +7,7 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import NotApplicable, FewShotClassifier, Real, text_class_weights
+from classify.base import FewShotClassifier, NotApplicable, Real, text_class_weights
 from classify.features import l2_normalize
 from classify.registry import register_method
 
