@@ -303,6 +303,32 @@ class SelfTraining(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         t0 = time.perf_counter()
+        teacher, transductive = self._fit_teacher(X, y, labeled)
+        Xl, yl, Xu = X[labeled], y[labeled], X[~labeled]
+        thresholds = self._thresholds(yl)
+        report = {"method": "selftrain", "selection": self.selection, "labels": self.labels,
+                  "rounds": int(self.rounds), "teacher": type(teacher).__name__,
+                  "teacher_fit_rows": "all" if transductive else "labeled",
+                  "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
+                  "n_labeled": int(labeled.sum()), "n_unlabeled": len(Xu), "per_round": [], "warnings": []}
+        self.pseudo_counts_ = np.zeros((self.rounds, len(self.classes_)), dtype=np.int64)
+        model, head = teacher, None
+        for r in range(self.rounds):
+            if r == 0 and len(Xu) and transductive and getattr(teacher, "label_distributions_", None) is not None \
+                    and len(teacher.label_distributions_) == len(y):
+                proba = align_proba(np.asarray(teacher.label_distributions_)[~labeled], teacher.classes_,
+                                    self.classes_)  # (n_u, C) transductive answer
+            else:
+                proba = self._proba(model, Xu) if len(Xu) else np.zeros((0, len(self.classes_)))  # (n_u, C)
+            model = head = self._round(r, Xl, yl, Xu, proba, thresholds, report)
+        self.head_ = head
+        self.thresholds_ = None if thresholds is None else thresholds.thresholds.copy()
+        report["fit_seconds"] = round(time.perf_counter() - t0, 3)
+        self.fit_report_ = report
+        return self
+
+    def _fit_teacher(self, X, y, labeled):
+        """Fit the teacher (on every row when it is transductive or label-free); sets ``teacher_`` and ``classes_``."""
         teacher = self._build(self.teacher, KNNLabelPropagation)
         label_free = getattr(teacher, "needs_labels", True) is False  # zeroshot, conse: pseudo-labels from nothing
         if not labeled.any() and not label_free:
@@ -319,70 +345,50 @@ class SelfTraining(FewShotClassifier):
         if unknown.size:
             raise ValueError(f"labels {unknown.tolist()} are not among the teacher's classes "
                              f"{self.classes_.tolist()}; give the teacher every class")
-        n_classes = len(self.classes_)
-        Xl, yl, Xu = X[labeled], y[labeled], X[~labeled]
-        n_u = len(Xu)
+        return teacher, transductive
 
-        thresholds = None
-        if self.selection == "classaware":
-            target = None
-            if self.target == "labeled":
-                counts = np.array([(yl == c).sum() for c in self.classes_], dtype=np.float64)
-                if np.all(counts > 0):
-                    target = counts
-                else:
-                    logger.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
-                                   int((counts == 0).sum()))
-            tau0 = self.threshold if self.tau0 is None else self.tau0
-            thresholds = ClassAwareThresholds(n_classes, tau0=tau0, ema=self.ema, eps=self.eps, target=target)
-
-        report = {"method": "selftrain", "selection": self.selection, "labels": self.labels,
-                  "rounds": int(self.rounds), "teacher": type(teacher).__name__,
-                  "teacher_fit_rows": "all" if transductive else "labeled",
-                  "classes": [c.item() if hasattr(c, "item") else c for c in self.classes_],
-                  "n_labeled": int(labeled.sum()), "n_unlabeled": int(n_u), "per_round": [], "warnings": []}
-        self.pseudo_counts_ = np.zeros((self.rounds, n_classes), dtype=np.int64)
-        model, head = teacher, None
-        for r in range(self.rounds):
-            if n_u == 0:
-                proba = np.zeros((0, n_classes))
-            elif r == 0 and transductive and getattr(teacher, "label_distributions_", None) is not None \
-                    and len(teacher.label_distributions_) == len(y):
-                proba = align_proba(np.asarray(teacher.label_distributions_)[~labeled], teacher.classes_,
-                                    self.classes_)  # (n_u, C) transductive answer
+    def _thresholds(self, yl) -> ClassAwareThresholds | None:
+        """The class-aware thresholds (``selection="classaware"``), targeting the labeled class prior."""
+        if self.selection != "classaware":
+            return None
+        target = None
+        if self.target == "labeled":
+            counts = np.array([(yl == c).sum() for c in self.classes_], dtype=np.float64)
+            if np.all(counts > 0):
+                target = counts
             else:
-                proba = self._proba(model, Xu)  # (n_u, C)
-            mask, details = self._select(proba, thresholds) if n_u else (np.zeros(0, dtype=bool), {})
-            counts = np.bincount(proba[mask].argmax(axis=1), minlength=n_classes) if n_u else np.zeros(n_classes, int)
-            self.pseudo_counts_[r] = counts
-            starved = [report["classes"][c] for c in np.flatnonzero(counts == 0)]
-            if starved and n_u:
-                why = {"fixed": f"; no confidence reached threshold={self.threshold} (try selection='classaware' "
-                                f"or 'balanced')",
-                       "classaware": "; no row reached its class threshold (raise classaware_steps or lower tau0)",
-                       "balanced": "; the teacher predicts none of the pool as these classes",
-                       "all": "; the teacher predicts none of the pool as these classes"}[self.selection]
-                msg = f"round {r + 1}: no pseudo-labels for class(es) {starved} under selection={self.selection!r}{why}"
+                logger.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
+                               int((counts == 0).sum()))
+        tau0 = self.threshold if self.tau0 is None else self.tau0
+        return ClassAwareThresholds(len(self.classes_), tau0=tau0, ema=self.ema, eps=self.eps, target=target)
 
-                logger.warning("selftrain: %s", msg)
-                report["warnings"].append(msg)
-            head = self._build(self.head, LogisticHead)
-            Xt, yt, wt = self._training_set(Xl, yl, Xu, proba, mask)
-            _fit_weighted(head, Xt, yt, wt)
-            unknown = np.setdiff1d(head.classes_, self.classes_)
-            assert unknown.size == 0, f"head learned classes outside classes_: {unknown}"
-            model = head
-            report["per_round"].append({"round": r + 1, "source": "teacher" if r == 0 else "head",
-                                        "n_selected": int(mask.sum()),
-                                        "counts": {str(c): int(n) for c, n in zip(report["classes"], counts)},
-                                        "starved": starved, **details})
-            logger.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
-                        int(mask.sum()), n_u, self.selection, counts.tolist())
-        self.head_ = head
-        self.thresholds_ = None if thresholds is None else thresholds.thresholds.copy()
-        report["fit_seconds"] = round(time.perf_counter() - t0, 3)
-        self.fit_report_ = report
-        return self
+    def _round(self, r: int, Xl, yl, Xu, proba, thresholds, report: dict):
+        """Select pseudo-labels from ``proba`` (n_u, C), fit a fresh head on labeled + selected rows; report it."""
+        n_u, n_classes = proba.shape
+        mask, details = self._select(proba, thresholds) if n_u else (np.zeros(0, dtype=bool), {})
+        counts = np.bincount(proba[mask].argmax(axis=1), minlength=n_classes) if n_u else np.zeros(n_classes, int)
+        self.pseudo_counts_[r] = counts
+        starved = [report["classes"][c] for c in np.flatnonzero(counts == 0)]
+        if starved and n_u:
+            why = {"fixed": f"; no confidence reached threshold={self.threshold} (try selection='classaware' "
+                            f"or 'balanced')",
+                   "classaware": "; no row reached its class threshold (raise classaware_steps or lower tau0)",
+                   "balanced": "; the teacher predicts none of the pool as these classes",
+                   "all": "; the teacher predicts none of the pool as these classes"}[self.selection]
+            msg = f"round {r + 1}: no pseudo-labels for class(es) {starved} under selection={self.selection!r}{why}"
+            logger.warning("selftrain: %s", msg)
+            report["warnings"].append(msg)
+        head = self._build(self.head, LogisticHead)
+        _fit_weighted(head, *self._training_set(Xl, yl, Xu, proba, mask))
+        unknown = np.setdiff1d(head.classes_, self.classes_)
+        assert unknown.size == 0, f"head learned classes outside classes_: {unknown}"
+        report["per_round"].append({"round": r + 1, "source": "teacher" if r == 0 else "head",
+                                    "n_selected": int(mask.sum()),
+                                    "counts": {str(c): int(n) for c, n in zip(report["classes"], counts)},
+                                    "starved": starved, **details})
+        logger.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
+                    int(mask.sum()), n_u, self.selection, counts.tolist())
+        return head
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities from the last head (the teacher when ``rounds=0``).
