@@ -47,17 +47,18 @@ def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 4000, batch_size:
 
 
 def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0", methods=None, shots="1,5,15",
-        seeds: int = 3, quick: bool = False, image_size: int | None = 112, anchors: bool = True,
+        seeds: int = 3, quick: bool = False, image_size: int | str | None = "auto", anchors: bool = True,
         views: int = 0, out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
     """Accuracy tables across methods, backbones and label budgets, with plain scikit-learn anchors.
 
     Parameters
     ----------
     datasets : str
-        Comma-separated: digits, fashion-mnist (Debian's dataset-fashion-mnist), or folders in the challenge layout
-        with a labeled test split.
+        Comma-separated: digits, fashion-mnist (Debian's dataset-fashion-mnist), clipart (Debian's openclipart-png:
+        21 classes of colour drawings of objects), or folders in the challenge layout with a labeled test split.
     backbones : str
-        Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused).
+        Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused). Specs joined
+        by ``+`` are one more table on their features concatenated (``timm:tf_efficientnet_lite0+timm:...lite1``).
     methods : str
         Comma-separated registered methods, with parameters as name(key=value, ...) (default: every method that
         applies; methods needing CLIP text or augmented views are skipped where the store has none).
@@ -67,8 +68,9 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         Label draws per shot count.
     quick : bool
         digits only, first backbone, 1 seed, shots 1 and 5: a check in under 3 minutes.
-    image_size : int
-        Input resolution of the backbones (112 suits these 28/8-px datasets).
+    image_size : int, "auto" or None
+        Input resolution of the backbones; "auto" is 112 px for digits and fashion-mnist (8 and 28 px images) and the
+        backbone's own resolution (None) for the other datasets.
     anchors : bool
         Also run the plain scikit-learn anchors side by side.
     views : int
@@ -87,10 +89,11 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     from embed.cli import demo_folder
     from embed.runner import embed as embed_images
 
-    names, specs = as_list(datasets), as_list(backbones)
+    names, tables = as_list(datasets), as_list(backbones)
+    specs = list(dict.fromkeys(part for spec in tables for part in spec.split("+")))  # each backbone embedded once
     shot_list = [int(s) for s in as_list(shots)]
     if quick:
-        names, specs, shot_list, seeds = ["digits"], specs[:1], [1, 5], 1
+        names, specs, tables, shot_list, seeds = ["digits"], specs[:1], specs[:1], [1, 5], 1
     cache_dir = Path(cache).expanduser() if cache else demo_folder().parent / "benchmarks"
     tasks = []
     for dataset in names:
@@ -99,9 +102,10 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         except ds.DatasetUnavailable as err:
             print(f"skipping {dataset}: {err}")
             continue
-        store_path = cache_dir / f"{Path(dataset).name}{f'-views{views}' if views else ''}.h5"
-        embed_images(sources.from_folder(folder), store_path, specs, image_size=image_size, views=views)  # reused
-        tasks += [load_task(Path(dataset).name, store_path, spec) for spec in specs]
+        size = ds.NATIVE_SIZE.get(dataset) if image_size == "auto" else image_size
+        store_path = cache_dir / f"{Path(dataset).name}-{size or 'native'}px{f'-views{views}' if views else ''}.h5"
+        embed_images(sources.from_folder(folder), store_path, specs, image_size=size, views=views)  # reused
+        tasks += [load_task(Path(dataset).name, store_path, spec) for spec in tables]
     if not tasks:
         raise ValueError("no dataset available to benchmark; see the skipped lines above")
     method_list = as_list(methods) or list(DEFAULT_METHODS)

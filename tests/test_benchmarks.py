@@ -95,3 +95,62 @@ def test_a_bug_stops_the_run_and_only_not_applicable_is_recorded(task, monkeypat
     records = run_task(task, ["knn"], shots=[1], seeds=1, anchors=[], progress=lambda _: None)
     assert records == [{"dataset": "synthetic", "backbone": A, "method": "knn", "shots": 1,
                         "skipped": "knn needs something this store lacks"}]
+
+
+def _fake_openclipart(root, n_per=24):
+    """An openclipart-png-like tree: every folder of CLIPART_CLASSES with coloured drawings, plus grey ones."""
+    from benchmarks.datasets import CLIPART_CLASSES
+
+    for c, patterns in enumerate(CLIPART_CLASSES.values()):
+        folder = root / patterns[0].removesuffix("/**")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per):
+            rgba = np.zeros((20, 30, 4), np.uint8)  # transparent background
+            rgba[4:16, 5:25, :3] = (230, 4 * i, 10 * c)  # a distinct saturated colour per file
+            rgba[4:16, 5:25, 3] = 255
+            Image.fromarray(rgba).save(folder / f"d{c}_{i}.png")
+        Image.fromarray(np.full((8, 8), 128, np.uint8)).save(folder / "grey.png")
+    return root
+
+
+def test_clipart_adapter_writes_colour_drawings_on_white(tmp_path, monkeypatch):
+    from benchmarks import datasets as ds
+
+    monkeypatch.setattr(ds, "OPENCLIPART_DIR", _fake_openclipart(tmp_path / "png"))
+    folder = ds.prepare("clipart", tmp_path / "cache")
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    assert classes == sorted(ds.CLIPART_CLASSES) and len(classes) >= 20
+    for name in classes:
+        assert len(list((folder / "test" / name).glob("*.png"))) == 8
+        train = sorted((folder / "train" / name).glob("*.png"))
+        assert len(train) == 24 - 8 and all("grey" not in p.name for p in train)
+    with Image.open(train[0]) as image:
+        assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    monkeypatch.setattr(ds, "OPENCLIPART_DIR", tmp_path / "missing")
+    with pytest.raises(ds.DatasetUnavailable, match="apt-get install openclipart-png"):
+        ds.write_clipart(tmp_path / "other")
+
+
+def test_fair_anchors_self_train_and_tune_k(task):
+    from benchmarks.run import CVLabelSpreading, KBestSelfTraining
+
+    data = task.data
+    train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    labeled = train[draw_labels(data.y[train], 3, 0)]
+    y = np.full(len(data.y), -1)
+    y[labeled] = data.y[labeled]
+    selftrain = KBestSelfTraining().fit(data.X, y)
+    assert (selftrain.model_[-1].labeled_iter_ > 0).sum() == (y == -1).sum()  # every unlabeled row was added
+    spreading = CVLabelSpreading(ks=(3, 5)).fit(data.X, y)
+    assert spreading.k_ in (3, 5) and spreading.cv_scores_.shape == (2,)
+    assert np.mean(spreading.predict(data.X[labeled]) == y[labeled]) > 0.9
+
+
+def test_joined_backbones_are_one_concatenated_task(tmp_path):
+    from synthstore import B
+
+    path, _ = make_store(tmp_path / "s.h5")
+    joined = load_task("synthetic", path, f"{A}+{B}")
+    single = load_task("synthetic", path, A)
+    assert joined.backbone == f"{A}+{B}" and joined.context == {}
+    assert joined.data.X.shape[1] > single.data.X.shape[1] and len(joined.data.slices) == 2

@@ -11,3 +11,4 @@ from classify.methods import crossmodal  # noqa: F401
 from classify.methods import coop  # noqa: F401
 from classify.methods import conse  # noqa: F401
 from classify.methods import fixmatch  # noqa: F401
+from classify.methods import ptmap  # noqa: F401
