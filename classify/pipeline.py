@@ -111,11 +111,14 @@ def uses_views(method) -> bool:
 def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
     """What a method may take from the store for one backbone, by parameter name.
 
-    ``class_names`` and ``backbone_spec`` always; ``view_kinds`` when the store has augmented views;
-    ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``, ``head_bias``,
-    ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
+    ``class_names``, ``backbone_spec`` and ``backbone_weights_sha256`` (the hash of the weights the features come
+    from, for methods that load the backbone again: coop's text tower) always; ``view_kinds`` when the store has
+    augmented views; ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``,
+    ``head_bias``, ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
     """
-    context: dict[str, Any] = {"class_names": store.classes, "backbone_spec": spec}
+    provenance = store.provenance(spec)
+    context: dict[str, Any] = {"class_names": store.classes, "backbone_spec": spec,
+                               "backbone_weights_sha256": provenance["weights_sha256"]}
     if store.has_text(spec):
         text, templates, scale = store.text(spec)
         context.update(text_embeddings=text, templates=templates)
@@ -124,7 +127,7 @@ def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
     head = store.head(spec)
     if head is not None:
         context.update(head_weight=head[0], head_bias=head[1], head_classes=head[2])
-    view_kinds = store.provenance(spec).get("view_kinds") or []
+    view_kinds = provenance.get("view_kinds") or []
     if view_kinds:
         context["view_kinds"] = view_kinds
     return context

@@ -1,16 +1,23 @@
 """Tests for CoOp (``coop``) with a tiny random-weight open_clip model: the prompt path equals ``encode_text``,
-gradients reach only the context vectors, the loss decreases, and a saved model holds no CLIP weights."""
+gradients reach only the context vectors, the loss decreases, a saved model holds no CLIP weights, a tower whose
+weights differ from the store's is refused and a checked tower is loaded once for repeated fits."""
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from sklearn.model_selection import cross_val_score
 
-from classify import persist
+import embed.backbones
+import tinymodels
+from classify import persist, pipeline
 from classify.methods import coop as coop_module
 from classify.methods.coop import CoOp, build_prompt_learner
 from classify.pipeline import build
 from embed.backbones import load_backbone, weights_sha256
+from store import OK, FeatureStore
 
 NAMES = ["cat", "dog", "traffic light"]
 
@@ -128,3 +135,63 @@ def test_errors(spec, data):
 
 # sklearn's estimator checks are not run: the classes come from class_names and the feature dimension from the CLIP
 # model, so the checks' random data cannot fit it (as for zeroshot).
+
+
+# ------------------------------------------------------------------------------ the store's weights and the tower
+def _clip_store(path, spec, X, y, weights_sha256):
+    """A store of ``X`` as the features of ``spec`` computed with weights ``weights_sha256``: 3 labeled images per
+    class in train, the rest unlabeled; no labeled test split (evaluate cross-validates)."""
+    splits = ["train" if k % 8 < 3 else "unlabeled" for k in range(len(y))]
+    ids = [f"{s}/{NAMES[c]}{k}.png" for k, (c, s) in enumerate(zip(y, splits))]
+    labels = [int(c) if s == "train" else -1 for c, s in zip(y, splits)]
+    with FeatureStore.create(path, ids, splits, labels, NAMES) as fs:
+        fs.begin_backbone({"spec": spec, "weights_sha256": weights_sha256, "weights_source": "test",
+                           "preprocessing": {}, "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []},
+                          X.shape[1])
+        fs.write_rows(spec, np.arange(len(y)), np.full(len(y), OK), [None] * len(y), [None] * len(y), features=X)
+        fs.set_text(spec, np.zeros((len(NAMES), 1, X.shape[1]), np.float32), ["a photo of a {}."], 100.0)
+    return path
+
+
+@pytest.fixture
+def own_checkpoint(tmp_path, tiny_clip_ckpt):
+    """A spec whose checkpoint file this test may replace (the session's is shared), and that file's weights hash."""
+    arch, ckpt = tiny_clip_ckpt
+    path = tmp_path / "clip.pt"
+    shutil.copy(ckpt, path)
+    return f"clip:{arch}@{path}", path, weights_sha256(torch.load(path, weights_only=True))
+
+
+def test_refuses_a_tower_whose_weights_differ_from_the_stores(own_checkpoint, data, tmp_path):
+    """The checkpoint behind the spec changed after the store was embedded: coop refuses in one line, naming the fix."""
+    spec, path, sha = own_checkpoint
+    X, y = data
+    store_path = _clip_store(tmp_path / "s.h5", spec, X, y, sha)
+    tinymodels.make_clip_checkpoint(path, seed=1)  # re-downloaded / replaced: other weights under the same spec
+    with FeatureStore(store_path) as store, pytest.raises(ValueError, match="other weights") as err:
+        pipeline.fit(store, [spec], "coop", {"epochs": 1})
+    message = str(err.value)
+    assert "\n" not in message and sha[:12] in message and "embed run" in message and spec in message
+    with pytest.raises(ValueError, match="other weights"):
+        CoOp(class_names=NAMES, backbone_spec=spec, backbone_weights_sha256=sha, epochs=0).fit(X, y)
+
+
+def test_cross_validation_loads_the_tower_once(own_checkpoint, data, tmp_path, monkeypatch):
+    """Every fold of a cross-validation uses the tower of (spec, store's weights) loaded by the first fit."""
+    spec, _, sha = own_checkpoint
+    X, y = data
+    loads = []
+
+    def counting_load(spec_, **kwargs):
+        loads.append(spec_)
+        return load_backbone(spec_, **kwargs)
+
+    monkeypatch.setattr(embed.backbones, "load_backbone", counting_load)
+    with FeatureStore(_clip_store(tmp_path / "s.h5", spec, X, y, sha)) as store:
+        model = pipeline.build("coop", {"epochs": 2}, pipeline.store_context(store, spec))
+        assert model.backbone_weights_sha256 == sha
+        assert len(cross_val_score(model, X, y, cv=3)) == 3 and loads == [spec]
+        pipeline.fit(store, [spec], "coop", {"epochs": 1})
+    assert loads == [spec]
+    CoOp(class_names=NAMES, backbone_spec=spec, epochs=0).fit(X, y)  # no expected hash: nothing to cache it under
+    assert loads == [spec, spec]

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import logging
 import numbers
+import threading
+from collections import OrderedDict
 from types import SimpleNamespace
 
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import NONE, FewShotClassifier, Int, Options, Real, check_class_indices
+from classify.base import NONE, FewShotClassifier, Int, Is, Options, Real, check_class_indices
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
 
@@ -140,6 +142,57 @@ def _device(name: str):
     return torch.device(name)
 
 
+#: Loaded CLIP backbones by (spec, weights sha256, device), most recent last: the folds of a cross-validation and
+#: repeated fits share one tower. Only towers checked against an expected hash are kept; a few, as each is a whole
+#: CLIP model.
+_TOWERS: OrderedDict[tuple[str, str, str], object] = OrderedDict()
+_TOWERS_KEPT = 2
+_TOWERS_LOCK = threading.Lock()
+
+
+def clear_tower_cache() -> None:
+    """Forget the CLIP backbones kept for repeated fits (frees their memory)."""
+    with _TOWERS_LOCK:
+        _TOWERS.clear()
+
+
+def load_text_tower(spec: str, weights_sha256: str | None, device):
+    """The CLIP backbone of ``spec`` on ``device``, refused when its weights are not ``weights_sha256``.
+
+    With an expected hash the backbone is kept for the process (per spec, hash and device) and reused; without one it
+    is loaded on every call, as nothing says which weights it must have.
+
+    Raises
+    ------
+    ValueError
+        The weights ``spec`` loads now differ from ``weights_sha256`` (the checkpoint changed or was downloaded again
+        since the features were computed), in one line saying how to fix it.
+    """
+    from embed.backbones import load_backbone  # text towers are the one reason classify imports embed
+
+    key = (str(spec), weights_sha256, str(device))
+    if weights_sha256 is not None:
+        with _TOWERS_LOCK:
+            if key in _TOWERS:
+                _TOWERS.move_to_end(key)
+                return _TOWERS[key]
+    backbone = load_backbone(spec, device=device)
+    if weights_sha256 is None:
+        return backbone
+    if backbone.weights_sha256 != weights_sha256:
+        raise ValueError(
+            f"coop: {spec} now loads other weights (sha256 {backbone.weights_sha256[:12]}, from "
+            f"{backbone.weights_source}) than the store's features of it were computed with ({weights_sha256[:12]}), "
+            "so the text tower would not match the image features; restore those weights, or embed the images "
+            f"again with the current ones (`python -m embed run --backbone {spec} --store NEW.h5 ...`) and fit on "
+            "that store")
+    with _TOWERS_LOCK:
+        _TOWERS[key] = backbone
+        while len(_TOWERS) > _TOWERS_KEPT:
+            _TOWERS.popitem(last=False)
+    return backbone
+
+
 @register_method("coop", needs_text=True)
 class CoOp(FewShotClassifier):
     """CoOp: context vectors learned through the CLIP text tower against the store's image features.
@@ -154,6 +207,10 @@ class CoOp(FewShotClassifier):
     backbone_spec : str, default=None
         The CLIP backbone the features come from (``clip:<arch>/<tag>`` or ``clip:<arch>@<checkpoint>``; the
         pipeline takes it from the store). Loaded lazily in ``fit`` with ``embed.backbones.load_backbone``.
+    backbone_weights_sha256 : str, default=None
+        The weights hash of the features (the pipeline passes the store's ``weights_sha256``): ``fit`` refuses a
+        ``backbone_spec`` that loads other weights, and keeps the checked tower for later fits in the process (see
+        :func:`load_text_tower`). None loads the spec's weights on every fit, unchecked.
     n_ctx : int, default=4
         Context vectors M when ``ctx_init`` is None.
     ctx_init : str or None, default="a photo of a"
@@ -192,12 +249,16 @@ class CoOp(FewShotClassifier):
 
     _parameter_constraints = {"n_ctx": [Int(1)], "logit_scale": [NONE, Real(0, low_open=True)], "epochs": [Int(0)],
                               "batch_size": [NONE, Int(1)], "lr": [Real(0, low_open=True)], "weight_decay": [Real(0)],
-                              "device": [Options("auto", "cpu", "cuda")], "random_state": [NONE, Int()]}
+                              "device": [Options("auto", "cpu", "cuda")], "random_state": [NONE, Int()],
+                              "backbone_weights_sha256": [NONE, Is(lambda v: isinstance(v, str) and bool(v),
+                                                                   "a weights hash (str)")]}
 
     def __init__(self, class_names=None, backbone_spec=None, n_ctx=4, ctx_init="a photo of a", logit_scale=None,
-                 epochs=50, batch_size=None, lr=2e-3, weight_decay=0.0, device="auto", random_state=0):
+                 epochs=50, batch_size=None, lr=2e-3, weight_decay=0.0, device="auto", random_state=0,
+                 backbone_weights_sha256=None):
         self.class_names = class_names
         self.backbone_spec = backbone_spec
+        self.backbone_weights_sha256 = backbone_weights_sha256
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
         self.logit_scale = logit_scale
@@ -209,14 +270,12 @@ class CoOp(FewShotClassifier):
         self.random_state = random_state
 
     def _load_clip(self):
-        """The CLIP backbone of ``backbone_spec`` (only its text tower is used)."""
-        from embed.backbones import load_backbone  # text towers are the one reason classify imports embed
-
+        """The CLIP backbone of ``backbone_spec`` with the features' weights (only its text tower is used)."""
         if not self.backbone_spec or not str(self.backbone_spec).startswith("clip:"):
             raise ValueError(f"coop needs the CLIP backbone the features come from, as backbone_spec "
                              f"'clip:<arch>/<tag>' or 'clip:<arch>@<checkpoint>' (the pipeline passes the store's), "
                              f"got {self.backbone_spec!r}")
-        return load_backbone(self.backbone_spec, device=_device(self.device))
+        return load_text_tower(self.backbone_spec, self.backbone_weights_sha256, _device(self.device))
 
     def fit(self, X, y):
         """Learn the context vectors on the labeled rows of ``X``.
