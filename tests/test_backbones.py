@@ -15,6 +15,7 @@ from PIL import Image
 import tinymodels
 from embed import backbones as bb
 from embed.backbones import clip_kind, timm_kind
+from embed.backbones import spec as backbone_spec
 from embed.backbones import (
     BackboneSpec,
     WeightsUnavailableError,
@@ -51,7 +52,7 @@ def test_registry_kinds_and_duplicates():
     register_backbone("timm")(bb.TimmKind)
     with pytest.raises(ValueError, match="already registered"):
         register_backbone("timm")(bb.ClipKind)
-    assert bb._KINDS["timm"] is bb.TimmKind
+    assert backbone_spec._KINDS["timm"] is bb.TimmKind
 
 
 def test_parse_canonical_forms(tmp_path, monkeypatch):

@@ -29,19 +29,19 @@ The rooms: :mod:`~embed.backbones.spec` (spec strings, the registry), :mod:`~emb
 weight sources, downloads on/off), :mod:`~embed.backbones.checkpoint` (safe checkpoint reading, weight hashes),
 :mod:`~embed.backbones.preprocess` (the typed preprocessing config), :mod:`~embed.backbones.base` (:class:`Backbone`),
 :mod:`~embed.backbones.timm_kind`, :mod:`~embed.backbones.clip_kind`, :mod:`~embed.backbones.api`. Tests that replace a
-weight lookup patch it in the module that uses it (e.g. ``embed.backbones.timm_kind._timm_cached_weights``).
+weight lookup patch it in the module that uses it (e.g. ``embed.backbones.timm_kind._timm_cached_weights``; the
+name is also kept here, where tests patched it before the split, but patching it here changes nothing).
 """
 from __future__ import annotations
 
 from embed.backbones.api import load_backbone, resolve_weights
 from embed.backbones.base import Backbone
 from embed.backbones.checkpoint import weights_sha256
-from embed.backbones.clip_kind import ClipBackbone, ClipKind, _clip_cached_weights  # noqa: F401
+from embed.backbones.clip_kind import ClipBackbone, ClipKind
 from embed.backbones.preprocess import STRONG_AUGMENT, ClipPreprocessConfig, PreprocessConfig, TimmPreprocessConfig
-from embed.backbones.spec import _KINDS, BackboneSpec, available_kinds, parse_spec, register_backbone  # noqa: F401
-from embed.backbones.timm_kind import TimmBackbone, TimmKind, _has_weights, _timm_cached_weights  # noqa: F401
+from embed.backbones.spec import BackboneSpec, available_kinds, parse_spec, register_backbone
+from embed.backbones.timm_kind import TimmBackbone, TimmKind, _timm_cached_weights  # noqa: F401 (old patch target)
 from embed.backbones.weights import WeightsPlan, WeightsUnavailableError, downloads_off, offline_env
-from embed.lite_weights import package_checkpoint  # noqa: F401
 
 __all__ = [
     "STRONG_AUGMENT",
