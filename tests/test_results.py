@@ -1,0 +1,150 @@
+"""Results people can open: `classify evaluate --out result.json` (CLIP_benchmark metrics + provenance) and
+prediction CSVs Kaggle accepts (`--id-format`, `--order sample_submission.csv`)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, f1_score
+
+from classify.cli import main
+from classify.pipeline import scores
+from store import OK, FeatureStore
+from synthstore import A, make_store
+
+SPEC = "timm:six"
+
+
+def make_six_class_store(path, labeled_test=True):
+    """Six overlapping Gaussian classes (so top-1 < top-5), 4 labeled train rows and 10 test rows each."""
+    rng = np.random.default_rng(1)
+    classes = [f"c{i}" for i in range(6)]
+    ids, splits, labels, truth = [], [], [], []
+    for split, per_class in (("train", 4), ("test", 10)):
+        for c in range(6):
+            for k in range(per_class):
+                ids.append(f"{split}/{classes[c]}/{k}.png")
+                splits.append(split)
+                labels.append(c if split == "train" or labeled_test else -1)
+                truth.append(c)
+    truth = np.asarray(truth)
+    feats = rng.normal(size=(6, 5))[truth] * 1.2 + rng.normal(size=(len(ids), 5))
+    with FeatureStore.create(path, ids, splits, labels, classes) as fs:
+        fs.begin_backbone({"spec": SPEC, "weights_sha256": "abc123", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, feats.shape[1])
+        fs.write_rows(SPEC, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
+                      features=feats)
+    return path, truth
+
+
+def last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def test_scores_match_sklearn_and_clip_benchmark_names():
+    y_true = np.array([0, 0, 0, 1, 2, 3, 4, 5])
+    y_pred = np.array([0, 0, 1, 1, 2, 3, 5, 0])
+    proba = np.eye(6)[y_pred] * 0.6 + 0.4 / 6
+    proba[6, 4] = proba[2, 0] = 0.5  # the true class second: top-5 hits
+    proba[7] = [0.3, 0.25, 0.2, 0.15, 0.1, 0.0]  # true class 5 last: a top-5 miss
+    result = scores(y_true, y_pred, proba)
+    assert result["acc1"] == result["accuracy"] == 5 / 8
+    assert result["mean_per_class_recall"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert result["mean_per_class_recall"] != result["acc1"]  # class 0 has 3 rows: the two differ
+    assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert result["acc5"] == 7 / 8
+    assert "acc5" not in scores(y_true[:3] % 3, y_pred[:3] % 3, np.eye(3)[y_pred[:3] % 3])  # fewer than 5 classes
+
+
+@pytest.mark.parametrize("labeled_test", [True, False])
+def test_evaluate_out_writes_the_json_it_prints(tmp_path, capsys, labeled_test):
+    path, _ = make_six_class_store(tmp_path / "six.h5", labeled_test)
+    out = tmp_path / "results" / "run.json"
+    main(["evaluate", "--store", str(path), "--method", "knn", "--k", "3", "--seed", "4", "--out", str(out),
+          "--json"])
+    printed = last_json(capsys.readouterr().out)
+    written = json.loads(out.read_text())
+    assert written == printed
+    assert {"accuracy", "acc1", "acc5", "mean_per_class_recall", "macro_f1", "fit_seconds"} <= set(written)
+    assert 0 <= written["acc1"] <= written["acc5"] <= 1 and written["acc1"] < 1
+    assert written["method"] == "knn" and written["params"] == {"k": 3} and written["seed"] == 4
+    prov = written["provenance"]
+    with FeatureStore(path) as fs:
+        assert prov["store_fingerprint"] == fs.fingerprint
+    assert prov["backbones"][SPEC]["weights_sha256"] == "abc123"
+    assert {"python", "numpy", "sklearn"} <= set(prov["versions"]) and prov["classes"][0] == "c0"
+    assert written["protocol"] == ("labeled test split" if labeled_test else
+                                   "4-fold stratified CV on the labeled train rows")
+
+
+def test_evaluate_without_five_classes_has_no_acc5(tmp_path, capsys):
+    path, _ = make_store(tmp_path / "s.h5")
+    main(["evaluate", "--store", str(path), "--backbone", A, "--method", "linear", "--json"])
+    result = last_json(capsys.readouterr().out)
+    assert "acc5" not in result and result["acc1"] == result["accuracy"]
+
+
+@pytest.fixture
+def fitted(tmp_path, capsys):
+    path, _ = make_store(tmp_path / "s.h5")
+    model = tmp_path / "m.skops"
+    main(["fit", "--store", str(path), "--backbone", A, "--method", "knn", "--out", str(model)])
+    capsys.readouterr()
+    return path, model
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.reader(handle))
+
+
+def test_predict_id_formats(fitted, tmp_path):
+    path, model = fitted
+    for id_format, first in (("relpath", "test/cat/0.png"), ("name", None), ("stem", None)):
+        out = tmp_path / f"{id_format}.csv"
+        args = ["predict", "--model", str(model), "--store", str(path), "--out", str(out), "--id-format", id_format]
+        if first is None:  # test/cat/0.png and test/dog/0.png share a name: refused, naming them
+            with pytest.raises(SystemExit):
+                main(args)
+            continue
+        main(args)
+        assert read_csv(out)[1][0] == first
+    unlabeled = tmp_path / "pool.csv"  # unlabeled/cat0.png ...: names and stems are unique there
+    main(["predict", "--model", str(model), "--store", str(path), "--split", "unlabeled", "--id-format", "stem",
+          "--out", str(unlabeled)])
+    rows = read_csv(unlabeled)
+    assert rows[0] == ["id", "label"] and rows[1][0] == "cat0" and len(rows) == 121
+
+
+def test_predict_stem_clash_is_one_line(fitted, tmp_path, capsys):
+    path, model = fitted
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(model), "--store", str(path), "--id-format", "stem", "--out",
+              str(tmp_path / "p.csv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test/cat/0.png and test/dog/0.png" in err[0] and "--id-format relpath" in err[0]
+
+
+def test_predict_follows_a_sample_submission(fitted, tmp_path, capsys):
+    path, model = fitted
+    sample = tmp_path / "sample_submission.csv"
+    wanted = ["dog3", "cat0", "fox19", "cat7"]
+    sample.write_text("ImageId,Label\n" + "".join(f"{i},0\n" for i in wanted))
+    out = tmp_path / "sub.csv"
+    main(["predict", "--model", str(model), "--store", str(path), "--split", "unlabeled", "--id-format", "stem",
+          "--order", str(sample), "--out", str(out)])
+    rows = read_csv(out)
+    assert rows[0] == ["ImageId", "Label"] and [r[0] for r in rows[1:]] == wanted
+    assert {r[1] for r in rows[1:]} <= {"cat", "dog", "fox"}
+    sample.write_text("id,label\ndog3,0\nwolf1,0\nwolf2,0\n")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--model", str(model), "--store", str(path), "--split", "unlabeled", "--id-format", "stem",
+              "--order", str(sample), "--out", str(tmp_path / "bad.csv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "2 of the 3 ids" in err[0] and "wolf1, wolf2" in err[0]
+    assert not (tmp_path / "bad.csv").exists()
