@@ -227,9 +227,9 @@ def test_finetune_bad_backbone(folder, tmp_path, pickled_timm_model, capsys, spe
 
 
 def test_finetune_offline_refuses_uncached_weights(folder, tmp_path, monkeypatch, capsys):
-    from embed import backbones as bb
+    from embed.backbones import timm_kind
 
-    monkeypatch.setattr(bb, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
+    monkeypatch.setattr(timm_kind, "_timm_cached_weights", lambda pcfg, cache_dir=None: None)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     line = fails(classify_main, ["finetune", "--data", folder, "--backbone", "timm:resnet50", "--out",
                                  tmp_path / "ft.pth", "--offline"], capsys)

@@ -3,7 +3,6 @@ pseudo-labels from a fitted classify model (``selftrain``'s class-aware rule).""
 from __future__ import annotations
 
 import logging
-import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
@@ -125,7 +124,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
 def probe_head(images: ImageSet, backbone: Backbone, rows: np.ndarray, device: torch.device, workers: int,
                 seed: int) -> tuple[np.ndarray, np.ndarray]:
     """LP-FT's first stage: a :class:`LinearProbe` on the frozen features of ``rows`` (eval transform)."""
-    target = math.ceil(backbone.input_size / backbone.preprocessing.get("crop_pct", 1.0))
+    target = backbone.resize_size
     loader = DataLoader(ImageViews(images.paths, [(int(r), 0) for r in rows], [backbone.eval_transform], target),
                         batch_size=64, num_workers=workers, collate_fn=collate_views)
     feats, got_rows = [], []

@@ -36,7 +36,7 @@ class Trainer:
         self.train_rows, self.train_y, self.val_rows, self.pool_rows = train_rows, train_y, val_rows, pool_rows
         self.workers, self.progress = workers, progress
         self.cuda = device.type == "cuda"
-        self.target_size = math.ceil(backbone.input_size / backbone.preprocessing.get("crop_pct", 1.0))
+        self.target_size = backbone.resize_size
         self.steps_per_epoch = max(1, int(round(len(train_rows) / cfg["batch_size"])))
         self.use_unlabeled = len(pool_rows) > 0 and cfg["fixmatch_weight"] > 0 and cfg["mu"] > 0
         self.unlabeled_batch = min(len(pool_rows), int(cfg["mu"] * cfg["batch_size"])) if self.use_unlabeled else 0

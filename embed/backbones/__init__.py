@@ -29,8 +29,7 @@ The rooms: :mod:`~embed.backbones.spec` (spec strings, the registry), :mod:`~emb
 weight sources, downloads on/off), :mod:`~embed.backbones.checkpoint` (safe checkpoint reading, weight hashes),
 :mod:`~embed.backbones.preprocess` (the typed preprocessing config), :mod:`~embed.backbones.base` (:class:`Backbone`),
 :mod:`~embed.backbones.timm_kind`, :mod:`~embed.backbones.clip_kind`, :mod:`~embed.backbones.api`. Tests that replace a
-weight lookup patch it in the module that uses it (e.g. ``embed.backbones.timm_kind._timm_cached_weights``; the
-name is also kept here, where tests patched it before the split, but patching it here changes nothing).
+weight lookup patch it in the module that uses it (e.g. ``embed.backbones.timm_kind._timm_cached_weights``).
 """
 from __future__ import annotations
 
@@ -40,7 +39,7 @@ from embed.backbones.checkpoint import weights_sha256
 from embed.backbones.clip_kind import ClipBackbone, ClipKind
 from embed.backbones.preprocess import STRONG_AUGMENT, ClipPreprocessConfig, PreprocessConfig, TimmPreprocessConfig
 from embed.backbones.spec import BackboneSpec, available_kinds, parse_spec, register_backbone
-from embed.backbones.timm_kind import TimmBackbone, TimmKind, _timm_cached_weights  # noqa: F401 (old patch target)
+from embed.backbones.timm_kind import TimmBackbone, TimmKind
 from embed.backbones.weights import WeightsPlan, WeightsUnavailableError, downloads_off, offline_env
 
 __all__ = [
