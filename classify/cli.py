@@ -13,7 +13,7 @@ import numpy as np
 
 from classify import pipeline
 from classify.registry import available, get
-from store import SPLITS, FeatureStore
+from store import SPLITS, FeatureStore, display_id
 from store.cli import parse_numpydoc, run_cli, wrap_paragraph
 from store.validation import BOOL, NONE, Int, Options, Real, check_flags
 
@@ -29,7 +29,8 @@ FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "pro
          "layer_decay": [Real(0, 1, low_open=True)], "warmup_epochs": [Real(0)],
          "val_fraction": [Real(0, 1, high_open=True)], "patience": [Int(1)], "fixmatch_weight": [Real(0)],
          "mu": [Int(0)], "threshold": [Real(0, 1)], "pseudo_threshold": [Real(0, 1)], "pseudo_steps": [Int(0)],
-         "workers": [NONE, Int(0)], "id_format": [Options("relpath", "name", "stem")]}
+         "workers": [NONE, Int(0)], "pairs": [Int(0)], "per_pair": [Int(0)],
+         "id_format": [Options("relpath", "name", "stem")]}
 
 
 def _check_params(method: str, params: dict) -> None:
@@ -123,7 +124,7 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     Examples
     --------
     python -m classify fit --store feats.h5 --method selftrain --out st.skops
-    python -m classify fit --store feats.h5 --backbone timm:tf_efficientnet_lite0 --method labelprop --k 20 --out lp.skops
+    python -m classify fit --store feats.h5 --backbone timm:resnet50 --method labelprop --k 20 --out lp.skops
     python -m classify fit --store feats.h5 --backbone a,b --combine ensemble --method linear --out probe.skops
     """
     get(method)  # an unknown method fails before any reading
@@ -313,11 +314,14 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
         print(text)
 
 
-def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0) -> None:
-    """Failure analysis: confusion heatmap PNG, per-class accuracy, most-confused class pairs.
+def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0, pairs: int = 6,
+           per_pair: int = 8) -> None:
+    """Failure analysis as a static web page: confusion heatmap, per-class precision and recall, most-confused pairs.
 
-    Uses the labeled test split when the store has one; else cross-validated predictions of the same method on
-    the labeled train rows.
+    Writes OUT/index.html (open it in a browser; no server, no suite needed) with thumbnails of the misclassified
+    images of the most confused pairs (read from the image files the store lists, under its data folder), and the
+    same numbers as confusion.png, per_class.csv, confused_pairs.csv and report.json. Uses the labeled test split
+    when the store has one; else cross-validated predictions of the same method on the labeled train rows.
 
     Parameters
     ----------
@@ -331,6 +335,10 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
         Cross-validation folds, when the store has no labeled test split.
     seed : int
         Seed of the cross-validation folds.
+    pairs : int
+        How many of the most confused class pairs the page shows with thumbnails.
+    per_pair : int
+        Thumbnails of misclassified images per pair.
 
     Examples
     --------
@@ -339,16 +347,19 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     """
     from classify.report import write_report
 
-    check_flags(dict(folds=folds, seed=seed), FLAGS)
+    check_flags(dict(folds=folds, seed=seed, pairs=pairs, per_pair=per_pair), FLAGS)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
+        root = Path(fs.root)
         data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
         test = (data.splits == "test") & (data.y >= 0)
         if test.any():
             y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))
+            ids = data.ids[test]
             protocol = "labeled test split"
         else:
+            ids = data.ids[(data.splits == "train") & (data.y >= 0)]  # the order of cross_val_predictions
             y_true, y_pred, *_, k = pipeline.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
                                                                    fitted.params, fitted.combine, folds=folds,
                                                                    seed=seed)
@@ -356,13 +367,15 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
     extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None)}
     extra = json.loads(json.dumps(extra, default=pipeline.jsonable))  # plain JSON types for report.json
-    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra)
+    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=[root / i for i in ids],
+                           captions=[display_id(i) for i in ids], pairs_shown=pairs, per_pair=per_pair)
     print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
     worst = sorted(summary["per_class"], key=lambda row: row["accuracy"])[:5]
     print("weakest classes: " + ", ".join(f"{row['class']} {row['accuracy']:.2f}" for row in worst))
     for pair in summary["confused_pairs"][:5]:
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['share_of_true']:.0%} of the class)")
-    print(f"wrote {out}/confusion.png, per_class.csv, confused_pairs.csv, report.json")
+    print(f"wrote {Path(out) / 'index.html'} (open it in a browser), confusion.png, per_class.csv, "
+          "confused_pairs.csv, report.json")
 
 
 def finetune(data: str | None = None, backbone: str | None = None, out: str | None = None, init: str | None = None,
@@ -447,8 +460,8 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     Examples
     --------
     python -m classify finetune --data DATA --backbone timm:tf_efficientnet_lite0 --epochs 20 --out ft.pth
-    python -m classify finetune --data DATA --backbone timm:tf_efficientnet_lite0 --init probe.skops --unfreeze last-2 --out ft.pth
-    python -m classify finetune --data DATA --backbone clip:ViT-B-32/openai --pseudo st.skops --store feats.h5 --out ft.pth
+    python -m classify finetune --data DATA --backbone timm:resnet50 --init probe.skops --unfreeze last-2 --out ft.pth
+    python -m classify finetune --data DATA --backbone clip:ViT-B-32/openai --pseudo st.skops --store S.h5 --out ft.pth
     """
     from classify import finetune as ft
 

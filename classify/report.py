@@ -1,4 +1,6 @@
-"""Failure analysis of a fitted model: confusion-matrix heatmap, per-class accuracy, most-confused pairs."""
+"""Failure analysis of a fitted model: an HTML page (``index.html``) with the confusion-matrix heatmap, per-class
+precision and recall, and the most-confused pairs with thumbnails of their misclassified images; and the same as
+PNG, CSV and JSON files."""
 from __future__ import annotations
 
 import csv
@@ -29,8 +31,39 @@ def confused_pairs(cm: np.ndarray, classes: Sequence[str], top: int = 10) -> lis
 
 
 def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str], title: str,
-                 extra: dict | None = None) -> dict:
-    """Write ``confusion.png``, ``per_class.csv``, ``confused_pairs.csv`` and ``report.json`` under ``out``."""
+                 extra: dict | None = None, images: Sequence[str | Path] | None = None,
+                 captions: Sequence[str] | None = None, pairs_shown: int = 6, per_pair: int = 8) -> dict:
+    """Write ``index.html``, ``confusion.png``, ``per_class.csv``, ``confused_pairs.csv`` and ``report.json`` under
+    ``out``.
+
+    Parameters
+    ----------
+    out : str or Path
+        The report folder (created).
+    y_true : ndarray of shape (n,)
+        True class indices.
+    y_pred : ndarray of shape (n,)
+        Predicted class indices.
+    classes : sequence of str
+        Class names, by index.
+    title : str
+        The report's title.
+    extra : dict, optional
+        More JSON fields of ``report.json`` (``protocol`` is also shown on the page).
+    images : sequence of str or Path, optional
+        The image file of each row: the most confused pairs show thumbnails of their misclassified images.
+    captions : sequence of str, optional
+        The caption of each row's thumbnail (default: the file name).
+    pairs_shown : int
+        How many of the most confused pairs the page shows with thumbnails.
+    per_pair : int
+        Thumbnails per pair.
+
+    Returns
+    -------
+    dict
+        The content of ``report.json``: title, n, accuracy, per_class, confused_pairs and ``extra``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -76,4 +109,47 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
     summary = {"title": title, "n": int(len(y_true)), "accuracy": float((y_true == y_pred).mean()),
                "per_class": per_class, "confused_pairs": pairs, **(extra or {})}
     (out / "report.json").write_text(json.dumps(summary, indent=2))
+    (out / "index.html").write_text(_page(out, summary, y_true, y_pred, classes, images, captions, pairs_shown,
+                                          per_pair), encoding="utf-8")
     return summary
+
+
+def _page(out: Path, summary: dict, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
+          images, captions, pairs_shown: int, per_pair: int) -> str:
+    """The report as one static page: summary line, heatmap, per-class table, confused pairs with thumbnails."""
+    from classify.pages import Group, contact_sheet, page, table
+
+    per_class = summary["per_class"]
+    recalls = [row["accuracy"] for row in per_class if row["n"]]
+    mean_recall = float(np.mean(recalls)) if recalls else 0.0
+    subtitle = (f"{summary['n']} images, accuracy {summary['accuracy']:.3f}, mean per-class recall {mean_recall:.3f}"
+                + (f" — {summary['protocol']}" if summary.get("protocol", "") not in summary["title"] else ""))
+    order = sorted(range(len(per_class)), key=lambda i: (per_class[i]["accuracy"], per_class[i]["class"]))
+    weak = {i for i in order[:max(1, len(order) // 5)] if per_class[i]["accuracy"] < summary["accuracy"]}
+    rows = [(r["class"], r["n"], r["precision"], r["accuracy"], r["f1"]) for r in per_class]
+    body = ['<h2>Confusion matrix</h2><p class="meta">Rows: true class; columns: predicted; colour: share of the true '
+            'class.</p><img class="heatmap" src="confusion.png" alt="confusion matrix heatmap">',
+            "<h2>Per class</h2><p class='meta'>Recall is the share of a class's images predicted as that class; "
+            "the weakest classes are highlighted.</p>",
+            table(["class", "images", "precision", "recall", "F1"], rows,
+                  ["weak" if i in weak else "" for i in range(len(rows))]),
+            "<h2>Most confused pairs</h2>"]
+    pairs = summary["confused_pairs"][:pairs_shown]
+    if not pairs:
+        body.append('<p class="meta">No misclassified images.</p>')
+    groups = []
+    index = {name: i for i, name in enumerate(classes)}
+    for pair in pairs:
+        t, p = index[pair["true"]], index[pair["predicted"]]
+        rows_ij = np.flatnonzero((y_true == t) & (y_pred == p))[:per_pair]
+        shown = [images[r] for r in rows_ij] if images is not None else []
+        names = ([captions[r] for r in rows_ij] if captions is not None else [Path(str(s)).name for s in shown])
+        n = pair["count"]
+        groups.append(Group(title=f"{pair['true']} → predicted {pair['predicted']}: {n} image{'s' * (n != 1)} "
+                                  f"({pair['share_of_true']:.0%} of {pair['true']})",
+                            images=shown, captions=names,
+                            note="" if images is not None else "no image paths: thumbnails not available"))
+    body.append(contact_sheet(groups, out))
+    body.append('<p class="meta">Files: <a href="report.json">report.json</a>, <a href="per_class.csv">per_class.csv'
+                '</a>, <a href="confused_pairs.csv">confused_pairs.csv</a>.</p>')
+    return page(summary["title"], "\n".join(body), subtitle)

@@ -233,7 +233,7 @@ def command_help(title: str, fn: Callable, extra: dict[str, tuple] | None = None
     varkw = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
     required = [p.name for p in params if p.default is p.empty]
     usage = " ".join([title] + [f"{flag_name(n)} {n.upper()}" for n in required] + ["[flags]"]
-                     + ([f"[--PARAMETER VALUE ...]"] if varkw else []))
+                     + (["[--PARAMETER VALUE ...]"] if varkw else []))
     parts = [f"{title}: {doc.summary}", "usage: " + usage]
     if doc.description:
         parts.append("\n\n".join(wrap_paragraph(p, 0) for p in doc.description.split("\n\n")))
@@ -383,7 +383,7 @@ def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -
         Command name -> a function returning that command's further options for its help (see
         :func:`command_help`).
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # fire parses values from their text
     try:
         argv, level, quiet = _logging_flags(argv)
     except ValueError as err:
