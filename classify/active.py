@@ -43,6 +43,8 @@ CSV_COLUMNS = ("id", "path", "predicted", "score", "reason")
 PCA_DIM = 64
 #: neighbours whose mean distance measures how typical (dense) a row is
 TYPICALITY_K = 20
+#: the diverse strategy clusters the ``PREFILTER * budget`` most uncertain candidates into ``budget`` groups
+PREFILTER = 10
 
 
 @dataclass
@@ -195,14 +197,29 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
         return Selection(order, classes[first[order]], 1.0 - margin[order], [reason_margin(i) for i in order], classes)
 
     Z = _embedding(X, seed)  # (n, d)
-    n_clusters = int(min(len(Z), labeled.sum() + budget))
-    cluster = KMeans(n_clusters, n_init=3, random_state=seed).fit_predict(Z)  # (n,)
-    size = np.bincount(cluster, minlength=n_clusters)  # (K,)
-    covered = np.zeros(n_clusters, dtype=bool)
-    covered[cluster[labeled]] = True
-    typical = typicality(Z)  # (n,)
-    typical = typical / typical[pool].max()  # (n,) in (0, 1] over the pool
-    score = typical * (1.0 - margin) if strategy == "diverse" else typical  # (n,)
+    available = candidates.copy()
+    if strategy == "typiclust":  # clusters over every row; those holding a label are covered already
+        n_clusters = int(min(len(Z), labeled.sum() + budget))
+        cluster = KMeans(n_clusters, n_init=3, random_state=seed).fit_predict(Z)  # (n,)
+        mass = np.bincount(cluster, minlength=n_clusters).astype(np.float64)  # (K,) images per cluster
+        covered = np.zeros(n_clusters, dtype=bool)
+        covered[cluster[labeled]] = True
+        typical = typicality(Z)  # (n,)
+        score = typical / typical[pool].max()  # (n,) in (0, 1] over the pool
+    else:  # diverse: the most uncertain candidates, clustered with their uncertainty as weight (Zhdanov 2019)
+        uncertain = pool[np.lexsort((rng.random(pool.size), margin[pool]))][:PREFILTER * budget]  # (m',)
+        available[:] = False
+        available[uncertain] = True
+        weight = 1.0 - margin[uncertain] + 1e-6  # (m',)
+        km = KMeans(budget, n_init=3, random_state=seed).fit(Z[uncertain], sample_weight=weight)
+        cluster = np.full(len(Z), -1)
+        cluster[uncertain] = km.labels_
+        mass = np.bincount(km.labels_, weights=weight, minlength=budget)  # (K,) uncertainty per cluster
+        covered = np.zeros(budget, dtype=bool)
+        centrality = np.zeros(len(Z))
+        dist = np.linalg.norm(Z[uncertain] - km.cluster_centers_[km.labels_], axis=1)  # (m',)
+        centrality[uncertain] = 1.0 - dist / max(dist.max(), 1e-12)  # 1 at a centre
+        score = (1.0 - margin) * (0.5 + 0.5 * centrality)  # (n,) uncertain first, central within a cluster
 
     # class balance: labels + suggestions per predicted class; the class with the fewest is served next
     label_pos = {c: j for j, c in enumerate(classes)}
@@ -211,26 +228,28 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
         if label in label_pos:
             count[label_pos[label]] += 1
     tiebreak = rng.permutation(len(classes))  # equal counts: a seeded class order
-    open_classes = set(np.unique(first[pool]).tolist())
-    available = candidates.copy()
+    open_classes = set(np.unique(first[available]).tolist())
     chosen, reasons = [], []
     while len(chosen) < budget:
         if not open_classes:  # every class left without candidates: fill from all of them
+            available |= candidates & ~np.isin(np.arange(len(Z)), chosen)
             open_classes = set(np.unique(first[available]).tolist())
         c = min(open_classes, key=lambda j: (count[j], tiebreak[j]))
         rows = np.flatnonzero(available & (first == c))
         if not rows.size:
             open_classes.discard(c)
             continue
-        fresh = rows[~covered[cluster[rows]]]
-        if fresh.size:  # a region no label covers yet: the largest such region, its best row
-            big = fresh[size[cluster[fresh]] == size[cluster[fresh]].max()]
-            i = int(big[np.lexsort((big, -score[big]))][0])
-            where = f"typical of a cluster of {size[cluster[i]]} images with no label yet"
+        fresh = rows[(cluster[rows] >= 0) & ~covered[np.maximum(cluster[rows], 0)]]
+        if fresh.size:  # a region no label covers yet: the heaviest such region, its best row
+            heavy = fresh[mass[cluster[fresh]] == mass[cluster[fresh]].max()]
+            i = int(heavy[np.lexsort((heavy, -score[heavy]))][0])
+            where = (f"typical of a cluster of {int(mass[cluster[i]])} images with no label yet"
+                     if strategy == "typiclust" else "central in a group of uncertain images no suggestion covers")
         else:
             i = int(rows[np.lexsort((rows, -score[rows]))][0])
-            where = "every cluster of its class has a label already"
-        covered[cluster[i]] = True
+            where = "every group of its class is covered already"
+        if cluster[i] >= 0:
+            covered[cluster[i]] = True
         available[i] = False
         count[c] += 1
         chosen.append(i)
