@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 DUPLICATE_COS = 1.0 - 1e-5
 #: ``index="auto"`` searches exactly up to this many rows, approximately (IVF) above.
 EXACT_MAX_ROWS = 50000
+#: fits of more rows than this log each stage (feature transform, graph, each class's solve) as it happens
+PROGRESS_ROWS = 50_000
 #: Inverted lists probed per query by the IVF index (of sqrt(n) lists).
 IVF_NPROBE = 16
 #: HNSW graph degree and search breadth (faiss defaults are tuned for recall@1; kNN graphs need recall@k).
@@ -142,6 +144,12 @@ def faiss_use_gpu(device: str) -> bool:
         raise ValueError("device='cuda' needs faiss with GPU support (pip install faiss-gpu) and a visible GPU; "
                          "use device='auto' or 'cpu'")
     return device != "cpu" and has_gpu
+
+
+def _progress_log(n_rows: int):
+    """``logger.info`` for fits of more than :data:`PROGRESS_ROWS` rows (their stages take minutes), else
+    ``logger.debug``."""
+    return logger.info if n_rows > PROGRESS_ROWS else logger.debug
 
 
 def _make_index(base: np.ndarray, index: str, device: str):
@@ -402,16 +410,23 @@ class KNNLabelPropagation(FewShotClassifier):
         n, dim = rows.shape
         if y.shape != (n,):
             raise ValueError(f"y has shape {y.shape} but the rows are {rows.shape}; pass one label per row")
+        say = _progress_log(n)
         with single_threaded_blas():
             sample = np.unique(np.linspace(0, n - 1, min(n, CHUNKED_SAMPLE_ROWS)).astype(np.int64))
             self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten)
+            say("labelprop: fitting the feature transform on %d of %d rows", len(sample), n)
             self.transform_.fit(rows.sample(sample))
             Z = None
+            done, next_report = 0, n / 10
             for start, chunk in rows.chunks():
                 part = self.transform_.transform(chunk).astype(np.float32, copy=False)  # (c, d)
                 if Z is None:
                     Z = np.empty((n, part.shape[1]), dtype=np.float32)  # (n, d): the only full-size array
                 Z[start:start + len(part)] = part
+                done += len(part)
+                if done >= next_report or done == n:
+                    say("labelprop: read and transformed %d of %d rows", done, n)
+                    next_report += n / 10
             self.n_features_in_ = dim
             return self._fit(Z, y)
 
@@ -429,10 +444,18 @@ class KNNLabelPropagation(FewShotClassifier):
         np.add.at(proto, cls_idx, Z[labeled])
         self.prototypes_ = l2_normalize(proto).astype(np.float32)  # (C, d)
 
+        say = _progress_log(n)
+        say("labelprop: building the %d-nearest-neighbour graph of %d rows (index %s, %s)", self.k, n,
+            "ivf" if self.index == "auto" and n > EXACT_MAX_ROWS else "flat" if self.index == "auto" else self.index,
+            "GPU" if faiss_use_gpu(self.device) else "CPU")
+        t_graph = time.perf_counter()
         # The graph is one big search, not many small problems: give faiss's BLAS (k-means, exact search) every core.
         with threadpool_limits(limits=os.cpu_count() or 1, user_api="blas"):
             A = knn_graph(Z, self.k, self.power, self.device, self.index)  # (n, n), n*k entries
         S, degree = normalized_graph(A)
+        say("labelprop: graph of %d edges in %.1f s; solving %d classes by conjugate gradient (at most %d iterations "
+            "each)", A.nnz, time.perf_counter() - t_graph, n_classes, self.max_iter)
+        t_solve = time.perf_counter()
         Y = np.zeros((n, n_classes))  # (n, C)
         Y[np.flatnonzero(labeled), cls_idx] = 1.0
         Y *= self._column_weights(y[labeled])
@@ -451,6 +474,8 @@ class KNNLabelPropagation(FewShotClassifier):
             # max_iter truncates CG on purpose (20 steps reach a relative residual of ~1e-4 on digits), so hitting
             # it is normal; a large residual is not: the result would then still be mostly the seed labels
             self.cg_residual_[c] = np.linalg.norm(Y[:, c] - system @ F[:, c]) / max(np.linalg.norm(Y[:, c]), 1e-300)
+            if c + 1 == n_classes or (c + 1) % max(1, n_classes // 10) == 0:
+                say("labelprop: solved %d of %d classes (%.1f s)", c + 1, n_classes, time.perf_counter() - t_solve)
         if self.cg_residual_.max() > CG_WARN_RESIDUAL:
             logger.warning("labelprop: conjugate gradient stopped after %d iterations with a relative residual of "
                            "%.2g (above %g); raise max_iter for a converged propagation", int(self.n_iter_.max()),
