@@ -34,14 +34,14 @@ log = logging.getLogger("benchmarks.sweep")
 
 #: Named grids: method strings as ``python -m benchmarks run --methods`` takes them.
 GRIDS = {
-    "ptmap": [f"ptmap(lam={lam},alpha={alpha},prior={prior})" for lam, alpha, prior in
-              itertools.product((5, 10, 20), (0.2, 0.5), ("uniform", "estimated"))],
+    "ptmap": [f"ptmap(lam={lam},prior={prior})" for lam, prior in
+              itertools.product((10, 50, 150), ("uniform", "estimated"))],
     "transform": ["ptmap", "ptmap(feature_power=1.0)", "ptmap(n_components=128,whiten=True)",
                   "ptmap(n_components=256)"],
 }
 
 
-def score_draw(task, method: str, shots: int, seed: int, folds: int = 5) -> dict:
+def score_draw(task, method: str, shots: int, seed: int, folds: int = 3) -> dict:
     """Nested-CV accuracy on the drawn labels and accuracy on the hidden train pool, for one draw."""
     data = task.data
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
@@ -62,7 +62,7 @@ def score_draw(task, method: str, shots: int, seed: int, folds: int = 5) -> dict
     return {"cv": hits / len(labeled), "pool": pool_acc}
 
 
-def sweep(task, methods: list[str], shots: list[int], seeds: list[int], folds: int = 5) -> list[dict]:
+def sweep(task, methods: list[str], shots: list[int], seeds: list[int], folds: int = 3) -> list[dict]:
     """One record per (method, shots, seed) with its ``cv`` and ``pool`` accuracies and the seconds it took."""
     records = []
     for n_shots, method, seed in itertools.product(shots, methods, seeds):
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=None, help="comma-separated method strings (added to --grid)")
     parser.add_argument("--shots", default="5,10")
     parser.add_argument("--seeds", default="100,101,102")
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--folds", type=int, default=3)
     parser.add_argument("--out", default=None, help="basename of the result files (default sweep-<dataset>)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
