@@ -14,7 +14,7 @@ import numpy as np
 from classify import pipeline
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.cli import parse_numpydoc, run_cli, wrap_paragraph
+from store.cli import parse_numpydoc, progress_bars, run_cli, wrap_paragraph
 from store.validation import BOOL, NONE, Int, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
@@ -482,6 +482,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
                      progress=progress, json_output=json_output, offline=offline), FLAGS)
     from embed.backbones import offline_env
 
+    progress = progress_bars(progress)  # off under --quiet
     with offline_env(offline):  # the backbone's load refuses to download (finetune checks its inputs first)
         result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store,
                              epochs=epochs, lr=lr, batch_size=batch_size, device=device, image_size=image_size,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embed import sources
 from store import display_id
-from store.cli import as_list, run_cli
+from store.cli import as_list, progress_bars, run_cli
 from store.validation import BOOL, NONE, Int, Is, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     python -m embed run --data DATA --backbone clip:ViT-B-32/openai --store feats.h5 --views 2 --offline
     """
     check_flags(locals(), RUN_FLAGS)  # one line for a flag of the wrong type or range, before anything is read
+    progress = progress_bars(progress)  # off under --quiet
     # fire turns a numeric-looking argument (a folder named 2024) into a number
     data, csv, store, templates, shards, address = (None if v is None else str(v)
                                                     for v in (data, csv, store, templates, shards, address))

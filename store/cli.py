@@ -341,6 +341,12 @@ def _logging(level: int, quiet: bool):
             os.environ.pop("TQDM_DISABLE", None) if tqdm_before is None else os.environ.update(TQDM_DISABLE=tqdm_before)
 
 
+def progress_bars(progress: bool) -> bool:
+    """Whether a command shows its progress bars: its ``--progress`` flag, off under ``--quiet`` (which sets tqdm's
+    own ``TQDM_DISABLE``; tqdm applies it only to bars created without an explicit ``disable``)."""
+    return bool(progress) and os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true")
+
+
 def _display(lines, out) -> None:
     """fire's screens written as they are: no pager (fire would start ``less`` on a terminal)."""
     out.write("\n".join(lines) + "\n")

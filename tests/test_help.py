@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 import re
 
 import pytest
+from PIL import Image
 
 import classify.cli
 import embed.cli
@@ -212,3 +214,28 @@ def test_quiet_and_log_level(capsys, caplog):
     with pytest.raises(SystemExit) as exit_info:
         store.cli.run_cli({"probe": probe}, ["probe", "--log-level", "loud"], name="t")
     assert exit_info.value.code == 2 and "--log-level must be" in capsys.readouterr().err
+
+
+def test_quiet_turns_off_the_progress_bars_of_embed_run(tmp_path, monkeypatch):
+    import embed.runner
+
+    (tmp_path / "train/cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "train/cat/a.png")
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_embed(*args, progress, **kwargs):
+        seen.append(progress)
+        raise Stop
+
+    monkeypatch.setattr(embed.cli, "check_backbones", lambda specs, offline=None: None)
+    monkeypatch.setattr(embed.runner, "embed", fake_embed)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    for extra in ([], ["--quiet"]):
+        with pytest.raises(Stop):
+            embed.cli.main(["run", "--data", str(tmp_path), "--backbone", "timm:x", "--store",
+                            str(tmp_path / "s.h5"), *extra])
+    assert seen == [True, False]
+    assert "TQDM_DISABLE" not in os.environ  # restored after the command
