@@ -14,7 +14,7 @@ import numpy as np
 from classify import pipeline
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.cli import parse_numpydoc, progress_bars, run_cli, wrap_paragraph
+from store.cli import parse_numpydoc, plain, progress_bars, run_cli, wrap_paragraph
 from store.validation import BOOL, NONE, Int, Options, Real, check_flags
 
 log = logging.getLogger(__name__)
@@ -302,7 +302,8 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
         result = _fitting(method, params, lambda: pipeline.evaluate(fs, specs, method, params, combine, transductive,
                                                                     folds, seed), offline)
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
-          f"accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+          f"accuracy {result['accuracy']:.4f}" + (f", top-5 {result['acc5']:.4f}" if "acc5" in result else "")
+          + f", mean per-class recall {result['mean_per_class_recall']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
           f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")
     text = json.dumps(result, default=pipeline.jsonable)
     if out is not None:
@@ -354,7 +355,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
         root = Path(fs.root)
         data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
         test = (data.splits == "test") & (data.y >= 0)
-        if test.any():
+        if test.any():  # not validation/ rows as evaluate does: a fitted model has seen their labels
             y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))
             ids = data.ids[test]
             protocol = "labeled test split"
@@ -515,7 +516,7 @@ def list_methods(params: str | None = None) -> None:
     """
     if params is None:
         for name in available():
-            print(f"{name:12s} {parse_numpydoc(get(name).__doc__).summary}")
+            print(f"{name:12s} {plain(parse_numpydoc(get(name).__doc__).summary)}")
         return
     print(method_parameters(str(params)), end="")
 
@@ -527,7 +528,7 @@ def method_parameters(method: str) -> str:
     doc = parse_numpydoc(cls.__doc__)
     defaults = cls().get_params(deep=False)
     order = [name for name in inspect.signature(cls.__init__).parameters if name in defaults]
-    lines = [f"{method}: {doc.summary}", "", f"parameters (flags of python -m classify fit|evaluate --method "
+    lines = [f"{method}: {plain(doc.summary)}", "", f"parameters (flags of python -m classify fit|evaluate --method "
                                                  f"{method}):"]
     for name in order + sorted(set(defaults) - set(order)):
         default = defaults[name]

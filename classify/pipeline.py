@@ -332,21 +332,40 @@ def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+#: top folders of labeled images set apart for model selection (``embed.sources.VALIDATION_FOLDERS``)
+VALIDATION_FOLDERS = ("validation", "val")
+
+
+def held_out(data: Data) -> tuple[Data, str | None]:
+    """The rows an evaluation scores, and its protocol: the labeled test split; else, when there is none, the
+    labeled train rows from a ``validation/`` or ``val/`` folder, returned as test rows (so that fits see them
+    without their labels); else None (cross-validation)."""
+    if ((data.splits == "test") & (data.y >= 0)).any():
+        return data, "labeled test split"
+    top = np.asarray([str(i).split("/", 1)[0] for i in data.ids])
+    validation = (data.splits == "train") & (data.y >= 0) & np.isin(top, VALIDATION_FOLDERS)
+    if not validation.any() or not ((data.splits == "train") & (data.y >= 0) & ~validation).any():
+        return data, None
+    splits = np.where(validation, "test", data.splits)
+    return dataclasses.replace(data, splits=splits), "validation folder (held out of the fit)"
+
+
 def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
              combine: str = "concat", transductive: bool = True, folds: int = 5, seed: int = 0) -> dict[str, Any]:
-    """Metrics on the labeled test split, or stratified CV over the labeled train rows, with their provenance.
+    """Metrics on the labeled test split, else on the images of a ``validation/`` (``val/``) folder held out of the
+    fit, else by stratified CV over the labeled train rows; with their provenance.
 
     Returns a JSON-able dict: the metrics of :func:`scores` (accuracy, acc1, acc5, mean_per_class_recall,
     macro_f1), fit_seconds, predict_seconds, protocol, n_test, method, params, backbones, combine, seed,
     ``provenance`` (:func:`provenance`) and, for methods that report on their fit (self-training's pseudo-label
     counts), ``fit_report``.
     """
-    data = load_data(store, backbones, views=uses_views(method))
+    data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
     test = (data.splits == "test") & (data.y >= 0)
     n_classes = len(store.classes)
     base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine,
             "seed": seed, "provenance": provenance(store, backbones)}
-    if test.any():
+    if protocol is not None:
         estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         X, y = fit_rows(data, transductive)
         t0 = time.perf_counter()
@@ -356,7 +375,7 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
         t2 = time.perf_counter()
         proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
         result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": t1 - t0, "predict_seconds": t2 - t1,
-                  "n_test": int(test.sum()), "protocol": "labeled test split"}
+                  "n_test": int(test.sum()), "protocol": protocol}
         report = getattr(estimator, "fit_report_", None)
         return {**result, **base, **({"fit_report": report} if report is not None else {})}
     y_cv, predictions, fit_s, pred_s, k, proba = cross_val_predictions(store, data, backbones, method, params,

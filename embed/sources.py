@@ -192,6 +192,10 @@ def from_folder(root: str | Path) -> ImageSet:
         if any((root / name).is_dir() for name in known):
             raise ValueError(f"{root} has no train/ folder; expected train/<class>/*, unlabeled/*, test/* "
                              "(or pass --csv FILE with path,label[,split])")
+        nested = sorted(d for d in root.iterdir() if d.is_dir() and any((d / name).is_dir() for name in known))
+        if nested:  # the folder above the data, not an ImageFolder whose classes hold split folders
+            raise ValueError(f"{root} has no train/ folder, but {nested[0]} has split folders: pass --data "
+                             f"{nested[0]}")
         return _from_class_folders(root)
     _warn_ignored(root, known)
     folders = _class_folders(train)

@@ -195,9 +195,13 @@ def flag_name(name: str) -> str:
 def wrap_paragraph(text: str, indent: int, width: int = 100) -> str:
     """``text`` as one paragraph of ``width`` columns, reST literals (````x````) and roles (``:class:`x```) shown as
     `x`."""
+    return textwrap.fill(plain(text), width=width, initial_indent=" " * indent, subsequent_indent=" " * indent)
+
+
+def plain(text: str) -> str:
+    """Docstring text for a terminal: one line, reST literals (````x````) and roles (``:class:`x```) as `x`."""
     text = re.sub(r"``([^`]+)``", r"`\1`", " ".join(text.split()))
-    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
-    return textwrap.fill(text, width=width, initial_indent=" " * indent, subsequent_indent=" " * indent)
+    return re.sub(r":\w+:`~?([^`]+)`", r"`\1`", text)
 
 
 def _flag_item(name: str, default, text: str, required: bool, boolean: bool = False) -> str:
@@ -234,7 +238,7 @@ def command_help(title: str, fn: Callable, extra: dict[str, tuple] | None = None
     required = [p.name for p in params if p.default is p.empty]
     usage = " ".join([title] + [f"{flag_name(n)} {n.upper()}" for n in required] + ["[flags]"]
                      + (["[--PARAMETER VALUE ...]"] if varkw else []))
-    parts = [f"{title}: {doc.summary}", "usage: " + usage]
+    parts = [f"{title}: {plain(doc.summary)}", "usage: " + usage]
     if doc.description:
         parts.append("\n\n".join(wrap_paragraph(p, 0) for p in doc.description.split("\n\n")))
     items = []
@@ -245,7 +249,7 @@ def command_help(title: str, fn: Callable, extra: dict[str, tuple] | None = None
     parts.append("flags:\n" + "\n".join(items))
     if required:
         parts.append(wrap_paragraph(f"Required values may also be given in order, without their flags "
-                           f"({title} {' '.join(n.upper() for n in required)}).", 0))
+                                    f"({title} {' '.join(n.upper() for n in required)}).", 0))
     extra = dict(extra or {})
     for name in doc.other:
         extra.setdefault(name, (None, ""))
@@ -268,7 +272,7 @@ def overview(name: str, commands: dict) -> str:
     width = max(len(c) for c in commands) + 2
     lines = [f"usage: {name} COMMAND [flags]   ({name} COMMAND --help for a command's flags and examples)", "",
              "commands:"]
-    lines += [f"  {c:{width}s}{parse_numpydoc(fn.__doc__).summary}" for c, fn in commands.items()]
+    lines += [f"  {c:{width}s}{plain(parse_numpydoc(fn.__doc__).summary)}" for c, fn in commands.items()]
     lines += ["", "flags of every command:"] + [f"  {f}\n{wrap_paragraph(t, 6)}" for f, t in COMMON_FLAGS]
     return "\n".join(lines) + "\n"
 

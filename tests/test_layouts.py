@@ -68,6 +68,13 @@ def test_a_split_folder_without_train_is_still_refused(tmp_path):
         sources.from_folder(tmp_path)
 
 
+def test_the_folder_above_the_data_is_not_an_imagefolder(tmp_path):
+    touch(tmp_path, "mydata/train/cat/a.png", "mydata/test/b.png")
+    with pytest.raises(ValueError, match=f"has no train/ folder, but {tmp_path / 'mydata'} has split folders: "
+                                         f"pass --data {tmp_path / 'mydata'}"):
+        sources.from_folder(tmp_path)
+
+
 def test_imagefolder_metadata_in_the_data_folder(tmp_path):
     touch(tmp_path, "train/0001.png", "train/0002.png", "test/0003.png", "test/0004.png", "pool/0005.png")
     (tmp_path / "metadata.csv").write_text("file_name,label,caption\ntrain/0001.png,cat,a cat\n"

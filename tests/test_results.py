@@ -148,3 +148,22 @@ def test_predict_follows_a_sample_submission(fitted, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "2 of the 3 ids" in err[0] and "wolf1, wolf2" in err[0]
     assert not (tmp_path / "bad.csv").exists()
+
+
+def test_evaluate_holds_out_a_validation_folder_when_there_is_no_labeled_test_split(tmp_path, capsys):
+    """validation/ rows are labeled train rows in the store; evaluate scores them without showing their labels to
+    the fit: with random features and labels, a 1-NN that saw them would match each row to itself (accuracy 1)."""
+    rng = np.random.default_rng(3)
+    classes = ["a", "b", "c"]
+    ids = [f"train/{c}/{k}.png" for c in classes for k in range(5)] + [f"validation/v{k}.png" for k in range(30)]
+    labels = [i for i in range(3) for _ in range(5)] + list(rng.integers(0, 3, 30))
+    path = tmp_path / "v.h5"
+    with FeatureStore.create(path, ids, ["train"] * len(ids), labels, classes) as fs:
+        fs.begin_backbone({"spec": SPEC, "weights_sha256": "w", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, 16)
+        fs.write_rows(SPEC, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
+                      features=rng.normal(size=(len(ids), 16)))
+    main(["evaluate", "--store", str(path), "--method", "knn", "--k", "1", "--json"])
+    result = last_json(capsys.readouterr().out)
+    assert result["protocol"] == "validation folder (held out of the fit)" and result["n_test"] == 30
+    assert result["accuracy"] < 0.8
