@@ -9,12 +9,12 @@ classes of this package that fitted methods hold (registered methods and the hel
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from classify.registry import trusted_types
+from store.atomic import atomic_write
 
 
 def _sio():
@@ -31,12 +31,8 @@ def save(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path) as tmp:
         _sio().dump(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from classify.finetune.network import cpu_state
+from store.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class FinetuneResult:
 def atomic_save(obj, path: Path) -> None:
     """Write to a temporary file beside ``path``, fsync, rename: a kill at any moment leaves the old or the new file,
     and a failed write (disk full) removes its temporary file."""
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_write(path, fsync=True) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -52,11 +51,6 @@ def atomic_save(obj, path: Path) -> None:
         else:
             with open(tmp, "wb") as handle:
                 torch.save(obj, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_state(path: Path) -> dict:
