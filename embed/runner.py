@@ -9,6 +9,11 @@ name) is forgotten by every backbone and embedded again, and the run reports it 
 warning). So a rerun reads every file embedded before once more: hashing goes at disk speed (in threads), far faster
 than any backbone embeds. A size + mtime signature would spare that read, but it misses replacements that keep both
 (``cp -p``, ``rsync -a``, archives extracted over the folder, formats whose size depends only on the image size).
+
+One embedding loop for both engines: :class:`ImageRows` + :func:`collate` decode (DataLoader workers here, Ray
+actors in :mod:`embed.ray_engine`), :class:`Mapper` runs the backbone into a :class:`store.writers.Batch`, and
+:func:`store.writers.write_batches` hands each batch to a writer -- a :class:`store.writers.StoreWriter` here, a
+:class:`store.shards.ShardWriter` on Ray. :func:`provenance` is what both record about a backbone's features.
 """
 from __future__ import annotations
 
@@ -34,10 +39,13 @@ from embed.images import DEFAULT_MAX_BYTES, load_image
 from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
 from store import ERROR, OK, FeatureStore, display_id, open_for_images
+from store.writers import Batch, StoreWriter, write_batches
 
 log = logging.getLogger(__name__)
 
 VIEW_KINDS = ("weak", "strong")
+# Keys of Backbone.describe() a store records as the provenance of the backbone's features.
+PROVENANCE_KEYS = ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")
 
 
 @dataclass
@@ -220,13 +228,64 @@ def changed_rows(paths: Sequence[Path], sha256: np.ndarray, progress: bool = Fal
     return known[np.array([now != sha256[r] for now, r in zip(current, known)], dtype=bool)]
 
 
+def provenance(backbone: Backbone, dtype: str = "float32", views: int = 0) -> dict:
+    """What a store records about a backbone's features: :meth:`Backbone.describe` and how they are stored."""
+    described = backbone.describe()
+    return {**{key: described[key] for key in PROVENANCE_KEYS}, "dtype": dtype, "views": int(views),
+            "view_kinds": [VIEW_KINDS[v % len(VIEW_KINDS)] for v in range(int(views))]}
+
+
+class Mapper:
+    """The model half of both engines: a decoded batch (as :func:`collate` makes it) → a :class:`Batch`.
+
+    Every row of the batch gets raw (un-normalised) float32 features, zeros for images that failed; the backbone's
+    classifier probabilities when it has a head; and the features of its ``n_views`` augmented views. On CUDA the
+    forward pass runs under bfloat16 autocast on channels-last input.
+
+    Parameters
+    ----------
+    backbone : Backbone
+        A loaded backbone, on ``device``.
+    device : torch.device
+    n_views : int
+        Augmented views per image the batches carry.
+    """
+
+    def __init__(self, backbone: Backbone, device: torch.device, n_views: int = 0):
+        self.backbone, self.device, self.n_views = backbone, device, int(n_views)
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            backbone.model.to(memory_format=torch.channels_last)
+
+    def __call__(self, rows: np.ndarray, ok: np.ndarray, x: torch.Tensor | None, views: torch.Tensor | None,
+                 sha256: Sequence[str | None], errors: Sequence[str | None]) -> Batch:
+        b, dim, classes = len(rows), self.backbone.dim, self.backbone.prob_classes
+        features = np.zeros((b, dim), dtype=np.float32)  # (B, D)
+        probs = None if classes is None else np.zeros((b, len(classes)), dtype=np.float32)  # (B, K)
+        vfeatures = np.zeros((b, self.n_views, dim), dtype=np.float32) if self.n_views else None  # (B, V, D)
+        if x is not None:
+            autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+            with torch.inference_mode(), autocast:
+                features[ok], p = self._forward(x)  # (B_ok, D), (B_ok, K) or None
+                if probs is not None:
+                    probs[ok] = p
+                if vfeatures is not None:
+                    n_ok = int(ok.sum())
+                    vfeatures[ok] = self._forward(views.flatten(0, 1))[0].reshape(n_ok, self.n_views, dim)
+        return Batch(rows, np.where(ok, OK, ERROR), sha256, errors, features, vfeatures, probs)
+
+    def _forward(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features (n, D) and probabilities (n, K) or None, as float32 numpy, of images ``x`` (n, 3, H, W)."""
+        x = x.to(self.device, non_blocking=self.cuda)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features, probs = self.backbone.encode_images(x)  # (n, D), (n, K) or None
+        return features.float().cpu().numpy(), (None if probs is None else probs.float().cpu().numpy())
+
+
 def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device: torch.device, batch_size: int,
                workers: int, dtype: str, n_views: int, templates: list[str], seed: int, progress: bool) -> int:
-    provenance = {"spec": backbone.spec, "weights_sha256": backbone.weights_sha256,
-                  "weights_source": backbone.weights_source, "preprocessing": backbone.preprocessing,
-                  "versions": backbone.versions, "dtype": dtype, "views": n_views,
-                  "view_kinds": [VIEW_KINDS[v % len(VIEW_KINDS)] for v in range(n_views)]}
-    done = store.begin_backbone(provenance, backbone.dim, prob_classes=backbone.prob_classes)
+    done = store.begin_backbone(provenance(backbone, dtype, n_views), backbone.dim, prob_classes=backbone.prob_classes)
     if backbone.logit_scale is not None:
         _ensure_text(store, backbone, templates)
     head = backbone.classifier_head()
@@ -238,36 +297,13 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
         return 0
     if done.any():
         log.info("%s: resuming, %d of %d rows already done", backbone.spec, int(done.sum()), len(done))
-    cuda = device.type == "cuda"
-    if cuda:
-        backbone.model.to(memory_format=torch.channels_last)
+    mapper = Mapper(backbone, device, n_views)
     paths = images.paths
     loader = DataLoader(ImageRows([paths[r] for r in pending], pending, backbone, n_views, seed),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=cuda,
+                        batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=mapper.cuda,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    bar = tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1)
-    with torch.inference_mode(), autocast, bar:
-        for rows, ok, x, views, sha, errors in loader:
-            features = vfeatures = probs = None
-            if x is not None:
-                features, probs = forward(backbone, x, device, cuda)
-                if views is not None:
-                    b, v = views.shape[:2]
-                    vfeatures = forward(backbone, views.flatten(0, 1), device, cuda)[0].reshape(b, v, -1)
-            store.write_rows(backbone.spec, rows, np.where(ok, OK, ERROR), sha, errors, features=features,
-                             views=vfeatures, probs=probs)
-            bar.update(len(rows))
-    return int(pending.size)
-
-
-def forward(backbone: Backbone, x: torch.Tensor, device: torch.device, cuda: bool):
-    """Features (B, D) and probabilities (B, K) or None, as float32 numpy, of a batch on ``device``."""
-    x = x.to(device, non_blocking=cuda)
-    if cuda:
-        x = x.contiguous(memory_format=torch.channels_last)
-    features, probs = backbone.encode_images(x)  # (B, D), (B, K) or None
-    return features.float().cpu().numpy(), (None if probs is None else probs.float().cpu().numpy())
+    with tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1) as bar:
+        return write_batches((mapper(*items) for items in loader), StoreWriter(store, backbone.spec), bar)
 
 
 def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) -> None:

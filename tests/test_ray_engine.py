@@ -1,4 +1,5 @@
-"""Embedding on a local Ray cluster: shards equal the local run row for row, resume skips finished shards."""
+"""Embedding on a local Ray cluster: shards equal the local run row for row, resume skips finished shards; exports
+are L2-normalised float16 for embedding-reader, and a store imported from them offers no head."""
 import json
 import os
 
@@ -44,7 +45,7 @@ def test_sharded_run_equals_local_run(images, tiny_timm_ckpt, tmp_path):
     assert result["written"] == result["shards"] == -(-len(images) // SHARD)
     meta = read_meta(tmp_path / "shards")
     emb0 = np.load(tmp_path / "shards" / "img_emb" / "img_emb_0.npy")
-    assert emb0.dtype == np.float16 and emb0.shape == (SHARD, meta["dim"])
+    assert emb0.dtype == np.float32 and emb0.shape == (SHARD, meta["dim"]) and meta["normalized"] is False
     import_shards(tmp_path / "shards", tmp_path / "ray.h5")
     with FeatureStore(tmp_path / "local.h5") as local, FeatureStore(tmp_path / "ray.h5") as sharded:
         assert list(sharded.ids) == list(local.ids)
@@ -52,8 +53,24 @@ def test_sharded_run_equals_local_run(images, tiny_timm_ckpt, tmp_path):
         assert sharded.errors() == local.errors() and len(local.errors()) == 6  # bad files: same status, same message
         a, b = local.load(spec), sharded.load(spec)
         assert list(a.ids) == list(b.ids)
-        np.testing.assert_allclose(b.X, normalised(a.X), atol=2e-3)  # float16 of the same normalised features
-        assert sharded.provenance(spec)["preprocessing"]["l2_normalized"] is True
+        np.testing.assert_allclose(b.X, a.X, rtol=1e-4, atol=1e-5)  # the same raw features
+        np.testing.assert_allclose(sharded.probs(spec, b.index)[0], local.probs(spec, a.index)[0], atol=1e-3)
+        assert sharded.provenance(spec)["preprocessing"] == local.provenance(spec)["preprocessing"]
+
+
+def test_normalised_export_imports_without_head_or_probabilities(images, tiny_timm_ckpt, tmp_path):
+    """A store of L2-normalised features (the embedding-reader layout) must not offer the head of raw features:
+    conse would apply it to unit vectors and be silently near-uniform."""
+    spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
+    embed(images, tmp_path / "s.h5", [spec], workers=0, progress=False)
+    export_shards(tmp_path / "s.h5", spec, tmp_path / "out", shard_size=5)
+    assert np.load(tmp_path / "out" / "img_emb" / "img_emb_0.npy").dtype == np.float16
+    import_shards(tmp_path / "out", tmp_path / "back.h5")
+    with FeatureStore(tmp_path / "back.h5") as back:
+        assert back.head(spec) is None and not back.info()["backbones"][spec]["probs"]
+        assert back.provenance(spec)["preprocessing"]["l2_normalized"] is True
+        with pytest.raises(ValueError, match="no classifier probabilities"):
+            back.probs(spec, back.load(spec).index)
 
 
 def test_resume_skips_every_finished_shard(images, tiny_timm_ckpt, tmp_path, monkeypatch):
@@ -84,15 +101,22 @@ def test_resume_skips_every_finished_shard(images, tiny_timm_ckpt, tmp_path, mon
     assert embed_shards(images, spec, folder, shard_size=SHARD, progress=False)["written"] == 0
 
 
-def test_export_then_import_round_trip(images, tiny_timm_ckpt, tmp_path):
+@pytest.mark.parametrize("normalize", [True, False])
+def test_export_then_import_round_trip(images, tiny_timm_ckpt, tmp_path, normalize):
     spec = f"timm:test_efficientnet@{tiny_timm_ckpt}"
     embed(images, tmp_path / "s.h5", [spec], workers=0, progress=False)
-    export_shards(tmp_path / "s.h5", spec, tmp_path / "out", shard_size=5)
+    export_shards(tmp_path / "s.h5", spec, tmp_path / "out", shard_size=5, normalize=normalize)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["n_shards"] == -(-len(images) // 5) and meta["spec"] == spec
+    assert meta["n_shards"] == -(-len(images) // 5) and meta["spec"] == spec and meta["normalized"] is normalize
     import_shards(tmp_path / "out", tmp_path / "back.h5")
     with FeatureStore(tmp_path / "s.h5") as a, FeatureStore(tmp_path / "back.h5") as b:
-        np.testing.assert_allclose(b.load(spec).X, normalised(a.load(spec).X), atol=2e-3)
+        if normalize:
+            np.testing.assert_allclose(b.load(spec).X, normalised(a.load(spec).X), atol=2e-3)
+        else:  # a lossless copy: features, probabilities and head as they were
+            np.testing.assert_array_equal(b.load(spec).X, a.load(spec).X)
+            index = a.load(spec).index
+            np.testing.assert_allclose(b.probs(spec, index)[0], a.probs(spec, index)[0])
+            np.testing.assert_array_equal(b.head(spec)[0], a.head(spec)[0])
         assert b.errors() == a.errors()
     FeatureStore.create(tmp_path / "other.h5", ["x.png"], ["train"], [0], ["cat"]).close()
     with pytest.raises(ValueError, match="different image list"):
@@ -132,5 +156,5 @@ def test_resume_embeds_a_changed_file_again(tiny_timm_ckpt, tmp_path):
     import_shards(folder, tmp_path / "ray.h5")
     embed(images, tmp_path / "local.h5", [spec], workers=0, progress=False)
     with FeatureStore(tmp_path / "local.h5") as local, FeatureStore(tmp_path / "ray.h5") as sharded:
-        np.testing.assert_allclose(sharded.load(spec).X, normalised(local.load(spec).X), atol=2e-3)
+        np.testing.assert_allclose(sharded.load(spec).X, local.load(spec).X, rtol=1e-4, atol=1e-5)
         assert list(sharded.sha256) == list(local.sha256)

@@ -1,0 +1,224 @@
+"""The shard folder format (see :mod:`store.shards`): its writer, and the checked readers of its parts.
+
+Every file is written with :func:`store.atomic.atomic_write`, so a killed writer never leaves a partial shard that
+looks complete, and a failed write (disk full) removes its temporary file.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from store.atomic import atomic_write
+from store.layout import ERROR, OK, SPLITS, display_id, id_bytes, one_line
+from store.writers import Batch
+
+SHARDS_FORMAT = "fewshot-feature-shards/2"
+#: format 1: features always L2-normalised float16, no probabilities
+READABLE_FORMATS = ("fewshot-feature-shards/1", SHARDS_FORMAT)
+STATUS_NAMES = {OK: "ok", ERROR: "error"}
+METADATA_COLUMNS = ("id", "split", "label", "sha256", "status", "error")
+# meta.json keys import needs, with their JSON types.
+META_KEYS = {"spec": str, "weights_sha256": str, "weights_source": str, "preprocessing": dict, "versions": dict,
+             "classes": list, "n_shards": int, "dim": int}
+# meta.json keys two runs writing into the same folder must agree on.
+RESUME_KEYS = ("spec", "weights_sha256", "preprocessing", "image_list_sha256", "shard_size", "normalized", "dtype")
+REWRITE = ("rerun the command that wrote the folder (`python -m embed run --engine ray` rewrites shards whose done/N "
+           "marker you delete; `python -m store export` rewrites all)")
+
+
+def pyarrow_modules():
+    """``(pyarrow, pyarrow.parquet)``, or a ValueError saying how to install them."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError("sharded export/import needs pyarrow: pip install pyarrow (or the project's [ray] extra)") \
+            from None
+    return pa, pq
+
+
+def l2_normalize_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit norm (zero rows stay zero), float32."""
+    X = np.asarray(X, dtype=np.float32)  # (n, D)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _atomic(path: Path, write) -> None:
+    """``write(tmp)`` into a temporary file renamed to ``path``; a failed write is one line saying how to resume."""
+    try:
+        with atomic_write(path) as tmp:
+            write(tmp)
+    except OSError as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(f"writing {path} failed ({one_line(err)}); free disk space (or fix the disk) and rerun the "
+                         "same command: finished shards are kept") from None
+
+
+def _save_npy(array: np.ndarray):
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, array)
+    return write
+
+
+def shard_rows(shard: int, shard_size: int, n: int) -> np.ndarray:
+    """The store rows shard ``shard`` holds."""
+    return np.arange(shard * shard_size, min(n, (shard + 1) * shard_size))
+
+
+class ShardWriter:
+    """Writes one shard folder from batches (``write`` / ``flush``), shard by shard as each one completes.
+
+    Parameters
+    ----------
+    folder : path
+        The shard folder (created; an existing one must hold shards of the same run, see :data:`RESUME_KEYS`).
+    meta : dict
+        The folder's ``meta.json`` (see :mod:`store.shards`): ``normalized`` (features L2-normalised float16, the
+        embedding-reader convention) or not (raw features in ``dtype``, with ``probs`` when ``prob_classes``).
+    ids, splits, labels : sequences
+        The whole image list, indexed by store row (each shard's metadata is taken from it).
+    """
+
+    def __init__(self, folder: str | Path, meta: dict, ids: Sequence[str] = (), splits: Sequence[str] = (),
+                 labels: Sequence[int] = ()):
+        self.folder = Path(folder)
+        meta = {"normalized": True, "dtype": "float16", **meta}
+        for sub in ("img_emb", "metadata", "done") + (("probs",) if meta.get("prob_classes") else ()):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        meta_path = self.folder / "meta.json"
+        if meta_path.is_file():
+            old = read_meta(self.folder)
+            for key in RESUME_KEYS:
+                if old.get(key) != meta.get(key):
+                    raise ValueError(f"{self.folder} holds shards of another run (different {key}: "
+                                     f"{old.get(key)!r}); use a new --shards folder, or delete this one")
+        else:
+            _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
+        self.meta = meta
+        self._ids, self._splits, self._labels = ids, splits, np.asarray(labels, dtype=np.int64)
+        self._pending: dict[int, list[Batch]] = {}
+
+    def done(self, n: int) -> bool:
+        """Whether shard ``n`` is complete."""
+        return (self.folder / "done" / str(n)).is_file()
+
+    def forget(self, n: int) -> None:
+        """Drop shard ``n``'s done marker, so that it is written again (e.g. one of its files changed)."""
+        (self.folder / "done" / str(n)).unlink(missing_ok=True)
+
+    def sha256(self, n: int) -> np.ndarray:
+        """(rows,) sha256 recorded in finished shard ``n``'s metadata ("" for files never read)."""
+        return np.asarray(read_table(self.folder / "metadata" / f"metadata_{n}.parquet")["sha256"], dtype=object)
+
+    def write_extra(self, name: str, array: np.ndarray) -> None:
+        """A side array such as ``text_emb`` or ``head_weight`` (``name.npy``)."""
+        _atomic(self.folder / f"{name}.npy", _save_npy(np.asarray(array)))
+
+    def write(self, batch: Batch) -> None:
+        """Take a batch; every shard whose rows are now all here is written (atomically, then its done marker)."""
+        size, n = int(self.meta["shard_size"]), int(self.meta["n_images"])
+        shard_of = batch.rows // size  # (B,)
+        for s in np.unique(shard_of):
+            self._pending.setdefault(int(s), []).append(batch.take(shard_of == s))
+        for s in [s for s, parts in self._pending.items() if sum(map(len, parts)) == shard_rows(s, size, n).size]:
+            part = Batch.concat(self._pending.pop(s))
+            rows = part.rows
+            self.write_shard(s, part.features, [self._ids[r] for r in rows], [self._splits[r] for r in rows],
+                             self._labels[rows], list(part.sha256), part.status, list(part.errors), part.probs)
+
+    def flush(self) -> None:
+        """Every shard is written once all its rows came; rows of an unfinished shard here are an engine's bug."""
+        assert not self._pending, f"rows of shards {sorted(self._pending)} never completed"
+
+    def write_shard(self, n: int, features: np.ndarray, ids, splits, labels, sha256, status, errors,
+                    probs: np.ndarray | None = None) -> None:
+        """Shard ``n``: (rows, D) features (L2-normalised here when the folder is ``normalized``) and per-row
+        metadata, the (rows, K) probabilities when the folder keeps them, then its done marker."""
+        pa, pq = pyarrow_modules()
+        failed = np.asarray(status) != OK
+        emb = l2_normalize_rows(features) if self.meta["normalized"] else np.asarray(features, dtype=np.float32)
+        emb = emb.astype(self.meta["dtype"])  # (rows, D)
+        emb[failed] = 0
+        _atomic(self.folder / "img_emb" / f"img_emb_{n}.npy", _save_npy(emb))
+        if self.meta.get("prob_classes"):
+            probs = np.asarray(probs, dtype=np.float16)  # (rows, K)
+            probs[failed] = 0
+            _atomic(self.folder / "probs" / f"probs_{n}.npy", _save_npy(probs))
+        ids = [str(i) for i in ids]
+        shown = [display_id(i) for i in ids]
+        columns = {"id": shown, "split": [str(s) for s in splits], "label": np.asarray(labels, dtype=np.int64),
+                   "sha256": [s or "" for s in sha256], "status": [STATUS_NAMES[int(s)] for s in status],
+                   "error": [display_id(e or "") for e in errors]}
+        if shown != ids:  # some name is not UTF-8: keep its exact bytes
+            columns["id_bytes"] = pa.array([id_bytes(i) for i in ids], type=pa.binary())
+        table = pa.table(columns)
+        _atomic(self.folder / "metadata" / f"metadata_{n}.parquet", lambda p: pq.write_table(table, p))
+        _atomic(self.folder / "done" / str(n), lambda p: p.write_text(""))
+
+
+def read_meta(folder: str | Path) -> dict:
+    """The checked ``meta.json`` of a shard folder; ValueError naming the file and the fix when it is damaged.
+
+    Format 1 folders (written before probabilities and raw features) read as ``normalized`` float16."""
+    path = Path(folder) / "meta.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a shard folder (no meta.json); write one with `python -m embed run "
+                                "--engine ray` or `python -m store export`")
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{path} is damaged ({one_line(err)}); {REWRITE}") from None
+    if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
+        raise ValueError(f"{path} is not a fewshot shard folder's meta.json; point at a folder written by "
+                         "`python -m embed run --engine ray` or `python -m store export`")
+    meta = {"normalized": True, "dtype": "float16", **meta}
+    kinds = {**META_KEYS, "normalized": bool, "dtype": str}
+    for key, kind in kinds.items():
+        # bool is an int in Python, never a valid count here
+        if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta.get(key), bool)):
+            raise ValueError(f"{path} is damaged: {key!r} is missing or not a JSON {kind.__name__}; {REWRITE}")
+    if meta["n_shards"] < 0 or meta["dim"] < 1 or meta["dtype"] not in ("float16", "float32"):
+        raise ValueError(f"{path} is damaged: n_shards {meta['n_shards']} / dim {meta['dim']} / dtype "
+                         f"{meta['dtype']!r} are out of range; {REWRITE}")
+    return meta
+
+
+def read_table(path: Path) -> dict:
+    """One shard's metadata as lists, checked: every column there, equal lengths, known splits and statuses."""
+    _, pq = pyarrow_modules()
+    if not path.is_file():
+        raise ValueError(f"{path} is missing; {REWRITE}")
+    try:
+        table = pq.read_table(path).to_pydict()
+    except Exception as err:  # noqa: BLE001 - pyarrow raises its own ArrowInvalid / OSError kinds for damaged files
+        raise ValueError(f"{path} is not a readable parquet file ({one_line(err)}); {REWRITE}") from None
+    missing = [c for c in METADATA_COLUMNS if c not in table]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing} (a shard's metadata has {list(METADATA_COLUMNS)}); "
+                         f"{REWRITE}")
+    if "id_bytes" in table:
+        table["id"] = [bytes(b).decode("utf-8", "surrogateescape") for b in table["id_bytes"]]
+    lengths = {len(v) for v in table.values()}
+    bad_values = (set(table["split"]) - set(SPLITS)) | (set(table["status"]) - set(STATUS_NAMES.values()))
+    if len(lengths) > 1 or bad_values or any(not isinstance(y, int) for y in table["label"]):
+        raise ValueError(f"{path} is damaged (columns of different lengths, unknown split/status values "
+                         f"{sorted(map(str, bad_values))[:5]}, or labels that are not integers); {REWRITE}")
+    return table
+
+
+def check_npy(path: Path, shape: tuple) -> None:
+    """ValueError naming ``path`` unless it is a readable .npy of numbers with ``shape``."""
+    if not path.is_file():
+        raise ValueError(f"{path} is missing; {REWRITE}")
+    try:
+        array = np.load(path, mmap_mode="r")  # header only; no pickles (allow_pickle is False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable .npy array ({one_line(err)}); {REWRITE}") from None
+    if array.shape != shape or array.dtype.kind not in "fiu":
+        raise ValueError(f"{path} holds a {array.dtype} array of shape {array.shape}, expected numbers of shape "
+                         f"{shape}; {REWRITE}")
