@@ -324,6 +324,20 @@ def test_pending_rows_keep_status_pending(store_path):
         assert list(fs.sha256[[1, 3]]) == ["", ""]
 
 
+def test_a_store_of_normalised_features_offers_no_head_and_no_unwritten_probabilities(tmp_path):
+    """Stores imported from normalised shards by earlier releases hold the raw-feature head and a probs dataset that
+    was never written: ConSE would apply the head to unit vectors, and probs would be uninitialised bytes."""
+    with FeatureStore.create(tmp_path / "s.h5", IDS, SPLITS, LABELS, CLASSES) as fs:
+        fs.begin_backbone(provenance(preprocessing={"input_size": 8, "l2_normalized": True}, dtype="float16"),
+                          dim=DIM, prob_classes=["x", "y"])
+        fill(fs)
+        run_set_head(fs)
+    with FeatureStore(tmp_path / "s.h5") as fs:
+        assert fs.head(SPEC) is None and fs.info()["backbones"][SPEC]["probs"] is False
+        with pytest.raises(ValueError, match="no classifier probabilities"):
+            fs.probs(SPEC, np.arange(4))
+
+
 # ---------------------------------------------------------------------------------------------- shard folders
 @pytest.fixture
 def shard_folder(store_path, tmp_path):
@@ -343,6 +357,19 @@ def test_shards_round_trip_odd_names(shard_folder, store_path, tmp_path):
     with FeatureStore(tmp_path / "back.h5") as back, FeatureStore(store_path) as orig:
         assert list(back.ids) == IDS and back.fingerprint == orig.fingerprint
         check_head(back)
+        check_text(back)
+
+
+def test_format_1_folders_import_as_normalised_without_head(shard_folder, tmp_path):
+    """Folders written before raw shards (format 1) held L2-normalised float16 features and say nothing of it."""
+    from store.shards import import_shards
+
+    meta = json.loads((shard_folder / "meta.json").read_text())
+    meta = {k: v for k, v in meta.items() if k not in ("normalized", "dtype", "prob_classes")}
+    (shard_folder / "meta.json").write_text(json.dumps({**meta, "format": "fewshot-feature-shards/1"}))
+    import_shards(shard_folder, tmp_path / "back.h5")
+    with FeatureStore(tmp_path / "back.h5") as back:
+        assert back.provenance(SPEC)["preprocessing"]["l2_normalized"] is True and back.head(SPEC) is None
         check_text(back)
 
 
