@@ -213,3 +213,22 @@ def test_cg_residual_is_recorded_and_a_truncated_solve_warns(caplog):
     truncated = KNNLabelPropagation(max_iter=1).fit(X, y_semi)
     assert truncated.cg_residual_.max() > 1e-2
     assert "raise max_iter" in caplog.text
+
+
+def test_faiss_build_is_reported_and_two_distributions_warned(monkeypatch, caplog):
+    import importlib.metadata
+
+    from classify.methods import labelprop
+
+    caplog.set_level("INFO", logger="classify.methods.labelprop")
+    labelprop.faiss_build.cache_clear()
+    build = labelprop.faiss_build()
+    assert any(d.startswith("faiss-cpu ") for d in build["distributions"]) and build["gpus"] == 0
+    assert "faiss" in caplog.text and "GPU(s) visible" in caplog.text
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "1.14.1" if name == "faiss-gpu-cu12" else real(name))
+    labelprop.faiss_build.cache_clear()
+    labelprop.faiss_build()
+    assert "overwrite each other's faiss module" in caplog.text
+    labelprop.faiss_build.cache_clear()

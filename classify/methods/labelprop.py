@@ -12,6 +12,8 @@ Memory is linear in ``N * k`` (the graph) plus ``N * d`` (the transformed rows k
 """
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import logging
 import os
 import time
@@ -135,14 +137,43 @@ class FeatureTransform:
         return np.ascontiguousarray(l2_normalize(Z))
 
 
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu", "faiss-gpu-cuvs")
+
+
+@functools.lru_cache(maxsize=1)
+def faiss_build() -> dict:
+    """Which faiss is active: the installed distribution(s), its version and the GPUs it sees (logged once).
+
+    faiss-cpu and the GPU wheels install the same ``faiss`` module, so two of them overwrite each other's files; that
+    is reported with the fix.
+    """
+    installed = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            installed.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    build = {"distributions": installed, "version": getattr(faiss, "__version__", "?"),
+             "gpu_support": hasattr(faiss, "StandardGpuResources"), "gpus": int(gpus)}
+    logger.info("faiss %s (%s): %s, %d GPU(s) visible", build["version"], ", ".join(installed) or "source build",
+                "GPU build" if build["gpu_support"] else "CPU build", build["gpus"])
+    if len(installed) > 1:
+        logger.warning("%s are all installed and overwrite each other's faiss module; keep one: pip uninstall -y %s "
+                       "&& pip install faiss-gpu-cu12 (or faiss-cpu)", " and ".join(installed),
+                       " ".join(n.split()[0] for n in installed))
+    return build
+
+
 def faiss_use_gpu(device: str) -> bool:
     """Whether to run faiss on a GPU for ``device`` in {"auto", "cpu", "cuda"}."""
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    has_gpu = hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    build = faiss_build()
+    has_gpu = build["gpu_support"] and build["gpus"] > 0
     if device == "cuda" and not has_gpu:
-        raise ValueError("device='cuda' needs faiss with GPU support (pip install faiss-gpu) and a visible GPU; "
-                         "use device='auto' or 'cpu'")
+        raise ValueError("device='cuda' needs faiss with GPU support and a visible GPU (pip uninstall -y faiss-cpu && "
+                         "pip install faiss-gpu-cu12); use device='auto' or 'cpu'")
     return device != "cpu" and has_gpu
 
 
