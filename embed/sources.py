@@ -366,7 +366,9 @@ def _metadata_rows(metadata: Path, root: Path, default_split: str) -> list[tuple
         for row in reader:
             if not row or not any(cell.strip() for cell in row):
                 continue
-            cell = (lambda i: row[i].strip() if i is not None and i < len(row) else "")
+            def cell(i, row=row):
+                return row[i].strip() if i is not None and i < len(row) else ""
+
             split = cell(split_col)
             if split and not _split_name(split):
                 raise ValueError(f"{metadata} row {reader.line_num}: split {split!r} must be one of "
