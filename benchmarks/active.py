@@ -215,8 +215,10 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
         The method refitted each round and whose probabilities suggest uses (labelprop or selftrain).
     strategies : str
         Comma-separated: diverse, margin, typiclust, random.
-    out, cache : str
-        Results folder (default benchmarks/results) and dataset/store cache (default: that of `benchmarks run`).
+    out : str
+        Results folder (default benchmarks/results).
+    cache : str
+        Dataset and store cache (default: that of `python -m benchmarks run`).
     name : str
         Basename of the result files.
     """

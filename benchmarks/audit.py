@@ -134,8 +134,10 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
         The method refitted on clean, flipped and cleaned labels (scored on test).
     folds : int
         audit's cross-validation folds.
-    out, cache : str
-        Results folder (default benchmarks/results) and dataset/store cache (default: that of `benchmarks run`).
+    out : str
+        Results folder (default benchmarks/results).
+    cache : str
+        Dataset and store cache (default: that of `python -m benchmarks run`).
     name : str
         Basename of the result files.
     """
