@@ -152,20 +152,20 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
 
 def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,
              templates, views, dtype, progress):
-    """Each backbone on Ray into its shard folder, then the shards into the store (features float16, normalised)."""
+    """Each backbone on Ray into its shard folder (raw features in ``dtype`` and probabilities), then into the store."""
     from embed.ray_engine import embed_shards
     from embed.runner import RunSummary
     from store import FeatureStore
     from store.shards import import_shards
 
-    if views or dtype != "float32":
-        raise ValueError("--engine ray writes float16 L2-normalised shards without views; drop --views / --dtype")
+    if views:
+        raise ValueError("--engine ray stores no augmented views; drop --views or use --engine local")
     summary = RunSummary(store=Path(store))
     for spec in specs:
         folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / _folder_name(spec)
         result = embed_shards(images, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                               batch_size=batch_size, shard_size=shard_size, image_size=image_size,
-                              templates=templates, progress=progress)
+                              templates=templates, dtype=dtype, progress=progress)
         log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
         import_shards(folder, store)
         summary.embedded[result["spec"]] = result["rows"]

@@ -16,6 +16,8 @@ from typing import Callable
 
 import fire
 
+from store.validation import BOOL, Int, check_flags
+
 from store.h5store import FeatureStore
 
 
@@ -75,8 +77,9 @@ def import_shards(folder: str, store: str) -> None:
     print(f"imported {folder} into {store}: {summary['ok']} ok rows, {summary['errors']} errors")
 
 
-def export(store: str, backbone: str, out: str, format: str = "shards", shard_size: int = 100_000) -> None:
-    """Write one backbone of a store as shards (img_emb/img_emb_N.npy float16 + metadata/metadata_N.parquet).
+def export(store: str, backbone: str, out: str, format: str = "shards", shard_size: int = 100_000,
+           normalize: bool = True) -> None:
+    """Write one backbone of a store as shards (img_emb/img_emb_N.npy + metadata/metadata_N.parquet).
 
     Parameters
     ----------
@@ -90,6 +93,9 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
         shards: the layout embedding-reader and autofaiss read (the only format).
     shard_size : int
         Rows per shard file.
+    normalize : bool
+        L2-normalised float16 features, the layout embedding-reader and autofaiss expect (default); --nonormalize
+        writes the stored features unchanged (a lossless copy that import-shards reads back).
 
     Examples
     --------
@@ -100,7 +106,8 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
 
     if format != "shards":
         raise ValueError(f"--format must be shards, not {format!r}")
-    folder = export_shards(store, backbone, out, shard_size)
+    check_flags(dict(shard_size=shard_size, normalize=normalize), {"shard_size": [Int(1)], "normalize": [BOOL]})
+    folder = export_shards(store, backbone, out, shard_size, normalize)
     print(f"exported {backbone} of {store} to {folder}")
 
 

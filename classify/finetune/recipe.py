@@ -271,6 +271,10 @@ def _check_init_backbone(fitted_init, loaded: Backbone, store, store_pp) -> None
     """The ``--init`` model's features came from this backbone, with this preprocessing."""
     if fitted_init is None:
         return
+    if store_pp is not None and store_pp.get("l2_normalized"):
+        raise ValueError(f"the init model was fitted on L2-normalised features (imported from normalised shards into "
+                         f"{store}), which a head on the backbone's own features cannot start from; fit --init on a "
+                         "store embedded with `python -m embed run` (either engine)")
     if store_pp is not None and not preprocessing_matches(loaded.preprocessing, store_pp):
         raise ValueError(f"the init model's features in {store} were computed with other preprocessing "
                          f"({store_pp}) than {loaded.spec} now uses ({loaded.preprocessing}); pass the same "

@@ -26,6 +26,7 @@ from scipy.special import softmax
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.base import BOOL, FewShotClassifier, Int, NotApplicable, Real, check_class_indices
+from store.atomic import atomic_write
 from classify.features import l2_normalize
 from classify.registry import register_method
 
@@ -169,9 +170,8 @@ class ConSE(FewShotClassifier):
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-                np.save(tmp, E)
-                tmp.replace(path)  # atomic: concurrent fits never read half a file
+                with atomic_write(path, suffix=".npy") as tmp:  # concurrent fits never read half a file
+                    np.save(tmp, E)
             except OSError as err:  # a read-only home only costs speed
                 logger.warning("conse: cannot cache sentence embeddings in %s (%s)", path.parent, err)
         return _mean_by_owner(E, owner, len(names))
