@@ -218,9 +218,9 @@ def test_cg_residual_is_recorded_and_a_truncated_solve_warns(caplog):
 def test_faiss_build_is_reported_and_two_distributions_warned(monkeypatch, caplog):
     import importlib.metadata
 
-    from classify.methods import labelprop
+    from classify import graph as labelprop  # where faiss_build lives (labelprop re-exports it)
 
-    caplog.set_level("INFO", logger="classify.methods.labelprop")
+    caplog.set_level("INFO", logger="classify.graph")
     labelprop.faiss_build.cache_clear()
     build = labelprop.faiss_build()
     assert any(d.startswith("faiss-cpu ") for d in build["distributions"]) and build["gpus"] == 0

@@ -100,7 +100,7 @@ def test_damaged_and_foreign_files_get_one_line(store, tmp_path, capsys):
 
 def test_allow_list_is_the_suites_own_classes():
     names = trusted_types()
-    assert "classify.methods.selftrain.SelfTraining" in names and "classify.methods.labelprop.FeatureTransform" in names
+    assert "classify.methods.selftrain.SelfTraining" in names and "classify.transform.FeatureTransform" in names
     assert all(name.startswith("classify.") for name in names)
 
 

@@ -12,277 +12,39 @@ Memory is linear in ``N * k`` (the graph) plus ``N * d`` (the transformed rows k
 """
 from __future__ import annotations
 
-import functools
-import importlib.metadata
 import logging
 import os
 import time
 
-import faiss
 from threadpoolctl import threadpool_limits
 import numpy as np
-import scipy.linalg
 import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.base import BOOL, DICT, NONE, FewShotClassifier, Int, Options, Real
 from classify.features import checked_labeled_mask, l2_normalize, single_threaded_blas
-from classify.registry import persistable, register_method
+from classify.graph import (EXACT_MAX_ROWS, faiss_build, faiss_use_gpu, knn_graph, knn_search,  # noqa: F401
+                            normalized_graph)
+from classify.registry import register_method
+from classify.transform import PCA_MAX_ROWS, FeatureTransform  # noqa: F401  (re-exported for selftrain, ptmap)
 
 logger = logging.getLogger(__name__)
 
 #: Cosine similarity from which a query counts as a duplicate of a fitted row in ``predict_proba``.
 DUPLICATE_COS = 1.0 - 1e-5
-#: ``index="auto"`` searches exactly up to this many rows, approximately (IVF) above.
-EXACT_MAX_ROWS = 50000
 #: fits of more rows than this log each stage (feature transform, graph, each class's solve) as it happens
 PROGRESS_ROWS = 50_000
-#: Inverted lists probed per query by the IVF index (of sqrt(n) lists).
-IVF_NPROBE = 16
-#: HNSW graph degree and search breadth (faiss defaults are tuned for recall@1; kNN graphs need recall@k).
-HNSW_M, HNSW_EF_SEARCH = 32, 128
-#: The PCA basis is estimated on at most this many evenly strided rows (the covariance costs rows * D**2).
-PCA_MAX_ROWS = 4096
 #: ``fit_chunks`` estimates the mean and the PCA basis on this many evenly strided rows.
 CHUNKED_SAMPLE_ROWS = 65536
 #: A class whose propagation ends with a larger relative residual than this is reported (raise ``max_iter``).
 CG_WARN_RESIDUAL = 1e-2
 
 
-@persistable
-class FeatureTransform:
-    """Fitted feature preprocessing applied before cosine similarity: power-norm, centring, PCA(-whitening), L2.
-
-    Plain NumPy state, so estimators holding one pickle and clone cleanly.
-
-    Parameters
-    ----------
-    power : float or None
-        Signed power normalisation ``sign(x) |x|**power`` applied first (0.5 = signed square root); None skips.
-    center : bool
-        Subtract the mean of the fitted rows.
-    n_components : int or None
-        Project on the top principal components (fitted on at most ``PCA_MAX_ROWS`` evenly strided rows);
-        None keeps every dimension. Clipped to ``min(n_features, n_pca_rows - 1)``.
-    whiten : bool
-        Divide each principal component by the square root of its eigenvalue (only with ``n_components``).
-    """
-
-    def __init__(self, power: float | None = None, center: bool = True, n_components: int | None = None,
-                 whiten: bool = False) -> None:
-        self.power = power
-        self.center = center
-        self.n_components = n_components
-        self.whiten = whiten
-
-    @staticmethod
-    def _float(X) -> np.ndarray:
-        X = np.asarray(X)
-        return X if X.dtype in (np.float32, np.float64) else X.astype(np.float32)
-
-    def _pow(self, X: np.ndarray) -> np.ndarray:
-        if self.power is None or self.power == 1:
-            return X
-        mag = np.sqrt(np.abs(X)) if self.power == 0.5 else np.abs(X) ** X.dtype.type(self.power)
-        return mag if X.min(initial=0) >= 0 else np.sign(X) * mag  # post-ReLU features need no sign
-
-    def fit(self, X: np.ndarray, sample_weight: np.ndarray | None = None) -> "FeatureTransform":
-        """Fit the mean and principal components on ``X`` of shape (n, D), optionally weighting rows (n,)."""
-        X = self._pow(self._float(X))
-        n, dim = X.shape
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        if not (self.center or self.n_components):
-            self.mean_ = np.zeros(dim, X.dtype)
-        elif w is None:
-            self.mean_ = X.mean(axis=0)
-        else:
-            self.mean_ = (w @ X / max(w.sum(), 1e-300)).astype(X.dtype)
-        self.components_ = None  # (D, d) projection, whitening folded in
-        if self.n_components is not None:
-            stride = max(1, -(-n // PCA_MAX_ROWS))
-            sub = X[::stride] - self.mean_  # (n', D)
-            d = int(min(self.n_components, dim, max(1, sub.shape[0] - 1)))  # centred rank <= n' - 1
-            if w is None:
-                cov = (sub.T @ sub) / sub.shape[0]  # (D, D)
-            else:
-                ws = w[::stride].astype(X.dtype)
-                cov = (sub.T * ws) @ sub / max(float(ws.sum()), 1e-30)
-            evals, evecs = scipy.linalg.eigh(cov, subset_by_index=[dim - d, dim - 1], driver="evr")
-            evals, evecs = evals[::-1].astype(np.float64), evecs[:, ::-1]  # (d,), (D, d), descending
-            keep = evals > max(evals[0], 0.0) * 1e-6  # drop directions without variance (their basis is arbitrary)
-            keep[0] = True
-            evals, evecs = evals[keep], evecs[:, keep]
-            if self.whiten:
-                evecs = evecs / np.sqrt(np.maximum(evals, evals[0] * 1e-6 + 1e-12))
-            self.components_ = np.ascontiguousarray(evecs, dtype=X.dtype)
-        return self
-
-    def fit_transform(self, X: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
-        """``fit(X).transform(X)`` computing the power normalisation once."""
-        X = self._float(X)
-        P = self._pow(X)
-        saved, self.power = self.power, None
-        try:
-            return self.fit(P, sample_weight).transform(P)
-        finally:
-            self.power = saved
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Transformed, L2-normalised rows (n, d), C-contiguous; float64 input stays float64, else float32."""
-        X = self._float(X)
-        Z = self._pow(X) - self.mean_.astype(X.dtype, copy=False)  # (n, D)
-        if self.components_ is not None:
-            Z = Z @ self.components_.astype(X.dtype, copy=False)  # (n, d)
-        return np.ascontiguousarray(l2_normalize(Z))
-
-
-FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu", "faiss-gpu-cuvs")
-
-
-@functools.lru_cache(maxsize=1)
-def faiss_build() -> dict:
-    """Which faiss is active: the installed distribution(s), its version and the GPUs it sees (logged once).
-
-    faiss-cpu and the GPU wheels install the same ``faiss`` module, so two of them overwrite each other's files; that
-    is reported with the fix.
-    """
-    installed = []
-    for name in FAISS_DISTRIBUTIONS:
-        try:
-            installed.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    build = {"distributions": installed, "version": getattr(faiss, "__version__", "?"),
-             "gpu_support": hasattr(faiss, "StandardGpuResources"), "gpus": int(gpus)}
-    logger.info("faiss %s (%s): %s, %d GPU(s) visible", build["version"], ", ".join(installed) or "source build",
-                "GPU build" if build["gpu_support"] else "CPU build", build["gpus"])
-    if len(installed) > 1:
-        logger.warning("%s are all installed and overwrite each other's faiss module; keep one: pip uninstall -y %s "
-                       "&& pip install faiss-gpu-cu12 (or faiss-cpu)", " and ".join(installed),
-                       " ".join(n.split()[0] for n in installed))
-    return build
-
-
-def faiss_use_gpu(device: str) -> bool:
-    """Whether to run faiss on a GPU for ``device`` in {"auto", "cpu", "cuda"}."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    build = faiss_build()
-    has_gpu = build["gpu_support"] and build["gpus"] > 0
-    if device == "cuda" and not has_gpu:
-        raise ValueError("device='cuda' needs faiss with GPU support and a visible GPU (pip uninstall -y faiss-cpu && "
-                         "pip install faiss-gpu-cu12); use device='auto' or 'cpu'")
-    return device != "cpu" and has_gpu
-
-
 def _progress_log(n_rows: int):
     """``logger.info`` for fits of more than :data:`PROGRESS_ROWS` rows (their stages take minutes), else
     ``logger.debug``."""
     return logger.info if n_rows > PROGRESS_ROWS else logger.debug
-
-
-def _make_index(base: np.ndarray, index: str, device: str):
-    """A faiss inner-product index over ``base`` (n, d): exact flat, or IVF (approximate) for large n."""
-    n, d = base.shape
-    if index == "auto":
-        index = "ivf" if n > EXACT_MAX_ROWS else "flat"
-    if index == "flat":
-        idx = faiss.IndexFlatIP(d)
-    elif index == "hnsw":  # no training pass and no lists to probe; more memory per row than IVF, CPU only in faiss
-        idx = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efSearch = HNSW_EF_SEARCH
-        idx.add(base)
-        return idx
-    else:
-        nlist = max(1, int(round(4 * np.sqrt(n))))
-        idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        idx.cp.seed = 0  # deterministic k-means
-        idx.cp.min_points_per_centroid = 1  # silence faiss's warning about the small training set below
-        idx.train(base[:: max(1, n // (32 * nlist))])  # about 32 training rows per list, evenly strided
-        idx.nprobe = min(nlist, IVF_NPROBE)
-    if faiss_use_gpu(device):
-        idx = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, idx)
-    idx.add(base)
-    return idx
-
-
-def knn_search(base: np.ndarray, queries: np.ndarray, k: int, device: str = "auto",
-               index: str = "flat") -> tuple[np.ndarray, np.ndarray]:
-    """k nearest rows of ``base`` by inner product for each query, with faiss.
-
-    Parameters
-    ----------
-    base : ndarray of shape (n, d), float32
-    queries : ndarray of shape (m, d), float32
-    k : int
-        Neighbours per query, ``1 <= k <= n``.
-    device : {"auto", "cpu", "cuda"}
-        "auto" uses a GPU index when faiss has GPU support and a GPU is present.
-    index : {"flat", "ivf", "hnsw", "auto"}
-        "flat" is exact (``IndexFlatIP``); "hnsw" approximate (``IndexHNSWFlat``, CPU); "ivf" is approximate
-        (``IndexIVFFlat``, 4 sqrt(n) lists, ``IVF_NPROBE``
-        probed; measured recall@20 0.97 on 100k CNN embeddings); "auto" is exact up to ``EXACT_MAX_ROWS`` base rows.
-
-    Returns
-    -------
-    sims : ndarray of shape (m, k), float32, descending per row
-    ids : ndarray of shape (m, k), int64; -1 where an approximate search found fewer than k rows
-    """
-    return _make_index(base, index, device).search(queries, k)
-
-
-def knn_graph(Z: np.ndarray, k: int, power: float, device: str = "auto", index: str = "flat") -> sp.csr_matrix:
-    """Sparse affinity ``A_ij = max(<z_i, z_j>, 0) ** power`` to each row's k nearest *other* rows.
-
-    Self matches are removed by id (not by position), so duplicated rows are handled.
-
-    Parameters
-    ----------
-    Z : ndarray of shape (n, d), float32, rows L2-normalised
-    k : int
-        Neighbours per row; clipped to ``n - 1``.
-    power : float
-        Exponent gamma of the affinity.
-    device, index
-        As for :func:`knn_search`.
-
-    Returns
-    -------
-    A : csr_matrix of shape (n, n), float64, at most ``n * k`` stored entries (not symmetric)
-    """
-    n = Z.shape[0]
-    k = int(min(k, n - 1))
-    if k < 1:
-        return sp.csr_matrix((n, n))
-    sims, ids = knn_search(Z, Z, k + 1, device, index)  # (n, k+1)
-    valid = (ids >= 0) & (ids != np.arange(n)[:, None])
-    keep = valid & (np.cumsum(valid, axis=1) <= k)  # the first k other rows (drops the weakest if self is absent)
-    rows = np.broadcast_to(np.arange(n)[:, None], ids.shape)[keep]
-    aff = np.maximum(sims[keep].astype(np.float64), 0.0) ** power
-    A = sp.csr_matrix((aff, (rows, ids[keep])), shape=(n, n))
-    A.eliminate_zeros()
-    return A
-
-
-def normalized_graph(A: sp.spmatrix) -> tuple[sp.csr_matrix, np.ndarray]:
-    """Symmetrised, symmetrically normalised graph ``S = D^-1/2 (A + A^T) D^-1/2`` and the degrees.
-
-    Returns
-    -------
-    S : csr_matrix of shape (n, n)
-    degree : ndarray of shape (n,)
-        Row sums of ``A + A^T`` (0 for isolated rows, whose rows of S are then empty).
-    """
-    W = (A + A.T).tocsr()
-    W.setdiag(0)
-    W.eliminate_zeros()
-    degree = np.asarray(W.sum(axis=1)).ravel()
-    inv_sqrt = np.zeros_like(degree)
-    inv_sqrt[degree > 0] = 1.0 / np.sqrt(degree[degree > 0])
-    D = sp.diags(inv_sqrt)
-    return (D @ W @ D).tocsr(), degree
 
 
 @register_method("labelprop")

@@ -29,9 +29,10 @@ from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validat
 
 from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
-from classify.methods.labelprop import FeatureTransform, KNNLabelPropagation
+from classify.methods.labelprop import KNNLabelPropagation
 from classify.registry import persistable, register_method
 from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask, fixed_threshold_mask
+from classify.transform import FeatureTransform
 
 logger = logging.getLogger(__name__)
 
