@@ -14,7 +14,7 @@ import numpy as np
 from classify import pipeline
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.cli import parse_numpydoc, plain, progress_bars, run_cli, wrap_paragraph
+from store.clitools import parse_numpydoc, plain, progress_bars, run_cli, wrap_paragraph
 from store.validation import BOOL, NONE, Int, Options, Real, check_flags
 
 log = logging.getLogger(__name__)

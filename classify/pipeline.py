@@ -24,7 +24,7 @@ from classify.base import NotApplicable
 from classify.features import UNLABELED, align_proba
 from classify.registry import create, get
 from store import FeatureStore
-from store.cli import as_list  # noqa: F401  (re-exported: benchmarks and finetune use pipeline.as_list)
+from store.clitools import as_list  # noqa: F401  (re-exported: the benchmarks use pipeline.as_list)
 
 log = logging.getLogger(__name__)
 

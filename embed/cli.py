@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embed import sources
 from store import display_id
-from store.cli import as_list, progress_bars, run_cli
+from store.clitools import as_list, progress_bars, run_cli
 from store.validation import BOOL, NONE, Int, Is, Options, Real, check_flags
 
 log = logging.getLogger(__name__)

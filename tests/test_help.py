@@ -13,7 +13,8 @@ from PIL import Image
 import classify.cli
 import embed.cli
 import store.cli
-from store.cli import flag_name, parse_numpydoc
+import store.clitools
+from store.clitools import flag_name, parse_numpydoc
 
 CLIS = {"python -m embed": (embed.cli.main, {"run": embed.cli.run}),
         "python -m classify": (classify.cli.main, classify.cli.COMMANDS),
@@ -206,13 +207,13 @@ def test_quiet_and_log_level(capsys, caplog):
     for args, level in ((["probe"], logging.INFO), (["probe", "--quiet"], logging.WARNING),
                         (["probe", "--log-level", "debug"], logging.DEBUG), (["--log-level=error", "probe"],
                                                                               logging.ERROR)):
-        store.cli.run_cli({"probe": probe}, args, name="t")
+        store.clitools.run_cli({"probe": probe}, args, name="t")
         assert seen["level"] == level, args
     before = logging.getLogger().level
-    store.cli.run_cli({"probe": probe}, ["probe", "--quiet"], name="t")
+    store.clitools.run_cli({"probe": probe}, ["probe", "--quiet"], name="t")
     assert logging.getLogger().level == before  # restored for the next command in the same process
     with pytest.raises(SystemExit) as exit_info:
-        store.cli.run_cli({"probe": probe}, ["probe", "--log-level", "loud"], name="t")
+        store.clitools.run_cli({"probe": probe}, ["probe", "--log-level", "loud"], name="t")
     assert exit_info.value.code == 2 and "--log-level must be" in capsys.readouterr().err
 
 

@@ -40,7 +40,7 @@ from embed.backbones import Backbone, load_backbone, parse_spec
 from embed.runner import default_workers, resolve_device
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
-from store.cli import as_list
+from store.clitools import as_list
 
 logger = logging.getLogger(__name__)
 
