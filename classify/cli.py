@@ -7,15 +7,16 @@ import difflib
 import inspect
 import json
 import logging
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from classify import pipeline
+from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.clitools import parse_numpydoc, plain, progress_bars, run_cli, wrap_paragraph
-from store.validation import BOOL, NONE, Int, Options, Real, check_flags
+from store.clitools import parse_numpydoc, plain, run_cli, wrap_paragraph
+from store.validation import BOOL, NONE, Int, Options, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,7 @@ log = logging.getLogger(__name__)
 #: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules
 FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "proba": [BOOL], "json_output": [BOOL],
          "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)], "seed": [Int(0)],
-         "progress": [BOOL], "bn_train": [BOOL], "epochs": [Int(0)], "lr": [Real(0, low_open=True)],
-         "batch_size": [Int(1)], "image_size": [NONE, Int(8)], "weight_decay": [Real(0)],
-         "layer_decay": [Real(0, 1, low_open=True)], "warmup_epochs": [Real(0)],
-         "val_fraction": [Real(0, 1, high_open=True)], "patience": [Int(1)], "fixmatch_weight": [Real(0)],
-         "mu": [Int(0)], "threshold": [Real(0, 1)], "pseudo_threshold": [Real(0, 1)], "pseudo_steps": [Int(0)],
-         "workers": [NONE, Int(0)], "pairs": [Int(0)], "per_pair": [Int(0)],
-         "id_format": [Options("relpath", "name", "stem")]}
+         "pairs": [Int(0)], "per_pair": [Int(0)], "id_format": [Options(*ID_FORMATS)]}
 
 
 def _check_params(method: str, params: dict) -> None:
@@ -186,7 +181,7 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     rows = np.arange(len(ids))
     if order is not None:
         wanted, header = read_order(order, header)
-        rows = _rows_in_order(ids, wanted, order, split, store)
+        rows = rows_in_order(ids, wanted, order, split, store)
     probabilities = fitted.estimator.predict_proba(data.X[rows])  # (n, C') columns follow classes_
     classes_ = np.asarray(fitted.estimator.classes_)
     predicted = classes_[probabilities.argmax(axis=1)]
@@ -199,57 +194,6 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
             shown = fitted.classes[label] if label_format == "name" else int(label)
             writer.writerow([ids[row], shown] + ([f"{p:.6f}" for p in probabilities[i]] if proba else []))
     print(f"wrote {len(rows)} predictions of the {split} split to {out}")
-
-
-ID_FORMATS = ("relpath", "name", "stem")
-
-
-def format_ids(ids, id_format: str = "relpath") -> list[str]:
-    """Image ids as a predictions CSV names them: ``relpath`` (the store's id, ``test/a/0001.png``), ``name``
-    (``0001.png``) or ``stem`` (``0001``); ids that become equal are refused, naming a few."""
-    if id_format not in ID_FORMATS:
-        raise ValueError(f"--id-format must be one of {', '.join(ID_FORMATS)}, got {id_format!r}")
-    paths = [PurePosixPath(str(i)) for i in ids]
-    shown = [str(p) if id_format == "relpath" else p.name if id_format == "name" else p.stem for p in paths]
-    if len(set(shown)) < len(shown):
-        seen: dict[str, str] = {}
-        clashes = []
-        for original, value in zip(ids, shown):
-            if value in seen:
-                clashes.append(f"{seen[value]} and {original}")
-            seen.setdefault(value, str(original))
-        raise ValueError(f"--id-format {id_format} gives {len(clashes)} images the id of another ("
-                         f"{'; '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}); use --id-format relpath")
-    return shown
-
-
-def read_order(path: str, header: list[str]) -> tuple[list[str], list[str]]:
-    """The ids of a sample submission (its first column, after the header row) and the id and label column names
-    it uses (``header`` where it has fewer than two columns)."""
-    source = Path(path).expanduser()
-    if not source.is_file():
-        raise FileNotFoundError(f"--order file {source} does not exist; pass the sample_submission.csv to follow")
-    with source.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
-    if len(rows) < 2:
-        raise ValueError(f"--order file {source} lists no ids; expected a header row, then one id per row")
-    names = [cell.strip() for cell in rows[0]]
-    header = [names[0], names[1] if len(names) > 1 and names[1] else header[1]]
-    return [row[0].strip() for row in rows[1:]], header
-
-
-def _rows_in_order(ids: list[str], wanted: list[str], order: str, split: str, store: str) -> np.ndarray:
-    """Row of each wanted id, in the wanted order; ids missing from the split are refused, naming a few."""
-    where = {value: i for i, value in enumerate(ids)}
-    missing = [value for value in wanted if value not in where]
-    if missing:
-        raise ValueError(f"{len(missing)} of the {len(wanted)} ids of {order} are not in the {split} split of "
-                         f"{store}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check --id-format "
-                         f"(these ids look like {ids[0]!r}) and --split")
-    extra = len(ids) - len(set(wanted))
-    if extra > 0:
-        log.info("%d images of the %s split are not in %s and are left out", extra, split, order)
-    return np.asarray([where[value] for value in wanted], dtype=np.int64)
 
 
 def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
@@ -379,127 +323,6 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
           "confused_pairs.csv, report.json")
 
 
-def finetune(data: str | None = None, backbone: str | None = None, out: str | None = None, init: str | None = None,
-             unfreeze: str = "all", pseudo: str | None = None, store: str | None = None, epochs: int = 20,
-             lr: float = 1e-4, batch_size: int = 32, device: str = "auto", image_size: int | None = None,
-             seed: int = 0, progress: bool = True, json_output: bool = False, offline: bool = False,
-             **options) -> None:
-    """Fine-tune a timm model or a CLIP image tower end to end; the result is a new backbone spec for `embed run`.
-
-    Rerun the same command to resume after a crash (state in OUT.state). See classify/finetune.py for the recipe.
-
-    Parameters
-    ----------
-    data : str
-        Folder in the challenge layout: train/<class>/* labeled, unlabeled/* (FixMatch pool).
-    backbone : str
-        timm:<name>[@ckpt], clip:<arch>/<tag> or clip:<arch>@<ckpt>.
-    out : str
-        The fine-tuned checkpoint to write (e.g. ft.pth); the head goes to OUT-stem.head.skops.
-    init : str
-        A saved linear or zeroshot model of this backbone to start the head from (default: a probe fitted here).
-    unfreeze : str
-        all, none or last-N (the last N layer groups of the backbone; the head always trains).
-    pseudo : str
-        A saved model (e.g. selftrain, labelprop) whose confident predictions on the store's unlabeled rows become
-        extra labels; needs --store.
-    store : str
-        The feature store of this data folder (for --pseudo; with --init it checks / supplies the image size).
-    epochs : int
-        Passes over the labeled training images.
-    lr : float
-        Peak learning rate of AdamW (of the head; trunk layers get it scaled by --layer-decay per layer group).
-    batch_size : int
-        Labeled images per step.
-    device : str
-        auto, cpu or cuda (CUDA: bfloat16 autocast, channels-last).
-    image_size : int
-        Square input side (default: the backbone's, or what the --init model's store used).
-    seed : int
-        Seeds the validation split, sampling, augmentations and dropout.
-    progress : bool
-        Show a progress bar per epoch.
-    json_output : bool
-        Print the result as one JSON object on the last line (--json).
-    offline : bool
-        Never download the backbone's weights (as ``HF_HUB_OFFLINE=1``): use the @checkpoint, the cache or a weight
-        package, else stop with one line naming what is missing.
-    **options : further options
-        The further options above, as flags (--val-fraction 0.2 --patience 5).
-
-    Other Parameters
-    ----------------
-    weight_decay : float
-        AdamW weight decay.
-    layer_decay : float
-        Learning-rate scale per layer group below the head (lr * layer_decay ** depth).
-    warmup_epochs : float
-        Linear learning-rate warm-up, in epochs.
-    val_fraction : float
-        Share of each class's labeled images held out for early stopping and the WiSE alpha (0: none, the last
-        epoch is kept).
-    patience : int
-        Epochs without validation improvement before stopping.
-    fixmatch_weight : float
-        Weight of the FixMatch loss on unlabeled/ images.
-    mu : int
-        Unlabeled images per labeled image in a step (0: no FixMatch).
-    threshold : float
-        Initial class-aware confidence threshold of FixMatch's pseudo-labels.
-    pseudo_threshold : float
-        Class-aware selection of --pseudo labels: the start threshold (selftrain's tau0).
-    pseudo_steps : int
-        Class-aware selection of --pseudo labels: threshold updates (selftrain's classaware_steps).
-    wise_alphas : list of float
-        Candidate WiSE-FT weights of the fine-tuned weights (0 = the original backbone), e.g. 0,0.5,1; the best on
-        validation is kept.
-    bn_train : bool
-        Update BatchNorm running statistics while training.
-    workers : int
-        Image-decoding worker processes (default: the cores, at most 8).
-
-    Examples
-    --------
-    python -m classify finetune --data DATA --backbone timm:tf_efficientnet_lite0 --epochs 20 --out ft.pth
-    python -m classify finetune --data DATA --backbone timm:resnet50 --init probe.skops --unfreeze last-2 --out ft.pth
-    python -m classify finetune --data DATA --backbone clip:ViT-B-32/openai --pseudo st.skops --store S.h5 --out ft.pth
-    """
-    from classify import finetune as ft
-
-    for flag, value, hint in (("data", data, "DIR, the challenge layout (train/<class>/*, unlabeled/*)"),
-                              ("backbone", backbone, "SPEC, e.g. timm:tf_efficientnet_lite0"),
-                              ("out", out, "CKPT, the fine-tuned checkpoint to write (e.g. ft.pth)")):
-        if value is None:
-            raise ValueError(f"pass --{flag} {hint}")
-    accepted = set(inspect.signature(ft.finetune).parameters) - {"callback"}
-    unknown = sorted(set(options) - accepted)
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
-        hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
-        raise ValueError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
-                         "--help`")
-    ft.parse_unfreeze(unfreeze)
-    check_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, seed=seed,
-                     progress=progress, json_output=json_output, offline=offline), FLAGS)
-    from embed.backbones import offline_env
-
-    progress = progress_bars(progress)  # off under --quiet
-    with offline_env(offline):  # the backbone's load refuses to download (finetune checks its inputs first)
-        result = ft.finetune(data, backbone, out, init=init, unfreeze=unfreeze, pseudo=pseudo, store=store,
-                             epochs=epochs, lr=lr, batch_size=batch_size, device=device, image_size=image_size,
-                             seed=seed, progress=progress, **options)
-    size = f" --image-size {result.image_size}" if result.image_size else ""
-    val = "" if result.val_accuracy is None else (f", validation accuracy {result.val_accuracy_initial:.4f} -> "
-                                                  f"{result.val_accuracy:.4f}")
-    print(f"fine-tuned {result.epochs_run} epochs (best {result.best_epoch}, WiSE alpha {result.alpha:.2f}{val}) "
-          f"in {result.seconds:.1f} s")
-    print(f"backbone: {result.spec}")
-    print(f"next:  python -m embed run --data {data} --backbone {result.spec} --store STORE{size}")
-    print(f"       python -m classify predict --model {result.head_model} --store STORE   (the fine-tuned head)")
-    if json_output:
-        print(json.dumps(result.to_dict(), default=pipeline.jsonable))
-
-
 def list_methods(params: str | None = None) -> None:
     """The registered methods, one line each; or one method's parameters.
 
@@ -539,18 +362,11 @@ def method_parameters(method: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _finetune_options() -> dict[str, tuple]:
-    """The further options of ``classify finetune`` with the recipe's defaults, for its help."""
-    from classify.finetune import finetune as recipe
-
-    skip = set(inspect.signature(finetune).parameters) | {"callback"}
-    return {name: (p.default, "") for name, p in inspect.signature(recipe).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and name not in skip}
-
+from classify.cli_finetune import finetune, finetune_options  # noqa: E402  (the finetune command)
 
 COMMANDS = {"fit": fit, "predict": predict, "evaluate": evaluate, "report": report, "list": list_methods,
             "finetune": finetune}
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli(COMMANDS, argv, name="python -m classify", extras={"finetune": _finetune_options})
+    run_cli(COMMANDS, argv, name="python -m classify", extras={"finetune": finetune_options})
