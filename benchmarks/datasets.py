@@ -83,13 +83,13 @@ OPENCLIPART_DIR = Path(os.environ.get("OPENCLIPART_DIR", "/usr/share/openclipart
 #: at least 21 colour drawings; specific classes come before the catch-all folders (dish, office_supply, plant, tool).
 CLIPART_CLASSES: dict[str, tuple[str, ...]] = {
     "mammal": ("animals/mammals/**",), "bird": ("animals/birds/**",), "bug": ("animals/bugs/**",),
-    "house": ("buildings/homes/**",), "computer_hardware": ("computer/hardware/**",), "electronics": ("electronics/**",),
-    "beverage": ("food/beverages/**",), "dessert": ("food/desserts/**",), "fruit": ("food/fruit/**",),
-    "dish": ("food",), "office_supply": ("office",),
+    "house": ("buildings/homes/**",), "computer_hardware": ("computer/hardware/**",),
+    "electronics": ("electronics/**",), "beverage": ("food/beverages/**",), "dessert": ("food/desserts/**",),
+    "fruit": ("food/fruit/**",), "dish": ("food",), "office_supply": ("office",),
     "clothing": ("people/clothing/**",), "flower": ("plants/flowers/**",), "plant": ("plants",),
-    "musical_instrument": ("recreation/music/**",), "party": ("recreation/party/**",), "sport": ("recreation/sports/**",),
-    "toy": ("recreation/toys/**",), "tool": ("tools",), "boat": ("transportation/boating/**",),
-    "vehicle": ("transportation/vehicles/**",),
+    "musical_instrument": ("recreation/music/**",), "party": ("recreation/party/**",),
+    "sport": ("recreation/sports/**",), "toy": ("recreation/toys/**",), "tool": ("tools",),
+    "boat": ("transportation/boating/**",), "vehicle": ("transportation/vehicles/**",),
 }
 _MAX_PIXELS = 16_000_000  # a few drawings are rendered at 13k x 13k px; they are skipped unread
 
@@ -131,8 +131,9 @@ def write_clipart(folder: Path, per_class: int = 50, test_per_class: int = 8, si
 
     ``test_per_class`` drawings per class go to ``test/<class>/``, the others (13-42 per class) to ``train/<class>/``;
     drawings are composited on white and written as PNG of longest side ``size``. Grey drawings are left out; a
-    drawing the library files in two folders belongs to the class listed first (the specific one: fruit before dish). ``OPENCLIPART_DIR`` points at an unpacked
-    copy (``apt-get download openclipart-png && dpkg -x openclipart-png_*.deb DIR``: ``DIR/usr/share/openclipart/png``).
+    drawing the library files in two folders belongs to the class listed first (the specific one: fruit before
+    dish). ``OPENCLIPART_DIR`` points at an unpacked copy (``apt-get download openclipart-png && dpkg -x
+    openclipart-png_*.deb DIR``: ``DIR/usr/share/openclipart/png``).
     """
     import hashlib
 

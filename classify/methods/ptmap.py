@@ -22,8 +22,10 @@ import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from classify.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
-from classify.features import checked_labeled_mask, l2_normalize, single_threaded_blas
-from classify.methods.labelprop import DUPLICATE_COS, FeatureTransform, knn_search
+from classify.features import checked_labeled_mask, single_threaded_blas
+from classify.graph import knn_search
+from classify.methods.labelprop import DUPLICATE_COS
+from classify.transform import FeatureTransform
 from classify.registry import register_method
 
 logger = logging.getLogger(__name__)
