@@ -42,7 +42,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from classify import pipeline
 from classify.features import UNLABELED, align_proba, l2_normalize
-from store import FeatureStore
+from store import FeatureStore, display_id
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ def write_csv(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Path
 
 def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
     """Groups of the HTML contact sheet: the suggestions grouped by predicted class (classes in the order they were
-    first chosen), each image captioned with its rank and score.
+    first chosen), each image captioned with its rank, its id (the file to label) and its score.
 
     Returns
     -------
@@ -410,7 +410,8 @@ def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
     """
     groups: dict[str, list[tuple[str, str]]] = {}
     for rank, row in enumerate(rows, 1):
-        groups.setdefault(str(row["predicted"]), []).append((row["path"], f"#{rank} score {row['score']:.2f}"))
+        caption = f"#{rank} {display_id(row['id'])} ({row['score']:.2f})"
+        groups.setdefault(str(row["predicted"]), []).append((row["path"], caption))
     return [(f"predicted {name} ({len(items)})", items) for name, items in groups.items()]
 
 

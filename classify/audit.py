@@ -25,7 +25,7 @@ from sklearn.model_selection import StratifiedKFold
 from classify import pipeline
 from classify.active import _backbone, image_path, write_csv
 from classify.features import UNLABELED, align_proba
-from store import FeatureStore
+from store import FeatureStore, display_id
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +212,14 @@ def audit_store(store: FeatureStore | str, backbone: str | None = None, method="
 
 
 def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Groups of the HTML contact sheet: the suspects in rank order, captioned ``#rank given → suggested (score)``.
+    """Groups of the HTML contact sheet: the suspects in rank order, captioned ``#rank id: given → suggested (score)``
+    (the id names the file to fix).
 
     Returns
     -------
     list of (group title, [(image path, caption), ...])
     """
-    items = [(row["path"], f"#{rank} {row['given']} → {row['suggested']} ({row['score']:.2f})")
+    items = [(row["path"], f"#{rank} {display_id(row['id'])}: {row['given']} → {row['suggested']} ({row['score']:.2f})")
              for rank, row in enumerate(rows, 1)]
     return [(f"suspect labels, most suspect first ({len(items)})", items)] if items else []
 

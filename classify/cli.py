@@ -364,8 +364,10 @@ def method_parameters(method: str) -> str:
 
 from classify.cli_finetune import finetune, finetune_options  # noqa: E402  (the finetune command)
 
+from classify.cli_labels import audit, suggest  # noqa: E402  (the labeling commands)
+
 COMMANDS = {"fit": fit, "predict": predict, "evaluate": evaluate, "report": report, "list": list_methods,
-            "finetune": finetune}
+            "finetune": finetune, "suggest": suggest, "audit": audit}
 
 
 def main(argv: list[str] | None = None) -> None:
