@@ -261,7 +261,7 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.active [flags]``."""
-    from store.cli import run_cli
+    from store.clitools import run_cli
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

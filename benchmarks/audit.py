@@ -173,7 +173,7 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.audit [flags]``."""
-    from store.cli import run_cli
+    from store.clitools import run_cli
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

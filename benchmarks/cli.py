@@ -5,7 +5,7 @@ import json
 import logging
 import sys
 
-from store.cli import run_cli
+from store.clitools import run_cli
 
 
 def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_size: int = 64, image_size: int = 112,
@@ -156,5 +156,8 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale},
-            argv)
+    from benchmarks.active import active
+    from benchmarks.audit import audit
+
+    run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale,
+             "active": active, "audit": audit}, argv, name="python -m benchmarks")
