@@ -8,7 +8,7 @@ a label when a strategy picks the row); test rows join every fit unlabeled and s
 ``diverse`` reaches random's final accuracy with at most half of random's added labels.
 
 ``python -m benchmarks.active [--datasets digits,fashion-mnist,clipart] [--seeds 3] [--start 3] [--rounds 6]``
-writes ``active.md``, ``active.json`` and ``active.png`` under ``benchmarks/results``.
+writes ``active.md``, ``active.json`` and ``active.png`` under ``./benchmarks-results`` (or ``--out``).
 """
 from __future__ import annotations
 
@@ -216,7 +216,7 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     strategies : str
         Comma-separated: diverse, margin, typiclust, random.
     out : str
-        Results folder (default benchmarks/results).
+        Results folder (default ./benchmarks-results).
     cache : str
         Dataset and store cache (default: that of `python -m benchmarks run`).
     name : str

@@ -9,7 +9,7 @@ unlabeled; "recovered" is the share of the accuracy the flips cost that the last
 precision@k >= 0.8, recovered >= 0.5.
 
 ``python -m benchmarks.audit [--datasets digits,fashion-mnist,clipart] [--seeds 3] [--shots 10]`` writes
-``audit.md`` and ``audit.json`` under ``benchmarks/results``.
+``audit.md`` and ``audit.json`` under ``./benchmarks-results`` (or ``--out``).
 """
 from __future__ import annotations
 
@@ -135,7 +135,7 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
     folds : int
         audit's cross-validation folds.
     out : str
-        Results folder (default benchmarks/results).
+        Results folder (default ./benchmarks-results).
     cache : str
         Dataset and store cache (default: that of `python -m benchmarks run`).
     name : str

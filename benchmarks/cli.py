@@ -76,7 +76,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     views : int
         Augmented views per image to embed (needed by fixmatch); stores with views are kept apart.
     out, cache : str
-        Results folder (default benchmarks/results), dataset/store cache (default ~/.cache/fewshot-suite).
+        Results folder (default ./benchmarks-results), dataset/store cache (default ~/.cache/fewshot-suite).
     name : str
         Basename of the result files.
     """

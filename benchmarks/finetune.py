@@ -27,7 +27,8 @@ from store import FeatureStore
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: default results folder: in the working directory, never inside the installed package
+RESULTS = Path("benchmarks-results")
 
 #: CPU quick setting: 112 px, short training, one unlabeled image per labeled image in a batch.
 QUICK = {"epochs": 5, "batch_size": 16, "mu": 1, "lr": 3e-4, "patience": 3}
@@ -82,7 +83,7 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
         0.5); else from a probe that ``finetune`` fits on its training split (LP-FT; alpha chosen by validation).
     cache, out, name : str
         Data / store / checkpoint folder (default ``~/.cache/fewshot-suite/benchmarks``), results folder (default
-        ``benchmarks/results``), basename of ``<name>.md`` / ``<name>.json``.
+        ``./benchmarks-results``), basename of ``<name>.md`` / ``<name>.json``.
     fresh : bool
         Start fine-tuning from scratch (delete an earlier checkpoint and its state) instead of reusing it.
 

@@ -38,7 +38,8 @@ from store import FeatureStore
 
 log = logging.getLogger(__name__)
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: default results folder: in the working directory, never inside the installed package
+RESULTS = Path("benchmarks-results")
 DEFAULT_METHODS = ("zeroshot", "conse", "linear", "knn", "labelprop", "selftrain", "selftrain(teacher=conse)", "moe",
                    "ptmap", "tip", "crossmodal", "fixmatch")
 

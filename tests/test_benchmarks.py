@@ -154,3 +154,13 @@ def test_joined_backbones_are_one_concatenated_task(tmp_path):
     single = load_task("synthetic", path, A)
     assert joined.backbone == f"{A}+{B}" and joined.context == {}
     assert joined.data.X.shape[1] > single.data.X.shape[1] and len(joined.data.slices) == 2
+
+
+def test_results_go_to_the_working_directory_not_the_package():
+    from pathlib import Path
+
+    import benchmarks
+    from benchmarks.run import RESULTS
+
+    assert RESULTS == Path("benchmarks-results")
+    assert Path(benchmarks.__file__).resolve().parent not in (Path.cwd() / RESULTS).resolve().parents
