@@ -205,34 +205,52 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
         order = pool[np.lexsort((rng.random(pool.size), margin[pool]))][:budget]  # smallest margin first
         return Selection(order, classes[first[order]], 1.0 - margin[order], [reason_margin(i) for i in order], classes)
 
-    available = candidates.copy()
-    if strategy == "typiclust":  # clusters over every row; those holding a label are covered already
-        Z = _embedding(X, seed)  # (n, d)
-        n_clusters = int(min(len(Z), labeled.sum() + budget))
-        cluster = KMeans(n_clusters, n_init=3, random_state=seed).fit_predict(Z)  # (n,)
-        mass = np.bincount(cluster, minlength=n_clusters).astype(np.float64)  # (K,) images per cluster
-        covered = np.zeros(n_clusters, dtype=bool)
-        covered[cluster[labeled]] = True
-        typical = typicality(Z)  # (n,)
-        score = typical / typical[pool].max()  # (n,) in (0, 1] over the pool
-    else:  # diverse: the most uncertain candidates, clustered with their uncertainty as weight (Zhdanov 2019)
-        uncertainty = 1.0 - margin  # (n,)
-        uncertain = pool[np.lexsort((rng.random(pool.size), -uncertainty[pool]))][:PREFILTER * budget]  # (m',)
-        available[:] = False
-        available[uncertain] = True
-        weight = uncertainty[uncertain] + 1e-6  # (m',)
-        Z = _embedding(X[uncertain], seed)  # (m', d): only these rows are clustered, so a large pool costs little
-        km = KMeans(budget, n_init=3, random_state=seed).fit(Z, sample_weight=weight)
-        cluster = np.full(len(X), -1)
-        cluster[uncertain] = km.labels_
-        mass = np.bincount(km.labels_, weights=weight, minlength=budget)  # (K,) uncertainty per cluster
-        covered = np.zeros(budget, dtype=bool)
-        centrality = np.zeros(len(X))
-        dist = np.linalg.norm(Z - km.cluster_centers_[km.labels_], axis=1)  # (m',)
-        centrality[uncertain] = 1.0 - dist / max(dist.max(), 1e-12)  # 1 at a centre
-        score = uncertainty * (0.5 + 0.5 * centrality)  # (n,) uncertain first, central within a cluster
+    if strategy == "typiclust":
+        regions = _coverage_regions(X, labeled, pool, budget, seed)
+    else:
+        regions = _uncertain_regions(X, pool, margin, budget, seed, rng)
+    available = candidates.copy() if strategy == "typiclust" else regions.pop("available")
+    chosen, reasons = _serve_balanced(y, labeled, classes, first, candidates, available, budget, strategy, rng,
+                                      names, reason_margin, **regions)
+    return Selection(chosen, classes[first[chosen]], regions["score"][chosen], reasons, classes)
 
-    # class balance: labels + suggestions per predicted class; the class with the fewest is served next
+
+def _coverage_regions(X, labeled, pool, budget: int, seed: int) -> dict:
+    """TypiClust: k-means over every row (labeled rows cover their cluster); score = typicality over the pool."""
+    Z = _embedding(X, seed)  # (n, d)
+    n_clusters = int(min(len(Z), labeled.sum() + budget))
+    cluster = KMeans(n_clusters, n_init=3, random_state=seed).fit_predict(Z)  # (n,)
+    mass = np.bincount(cluster, minlength=n_clusters).astype(np.float64)  # (K,) images per cluster
+    covered = np.zeros(n_clusters, dtype=bool)
+    covered[cluster[labeled]] = True
+    typical = typicality(Z)  # (n,)
+    return {"cluster": cluster, "mass": mass, "covered": covered, "score": typical / typical[pool].max()}
+
+
+def _uncertain_regions(X, pool, margin, budget: int, seed: int, rng) -> dict:
+    """The most uncertain candidates, clustered with their uncertainty as weight (Zhdanov 2019); score = uncertainty,
+    central rows of a cluster first."""
+    uncertainty = 1.0 - margin  # (n,)
+    uncertain = pool[np.lexsort((rng.random(pool.size), -uncertainty[pool]))][:PREFILTER * budget]  # (m',)
+    available = np.zeros(len(X), dtype=bool)
+    available[uncertain] = True
+    weight = uncertainty[uncertain] + 1e-6  # (m',)
+    Z = _embedding(X[uncertain], seed)  # (m', d): only these rows are clustered, so a large pool costs little
+    km = KMeans(budget, n_init=3, random_state=seed).fit(Z, sample_weight=weight)
+    cluster = np.full(len(X), -1)
+    cluster[uncertain] = km.labels_
+    mass = np.bincount(km.labels_, weights=weight, minlength=budget)  # (K,) uncertainty per cluster
+    centrality = np.zeros(len(X))
+    dist = np.linalg.norm(Z - km.cluster_centers_[km.labels_], axis=1)  # (m',)
+    centrality[uncertain] = 1.0 - dist / max(dist.max(), 1e-12)  # 1 at a centre
+    return {"available": available, "cluster": cluster, "mass": mass, "covered": np.zeros(budget, dtype=bool),
+            "score": uncertainty * (0.5 + 0.5 * centrality)}  # (n,) uncertain first, central within a cluster
+
+
+def _serve_balanced(y, labeled, classes, first, candidates, available, budget: int, strategy: str, rng, names,
+                    reason_margin, cluster, mass, covered, score) -> tuple[np.ndarray, list[str]]:
+    """Class balance: labels + suggestions per predicted class; the class with the fewest is served next, with the
+    best row of the heaviest region no label or suggestion covers yet."""
     label_pos = {c: j for j, c in enumerate(classes)}
     count = np.zeros(len(classes), dtype=np.int64)
     for label in y[labeled]:
@@ -243,7 +261,7 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
     chosen, reasons = [], []
     while len(chosen) < budget:
         if not open_classes:  # every class left without candidates: fill from all of them
-            available |= candidates & ~np.isin(np.arange(len(X)), chosen)
+            available |= candidates & ~np.isin(np.arange(len(y)), chosen)
             open_classes = set(np.unique(first[available]).tolist())
         c = min(open_classes, key=lambda j: (count[j], tiebreak[j]))
         rows = np.flatnonzero(available & (first == c))
@@ -268,8 +286,7 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
         if strategy == "diverse":
             parts.insert(0, reason_margin(i))
         reasons.append("; ".join(parts))
-    chosen = np.asarray(chosen, dtype=np.int64)
-    return Selection(chosen, classes[first[chosen]], score[chosen], reasons, classes)
+    return np.asarray(chosen, dtype=np.int64), reasons
 
 
 def suggest_arrays(X: np.ndarray, y: np.ndarray, budget: int = 20, method="labelprop", params: dict | None = None,
