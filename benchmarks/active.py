@@ -25,6 +25,7 @@ from classify import pipeline
 from classify.active import STRATEGIES, suggest_arrays
 from classify.features import UNLABELED
 from store import FeatureStore
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,7 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     chosen = pipeline.as_list(strategies)
     unknown = sorted(set(chosen) - set(STRATEGIES))
     if unknown:
-        raise ValueError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")
     cache_dir = cache_folder(cache)
     records, setup = [], {}
     for dataset in names:
@@ -243,7 +244,7 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
             for record in simulate(data, context, chosen, seed, start, rounds, step, method, method):
                 records.append({"dataset": dataset, **record})
     if not records:
-        raise ValueError("no dataset available; see the skipped lines above")
+        raise UserError("no dataset available; see the skipped lines above")
     summary = summarise(records)
     targets = {d: target(summary, d) for d in setup}
     out_dir = Path(out) if out else RESULTS

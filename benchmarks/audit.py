@@ -25,6 +25,7 @@ from benchmarks.active import BACKBONE, cache_folder, default_datasets, load
 from classify import pipeline
 from classify.audit import audit_arrays
 from classify.features import UNLABELED
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
     from benchmarks.run import RESULTS
 
     if not 0 < noise < 1:
-        raise ValueError(f"--noise must be a fraction in (0, 1), got {noise!r}")
+        raise UserError(f"--noise must be a fraction in (0, 1), got {noise!r}")
     names = pipeline.as_list(datasets) or default_datasets()
     cache_dir = cache_folder(cache)
     trials, results = {}, {}
@@ -156,7 +157,7 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
         trials[dataset] = [trial(data, context, seed, shots, noise, method, refit, folds) for seed in range(seeds)]
         results[dataset] = summarise(trials[dataset])
     if not results:
-        raise ValueError("no dataset available; see the skipped lines above")
+        raise UserError("no dataset available; see the skipped lines above")
     setup = {"backbone": BACKBONE, "shots": shots, "noise": noise, "method": method, "refit": refit, "folds": folds,
              "seeds": seeds}
     table = markdown(results, setup)

@@ -6,6 +6,7 @@ import logging
 import sys
 
 from store.clitools import run_cli
+from store.validation import UserError
 
 
 def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_size: int = 64, image_size: int = 112,
@@ -107,7 +108,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         embed_images(sources.from_folder(folder), store_path, specs, image_size=size, views=views)  # reused
         tasks += [load_task(Path(dataset).name, store_path, spec) for spec in tables]
     if not tasks:
-        raise ValueError("no dataset available to benchmark; see the skipped lines above")
+        raise UserError("no dataset available to benchmark; see the skipped lines above")
     method_list = as_list(methods) or list(DEFAULT_METHODS)
     records = []
     for task in tasks:

@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from embed import sources
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -189,5 +190,5 @@ def prepare(name: str, cache: Path) -> Path:
         return folder
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise ValueError(f"unknown dataset {name!r}: use {', '.join(ADAPTERS)} or a folder in the challenge layout")
+        raise UserError(f"unknown dataset {name!r}: use {', '.join(ADAPTERS)} or a folder in the challenge layout")
     return folder

@@ -35,6 +35,7 @@ from classify.base import NotApplicable
 from classify.features import UNLABELED, single_threaded_blas
 from classify.registry import get
 from store import FeatureStore
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
     if not test.size:
-        raise ValueError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
+        raise UserError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
     records = []
 
     def skipped(name: str, n_shots: int, reason: str) -> None:

@@ -43,6 +43,7 @@ from sklearn.neighbors import NearestNeighbors
 from classify import pipeline
 from classify.features import UNLABELED, align_proba, l2_normalize
 from store import FeatureStore, display_id
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -115,13 +116,13 @@ def feature_keys(X: np.ndarray) -> np.ndarray:
 
 def _check_budget(budget, n_pool: int, what: str) -> int:
     if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1:
-        raise ValueError(f"--budget must be a whole number of images >= 1, got {budget!r}")
+        raise UserError(f"--budget must be a whole number of images >= 1, got {budget!r}")
     if n_pool == 0:
-        raise ValueError(f"{what} has no unlabeled images to suggest (none left once failed images and duplicates of "
+        raise UserError(f"{what} has no unlabeled images to suggest (none left once failed images and duplicates of "
                          "labeled images are removed); add images to DATA/unlabeled/ and embed them "
                          "(`python -m embed run` with the same command resumes)")
     if budget > n_pool:
-        raise ValueError(f"--budget {budget} is larger than the pool of {n_pool} unlabeled images that can be "
+        raise UserError(f"--budget {budget} is larger than the pool of {n_pool} unlabeled images that can be "
                          f"suggested; use --budget {n_pool} or less")
     return int(budget)
 
@@ -184,7 +185,7 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
     Selection
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     y = np.asarray(y)
     classes = np.asarray(classes)
     labeled = y != UNLABELED
@@ -327,12 +328,12 @@ def suggest_arrays(X: np.ndarray, y: np.ndarray, budget: int = 20, method="label
     Selection
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
+        raise UserError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     X = np.asarray(X)
     y = np.asarray(y)
     labeled = y != UNLABELED
     if not labeled.any():
-        raise ValueError("there are no labeled rows: suggestions need a few labels per class first (train/<class>/)")
+        raise UserError("there are no labeled rows: suggestions need a few labels per class first (train/<class>/)")
     candidates = ~labeled if candidates is None else np.asarray(candidates, dtype=bool) & ~labeled
     candidates = duplicate_free(candidates, feature_keys(X) if keys is None else np.asarray(keys), labeled)
     _check_budget(budget, int(candidates.sum()), "the data")
@@ -349,12 +350,12 @@ def _backbone(store: FeatureStore, backbone) -> str:
     have = store.backbones
     if not specs:
         if len(have) != 1:
-            raise ValueError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
+            raise UserError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
         return have[0]
     if len(specs) > 1:
-        raise ValueError(f"pass one --backbone, not {len(specs)}")
+        raise UserError(f"pass one --backbone, not {len(specs)}")
     if specs[0] not in have:
-        raise ValueError(f"store {store.path} has no features for backbone {specs[0]!r} (it has: "
+        raise UserError(f"store {store.path} has no features for backbone {specs[0]!r} (it has: "
                          f"{', '.join(have) or 'none'}); run `python -m embed run --backbone {specs[0]} --store "
                          f"{store.path}` first, or pass one of those")
     return specs[0]
@@ -392,10 +393,10 @@ def suggest_store(store: FeatureStore | str, backbone: str | None = None, method
     X, y = pipeline.fit_rows(data, transductive=True)  # (n, D), (n,): test labels hidden
     pool = data.splits == "unlabeled"
     if not pool.any():
-        raise ValueError(f"store {store.path} has no unlabeled images to suggest (its unlabeled/ split is empty or "
+        raise UserError(f"store {store.path} has no unlabeled images to suggest (its unlabeled/ split is empty or "
                          "failed to decode); add images to DATA/unlabeled/ and embed them")
     if not (y != UNLABELED).any():
-        raise ValueError(f"store {store.path} has no labeled images; label a few per class (train/<class>/) first")
+        raise UserError(f"store {store.path} has no labeled images; label a few per class (train/<class>/) first")
     keys = store.sha256[data.index]  # (n,) hex, "" when unknown
     sel = suggest_arrays(X, y, budget, method, params, seed, pool, strategy, keys,
                          pipeline.store_context(store, spec), store.classes)

@@ -26,6 +26,7 @@ from classify import pipeline
 from classify.active import _backbone, image_path, write_csv
 from classify.features import UNLABELED, align_proba
 from store import FeatureStore, display_id
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +76,11 @@ class Audit:
 def _check_counts(y_labeled: np.ndarray, class_names: Sequence[str] | None) -> None:
     classes, counts = np.unique(y_labeled, return_counts=True)
     if classes.size < 2:
-        raise ValueError("the audit needs labeled images of at least 2 classes (it asks which class each belongs to)")
+        raise UserError("the audit needs labeled images of at least 2 classes (it asks which class each belongs to)")
     lonely = classes[counts < 2]
     if lonely.size:
         shown = [str(class_names[int(c)]) if class_names is not None else str(c) for c in lonely[:5]]
-        raise ValueError(f"class{'es' if lonely.size > 1 else ''} {', '.join(shown)}"
+        raise UserError(f"class{'es' if lonely.size > 1 else ''} {', '.join(shown)}"
                          f"{' …' if lonely.size > 5 else ''} {'have' if lonely.size > 1 else 'has'} a single labeled "
                          "image; the audit's cross-validation needs at least 2 per class: label another, or leave the "
                          "class out")
@@ -160,7 +161,7 @@ def audit_arrays(X: np.ndarray, y: np.ndarray, method="labelprop", params: dict 
     from cleanlab.rank import get_label_quality_scores
 
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise ValueError(f"--folds must be a whole number >= 2, got {folds!r}")
+        raise UserError(f"--folds must be a whole number >= 2, got {folds!r}")
     estimator = pipeline.build(method, params, context)
     labeled, proba, classes, k = out_of_fold_proba(X, y, estimator, folds, seed, class_names)
     given = np.searchsorted(classes, np.asarray(y)[labeled])  # (m,) column of the given label
@@ -202,7 +203,7 @@ def audit_store(store: FeatureStore | str, backbone: str | None = None, method="
     data = pipeline.load_data(store, [spec])
     X, y = pipeline.fit_rows(data, transductive=True)  # (n, D), (n,): test labels hidden
     if not (y != UNLABELED).any():
-        raise ValueError(f"store {store.path} has no labeled images to audit; labels come from train/<class>/")
+        raise UserError(f"store {store.path} has no labeled images to audit; labels come from train/<class>/")
     classes = store.classes
     result = audit_arrays(X, y, method, params, folds, seed, pipeline.store_context(store, spec), classes)
     rows = [{"id": str(data.ids[i]), "path": image_path(store, str(data.ids[i])), "given": classes[int(g)],

@@ -18,11 +18,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from classify.features import labeled_mask
-from store.validation import (BOOL, DICT, NONE, Int, Interval, Is, ListOf, Options, Real, Rule,  # noqa: F401
+from store.validation import (BOOL, DICT, NONE, Int, Interval, Is, ListOf, Options, Real, Rule, UserError,  # noqa: F401
                               check_params)
 
 
-class NotApplicable(ValueError):
+class NotApplicable(UserError):
     """The method cannot run on this data: it needs something the store lacks (CLIP text embeddings, the backbone's
     classifier head, augmented views). The CLIs print it in one line; the benchmarks record it as "not applicable",
     while any other error (a bug) stops them."""
@@ -74,7 +74,7 @@ def text_class_weights(estimator, X: np.ndarray, y=None) -> np.ndarray:
 
     W = zeroshot_class_weights(estimator.text_embeddings, estimator.templates, estimator.template_subset)  # (C, D)
     if W.shape[1] != X.shape[1]:
-        raise ValueError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: use text "
+        raise UserError(f"text embeddings have dim {W.shape[1]} but image features have dim {X.shape[1]}: use text "
                          "and image embeddings of the same CLIP backbone")
     check_class_indices(y, W.shape[0], "text_embeddings")
     return W
@@ -91,7 +91,7 @@ def check_class_indices(y, n_classes: int, source: str) -> None:
     labeled = y[labeled_mask(y)]
     if labeled.size and (not np.issubdtype(labeled.dtype, np.number) or labeled.min() < 0
                          or labeled.max() >= n_classes or np.any(labeled != np.round(labeled))):
-        raise ValueError(f"labels must be class indices in [0, {n_classes}) (rows of {source}) or -1 for unlabeled")
+        raise UserError(f"labels must be class indices in [0, {n_classes}) (rows of {source}) or -1 for unlabeled")
 
 
 def resolve_estimator(spec, default=None):
@@ -109,7 +109,7 @@ def resolve_estimator(spec, default=None):
 
     if spec is None:
         if default is None:
-            raise ValueError("no method given: pass a registered method name, {'method': name, ...} or an estimator")
+            raise UserError("no method given: pass a registered method name, {'method': name, ...} or an estimator")
         return default()
     if isinstance(spec, str):
         return create(spec)
@@ -117,5 +117,5 @@ def resolve_estimator(spec, default=None):
         params = dict(spec)
         return create(params.pop("method"), **params)
     if not (hasattr(spec, "fit") and hasattr(spec, "get_params")):
-        raise ValueError(f"expected an sklearn estimator or a registered method name, got {spec!r}")
+        raise UserError(f"expected an sklearn estimator or a registered method name, got {spec!r}")
     return clone(spec)

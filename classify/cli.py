@@ -16,7 +16,7 @@ from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_ord
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
 from store.clitools import parse_numpydoc, plain, run_cli, wrap_paragraph
-from store.validation import BOOL, NONE, Int, Options, check_flags
+from store.validation import BOOL, NONE, Int, Options, UserError, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _check_params(method: str, params: dict) -> None:
         if name not in accepted:
             close = difflib.get_close_matches(name, accepted, n=3, cutoff=0.5)
             hint = f"did you mean {', '.join('--' + c.replace('_', '-') for c in close)}? " if close else ""
-            raise ValueError(f"method {method!r} has no parameter --{name.replace('_', '-')}: {hint}see `python -m "
+            raise UserError(f"method {method!r} has no parameter --{name.replace('_', '-')}: {hint}see `python -m "
                              f"classify list --params {method}`")
     constraints = getattr(cls, "_parameter_constraints", {})
     for name, value in params.items():
@@ -46,7 +46,7 @@ def _check_params(method: str, params: dict) -> None:
         if rules and not any(rule.accepts(value) for rule in rules):
             forms = [str(rule) for rule in rules]
             allowed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
-            raise ValueError(f"--{name.replace('_', '-')} must be {allowed} for method {method!r}, got {value!r}")
+            raise UserError(f"--{name.replace('_', '-')} must be {allowed} for method {method!r}, got {value!r}")
 
 
 def _unchecked_params(method: str, params: dict) -> list[str]:
@@ -76,7 +76,7 @@ def _fitting(method: str, params: dict, run, offline: bool = False):
         if not suspects:  # every parameter passed the method's rules: a bug, not the user's value
             raise
         log.debug("fit of %s failed", method, exc_info=True)
-        raise ValueError(f"method {method!r} cannot use {', '.join(suspects)} ({err}); see the method's docstring "
+        raise UserError(f"method {method!r} cannot use {', '.join(suspects)} ({err}); see the method's docstring "
                          "for its parameter types") from None
 
 
@@ -85,7 +85,7 @@ def _backbones(store: FeatureStore, backbone) -> list[str]:
     if not specs:
         have = store.backbones
         if len(have) != 1:
-            raise ValueError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
+            raise UserError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
         specs = have
     return specs
 
@@ -175,7 +175,7 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
         fitted.check_store(fs)
         data = pipeline.load_data(fs, fitted.backbones, split, views=fitted.views)
     if not len(data.ids):
-        raise ValueError(f"the {split} split of {store} has no decoded images")
+        raise UserError(f"the {split} split of {store} has no decoded images")
     ids = format_ids(data.ids, id_format)
     header = ["id", "label"]
     rows = np.arange(len(ids))

@@ -8,7 +8,7 @@ import json
 
 from classify import pipeline
 from store.clitools import progress_bars
-from store.validation import BOOL, NONE, Int, Real, check_flags
+from store.validation import BOOL, NONE, Int, Real, UserError, check_flags
 
 #: the type and range of finetune's flags (a confidence threshold above 1 would turn FixMatch off silently)
 FLAGS = {"progress": [BOOL], "json_output": [BOOL], "offline": [BOOL], "bn_train": [BOOL], "seed": [Int(0)],
@@ -110,13 +110,13 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
                               ("backbone", backbone, "SPEC, e.g. timm:tf_efficientnet_lite0"),
                               ("out", out, "CKPT, the fine-tuned checkpoint to write (e.g. ft.pth)")):
         if value is None:
-            raise ValueError(f"pass --{flag} {hint}")
+            raise UserError(f"pass --{flag} {hint}")
     accepted = set(inspect.signature(ft.finetune).parameters) - {"callback"}
     unknown = sorted(set(options) - accepted)
     if unknown:
         close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
         hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
-        raise ValueError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
+        raise UserError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
                          "--help`")
     ft.parse_unfreeze(unfreeze)
     check_flags(dict(options, epochs=epochs, lr=lr, batch_size=batch_size, image_size=image_size, seed=seed,

@@ -9,6 +9,7 @@ import logging
 import faiss
 import numpy as np
 import scipy.sparse as sp
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,11 @@ def faiss_build() -> dict:
 def faiss_use_gpu(device: str) -> bool:
     """Whether to run faiss on a GPU for ``device`` in {"auto", "cpu", "cuda"}."""
     if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        raise UserError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     build = faiss_build()
     has_gpu = build["gpu_support"] and build["gpus"] > 0
     if device == "cuda" and not has_gpu:
-        raise ValueError("device='cuda' needs faiss with GPU support and a visible GPU (pip uninstall -y faiss-cpu && "
+        raise UserError("device='cuda' needs faiss with GPU support and a visible GPU (pip uninstall -y faiss-cpu && "
                          "pip install faiss-gpu-cu12); use device='auto' or 'cpu'")
     return device != "cpu" and has_gpu
 

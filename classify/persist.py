@@ -15,6 +15,7 @@ from typing import Any
 
 from classify.registry import trusted_types
 from store.atomic import atomic_write
+from store.validation import UserError
 
 
 def _sio():
@@ -60,19 +61,19 @@ def load(path: str | Path, what: str = "model", fix: str = "refit it with `pytho
     if not path.is_file():
         raise FileNotFoundError(f"no {what} at {path}; {fix}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a {what} saved by this suite (models are skops files since 0.2; pickle and "
+        raise UserError(f"{path} is not a {what} saved by this suite (models are skops files since 0.2; pickle and "
                          f".joblib files are refused because loading them can run code); {fix}")
     sio = _sio()
     try:
         found = set(sio.get_untrusted_types(file=path))
     except Exception as err:  # a damaged zip or schema; skops raises many types, all mean the same to the user
-        raise ValueError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from None
+        raise UserError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from None
     allowed = trusted_types()
     refused = sorted(found - allowed)
     if refused:
-        raise ValueError(f"{path} names types this suite does not load ({', '.join(refused)}): it was not written by "
+        raise UserError(f"{path} names types this suite does not load ({', '.join(refused)}): it was not written by "
                          f"this suite, or by a newer version; {fix}")
     try:
         return sio.load(path, trusted=sorted(found))
     except Exception as err:  # checked types, but a damaged or foreign tree: one line for the user
-        raise ValueError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from None
+        raise UserError(f"{path} is not a readable {what} ({type(err).__name__}: {err}); {fix}") from None

@@ -25,6 +25,7 @@ from classify.features import UNLABELED, align_proba
 from classify.registry import create, get
 from store import FeatureStore
 from store.clitools import as_list  # noqa: F401  (re-exported: the benchmarks use pipeline.as_list)
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +56,11 @@ def parse_method(text: str) -> tuple[str, dict]:
     params = {}
     if rest:
         if not rest.endswith(")"):
-            raise ValueError(f"method {text!r}: expected name(key=value, ...)")
+            raise UserError(f"method {text!r}: expected name(key=value, ...)")
         for item in as_list(rest[:-1]):
             key, sep, value = item.partition("=")
             if not sep:
-                raise ValueError(f"method {text!r}: {item!r} is not key=value")
+                raise UserError(f"method {text!r}: {item!r} is not key=value")
             try:
                 params[key.strip()] = ast.literal_eval(value.strip())
             except (ValueError, SyntaxError):
@@ -92,7 +93,7 @@ def load_data(store: FeatureStore, backbones: Sequence[str], split=None, views: 
     index = parts[0].index
     for spec, part in zip(backbones[1:], parts[1:]):
         if not np.array_equal(part.index, index):  # cannot happen for complete groups of one store
-            raise ValueError(f"backbone {spec!r} covers other rows than {backbones[0]!r}; re-run embed for both")
+            raise UserError(f"backbone {spec!r} covers other rows than {backbones[0]!r}; re-run embed for both")
     blocks = [p.X for p in parts]
     if views:
         blocks = [np.hstack([x, store.views(spec, index).reshape(len(index), -1)])
@@ -176,7 +177,7 @@ def build_for_store(store: FeatureStore, backbones: Sequence[str], method: str, 
     model per backbone (``combine="ensemble"``, members reading the column ``slices`` of their backbone), each
     built with its own backbone's context."""
     if combine not in ("concat", "ensemble"):
-        raise ValueError(f"--combine must be concat or ensemble, not {combine!r}")
+        raise UserError(f"--combine must be concat or ensemble, not {combine!r}")
     if len(backbones) == 1 or combine == "concat":
         return build(method, params, store_context(store, backbones[0]) if len(backbones) == 1 else {})
     members = [build(method, params, store_context(store, spec)) for spec in backbones]
@@ -214,11 +215,11 @@ class FittedModel:
     def check_store(self, store: FeatureStore) -> None:
         """Refuse a store of other images, or whose features of these backbones come from other weights."""
         if store.fingerprint != self.store_fingerprint:
-            raise ValueError(f"the model was fitted on another store (image list {self.store_fingerprint[:12]}, "
+            raise UserError(f"the model was fitted on another store (image list {self.store_fingerprint[:12]}, "
                              f"{store.path} has {store.fingerprint[:12]}); use the store it was fitted on or refit")
         for spec, sha in self.backbone_weights.items():
             if store.provenance(spec)["weights_sha256"] != sha:
-                raise ValueError(f"the features of {spec} in {store.path} come from other weights than the model was "
+                raise UserError(f"the features of {spec} in {store.path} come from other weights than the model was "
                                  "fitted on; refit the model on this store")
 
 
@@ -226,10 +227,10 @@ def load_model(path: str | Path) -> FittedModel:
     """A model written by :meth:`FittedModel.save`; files that could run code, or name foreign types, are refused."""
     payload = persist.load(path, "model", f"create one with `python -m classify fit ... --out {Path(path).name}`")
     if not isinstance(payload, dict) or payload.pop("format", None) != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a model saved by `python -m classify fit`")
+        raise UserError(f"{path} is not a model saved by `python -m classify fit`")
     fields = {f.name for f in dataclasses.fields(FittedModel)}
     if not fields >= set(payload) >= {"estimator", "method", "backbones", "store_fingerprint", "classes"}:
-        raise ValueError(f"{path} is not a model saved by `python -m classify fit` (unexpected fields); refit it")
+        raise UserError(f"{path} is not a model saved by `python -m classify fit` (unexpected fields); refit it")
     return FittedModel(**payload)
 
 
@@ -244,7 +245,7 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
     if stream is None:
         stream = can_stream and len(store) * store.provenance(backbones[0])["dim"] * 4 > STREAM_BYTES
     if stream and not can_stream:
-        raise ValueError(f"--stream needs one backbone and a method that reads chunks (labelprop), not {method!r}")
+        raise UserError(f"--stream needs one backbone and a method that reads chunks (labelprop), not {method!r}")
     if stream:
         index = store.row_index(backbones[0])
         use = np.ones(index.size, dtype=bool) if transductive else store.splits[index] != "test"
@@ -256,7 +257,7 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
         estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         X, y = fit_rows(data, transductive)
     if not (y != UNLABELED).any() and not _needs_no_labels(estimator):
-        raise ValueError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
+        raise UserError(f"store {store.path} has no labeled training rows; put images in train/<class>/ or use "
                          "a method that needs no labels (zeroshot, conse)")
     start = time.perf_counter()
     estimator.fit_chunks(rows, y) if stream else estimator.fit(X, y)
@@ -394,12 +395,12 @@ def cross_val_predictions(store, data: Data, backbones, method, params, combine,
     """
     labeled = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     if not labeled.size:
-        raise ValueError(f"{store.path} has no labeled images to score on (neither train/<class>/ nor test/<class>/); "
+        raise UserError(f"{store.path} has no labeled images to score on (neither train/<class>/ nor test/<class>/); "
                          "evaluation needs labels: add labeled images, or use `classify predict` for predictions only")
     counts = np.bincount(data.y[labeled])
     k = int(min(folds, counts[counts > 0].min()))
     if k < 2:
-        raise ValueError("cross-validation needs at least 2 labeled images per class and the store has no labeled "
+        raise UserError("cross-validation needs at least 2 labeled images per class and the store has no labeled "
                          "test split; add labeled images (train/<class>/ or test/<class>/)")
     template = build_for_store(store, backbones, method, params, combine, data.slices)
     X_all, y_all = fit_rows(data, transductive)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ def format_ids(ids, id_format: str = "relpath") -> list[str]:
     """Image ids as a predictions CSV names them: ``relpath`` (the store's id, ``test/a/0001.png``), ``name``
     (``0001.png``) or ``stem`` (``0001``); ids that become equal are refused, naming a few."""
     if id_format not in ID_FORMATS:
-        raise ValueError(f"--id-format must be one of {', '.join(ID_FORMATS)}, got {id_format!r}")
+        raise UserError(f"--id-format must be one of {', '.join(ID_FORMATS)}, got {id_format!r}")
     paths = [PurePosixPath(str(i)) for i in ids]
     shown = [str(p) if id_format == "relpath" else p.name if id_format == "name" else p.stem for p in paths]
     if len(set(shown)) < len(shown):
@@ -28,7 +29,7 @@ def format_ids(ids, id_format: str = "relpath") -> list[str]:
             if value in seen:
                 clashes.append(f"{seen[value]} and {original}")
             seen.setdefault(value, str(original))
-        raise ValueError(f"--id-format {id_format} gives {len(clashes)} images the id of another ("
+        raise UserError(f"--id-format {id_format} gives {len(clashes)} images the id of another ("
                          f"{'; '.join(clashes[:3])}{' ...' if len(clashes) > 3 else ''}); use --id-format relpath")
     return shown
 
@@ -42,7 +43,7 @@ def read_order(path: str, header: list[str]) -> tuple[list[str], list[str]]:
     with source.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
     if len(rows) < 2:
-        raise ValueError(f"--order file {source} lists no ids; expected a header row, then one id per row")
+        raise UserError(f"--order file {source} lists no ids; expected a header row, then one id per row")
     names = [cell.strip() for cell in rows[0]]
     header = [names[0], names[1] if len(names) > 1 and names[1] else header[1]]
     return [row[0].strip() for row in rows[1:]], header
@@ -53,7 +54,7 @@ def rows_in_order(ids: list[str], wanted: list[str], order: str, split: str, sto
     where = {value: i for i, value in enumerate(ids)}
     missing = [value for value in wanted if value not in where]
     if missing:
-        raise ValueError(f"{len(missing)} of the {len(wanted)} ids of {order} are not in the {split} split of "
+        raise UserError(f"{len(missing)} of the {len(wanted)} ids of {order} are not in the {split} split of "
                          f"{store}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}; check --id-format "
                          f"(these ids look like {ids[0]!r}) and --split")
     extra = len(ids) - len(set(wanted))

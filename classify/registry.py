@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 from typing import Callable
+from store.validation import UserError
 
 _METHODS: dict[str, type] = {}
 
@@ -22,11 +23,11 @@ def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
     """
     unknown = sorted(set(capabilities) - set(CAPABILITIES))
     if unknown:
-        raise ValueError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
+        raise UserError(f"unknown capabilities {unknown}; known: {', '.join(CAPABILITIES)}")
 
     def decorate(cls: type) -> type:
         if name in _METHODS and _METHODS[name] is not cls:
-            raise ValueError(f"method name {name!r} is already registered by {_METHODS[name].__qualname__}")
+            raise UserError(f"method name {name!r} is already registered by {_METHODS[name].__qualname__}")
         _METHODS[name] = cls
         cls.method_name = name
         for key, value in capabilities.items():
@@ -48,7 +49,7 @@ def get(name: str) -> type:
     except KeyError:
         close = difflib.get_close_matches(name, _METHODS, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"unknown method {name!r}: {hint}known methods: {', '.join(sorted(_METHODS))}") from None
+        raise UserError(f"unknown method {name!r}: {hint}known methods: {', '.join(sorted(_METHODS))}") from None
 
 
 def create(name: str, **params):
@@ -66,12 +67,12 @@ def create(name: str, **params):
     if unknown:
         close = difflib.get_close_matches(unknown[0], accepted, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise ValueError(f"method {name!r} has no parameter {unknown[0]!r}: {hint}its parameters: "
+        raise UserError(f"method {name!r} has no parameter {unknown[0]!r}: {hint}its parameters: "
                          f"{', '.join(accepted) or 'none'} (python -m classify list --params {name})")
     try:
         return cls(**params)
     except TypeError as err:
-        raise ValueError(f"bad parameter for method {name!r}: {err}") from None
+        raise UserError(f"bad parameter for method {name!r}: {err}") from None
 
 
 _PERSISTABLE: set[type] = set()

@@ -24,6 +24,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _check_proba(proba: Any) -> Any:
     if not _is_torch(proba):
         proba = np.asarray(proba)
     if proba.ndim != 2:
-        raise ValueError(f"proba must be 2-D (n_samples, n_classes), got shape {tuple(proba.shape)}; "
+        raise UserError(f"proba must be 2-D (n_samples, n_classes), got shape {tuple(proba.shape)}; "
                          "pass predict_proba output or softmax(logits, dim=1)")
     return proba
 
@@ -70,7 +71,7 @@ def fixed_threshold_mask(proba: Any, tau: float) -> Any:
     """
     proba = _check_proba(proba)
     if not 0.0 <= float(tau) <= 1.0:
-        raise ValueError(f"tau must be in [0, 1], got {tau}; probabilities never exceed 1")
+        raise UserError(f"tau must be in [0, 1], got {tau}; probabilities never exceed 1")
     conf, _ = _max_argmax(proba)
     return conf >= tau
 
@@ -151,13 +152,13 @@ class ClassAwareThresholds:
     def __init__(self, n_classes: int, tau0: Any = 0.95, ema: float = 0.9, eps: float = 0.001,
                  target: Any = None, tau_min: float = 0.0, tau_max: float = 1.0) -> None:
         if int(n_classes) < 1:
-            raise ValueError(f"n_classes must be >= 1, got {n_classes}")
+            raise UserError(f"n_classes must be >= 1, got {n_classes}")
         if not 0.0 <= ema < 1.0:
-            raise ValueError(f"ema must be in [0, 1), got {ema}; the paper uses 0.9")
+            raise UserError(f"ema must be in [0, 1), got {ema}; the paper uses 0.9")
         if eps < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
+            raise UserError(f"eps must be >= 0, got {eps}")
         if not 0.0 <= tau_min <= tau_max <= 1.0:
-            raise ValueError(f"need 0 <= tau_min <= tau_max <= 1, got tau_min={tau_min}, tau_max={tau_max}")
+            raise UserError(f"need 0 <= tau_min <= tau_max <= 1, got tau_min={tau_min}, tau_max={tau_max}")
         self.n_classes = int(n_classes)
         self.ema = float(ema)
         self.eps = float(eps)
@@ -170,7 +171,7 @@ class ClassAwareThresholds:
         else:
             r = np.asarray(target, dtype=np.float64).ravel()
             if r.shape != (self.n_classes,) or np.any(r < 0) or r.sum() <= 0:
-                raise ValueError(f"target must be {self.n_classes} non-negative class shares with a positive sum, "
+                raise UserError(f"target must be {self.n_classes} non-negative class shares with a positive sum, "
                                  f"got {target!r}")
             r = r / r.sum()
         self.target = r
@@ -180,7 +181,7 @@ class ClassAwareThresholds:
     def _check(self, proba: Any) -> Any:
         proba = _check_proba(proba)
         if proba.shape[1] != self.n_classes:
-            raise ValueError(f"proba has {proba.shape[1]} columns but the thresholds were made for "
+            raise UserError(f"proba has {proba.shape[1]} columns but the thresholds were made for "
                              f"{self.n_classes} classes")
         return proba
 
@@ -214,7 +215,7 @@ class ClassAwareThresholds:
         """
         counts = np.asarray(counts, dtype=np.float64).ravel()
         if counts.shape != (self.n_classes,):
-            raise ValueError(f"counts must have {self.n_classes} entries, got shape {counts.shape}")
+            raise UserError(f"counts must have {self.n_classes} entries, got shape {counts.shape}")
         frac = counts / max(1.0, counts.sum())  # (C,)
         self.shares = self.ema * self.shares + (1.0 - self.ema) * frac
         self.thresholds = np.clip(self.thresholds + self.eps * np.sign(self.shares - self.target),
@@ -312,7 +313,7 @@ def balanced_topk_mask(proba: Any, k: Any) -> Any:
     n, n_classes = p.shape
     k_arr = np.broadcast_to(np.asarray(k), (n_classes,))
     if not np.issubdtype(k_arr.dtype, np.integer) or np.any(k_arr < 0):
-        raise ValueError(f"k must be a non-negative int (or one per class), got {k!r}")
+        raise UserError(f"k must be a non-negative int (or one per class), got {k!r}")
     conf, idx = p.max(axis=1), p.argmax(axis=1)  # (n,), (n,)
     order = np.lexsort((np.arange(n), -conf, idx))  # grouped by class, most confident first
     cls_sorted = idx[order]

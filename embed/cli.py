@@ -10,7 +10,7 @@ from pathlib import Path
 from embed import sources
 from store import display_id
 from store.clitools import as_list, progress_bars, run_cli
-from store.validation import BOOL, NONE, Int, Is, Options, Real, check_flags
+from store.validation import BOOL, NONE, Int, Is, Options, Real, UserError, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
                                                     for v in (data, csv, store, templates, shards, address))
     is_demo = data is None and csv is None
     if data is not None and csv is not None:
-        raise ValueError("pass either --data DIR or --csv FILE, not both")
+        raise UserError("pass either --data DIR or --csv FILE, not both")
     if is_demo:
         images = sources.from_folder(sources.write_demo(demo_folder()))
         specs = as_list(backbone) or [DEMO_BACKBONE]
@@ -128,7 +128,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         images = sources.from_folder(data) if data is not None else sources.from_csv(csv)
         specs = as_list(backbone)
         if not specs:
-            raise ValueError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
+            raise UserError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"
     from embed.backbones import offline_env  # torch, timm, open_clip: only once the inputs are known to be good
     from embed.runner import embed
@@ -159,7 +159,7 @@ def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_si
     from store.shards import import_shards
 
     if views:
-        raise ValueError("--engine ray stores no augmented views; drop --views or use --engine local")
+        raise UserError("--engine ray stores no augmented views; drop --views or use --engine local")
     summary = RunSummary(store=Path(store))
     for spec in specs:
         folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / _folder_name(spec)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -190,12 +191,12 @@ def load_image(
         If ``path`` is not a str, bytes or os.PathLike.
     """
     if target_size is not None and (not isinstance(target_size, int) or target_size <= 0):
-        raise ValueError(f"target_size must be a positive integer or None, got {target_size!r}")
+        raise UserError(f"target_size must be a positive integer or None, got {target_size!r}")
     for name, value in (("max_pixels", max_pixels), ("max_bytes", max_bytes)):
         if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            raise UserError(f"{name} must be a positive integer, got {value!r}")
     if not isinstance(max_aspect_ratio, (int, float)) or not max_aspect_ratio >= 1:
-        raise ValueError(f"max_aspect_ratio must be a number >= 1, got {max_aspect_ratio!r}")
+        raise UserError(f"max_aspect_ratio must be a number >= 1, got {max_aspect_ratio!r}")
     path = os.fspath(path)  # TypeError for non-paths; an int would otherwise be opened as a file descriptor
 
     try:

@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 
 import torch
+from store.validation import UserError
 
 __all__ = ["LITE_PACKAGES", "package_checkpoint", "package_name", "convert_lite_state_dict", "load_package_weights"]
 
@@ -69,7 +70,7 @@ def package_name(model_name: str) -> str:
     try:
         return LITE_PACKAGES[model_name][0]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"no offline weight package for {model_name!r}; packaged weights exist for {', '.join(LITE_PACKAGES)}"
         ) from None
 
@@ -90,7 +91,7 @@ def package_checkpoint(model_name: str) -> Path | None:
     """
     module_name, cls_name = LITE_PACKAGES.get(model_name, (None, None))
     if module_name is None:
-        raise ValueError(
+        raise UserError(
             f"no offline weight package for {model_name!r}; packaged weights exist for {', '.join(LITE_PACKAGES)}"
         )
     try:
@@ -146,7 +147,7 @@ def convert_lite_state_dict(src: dict[str, torch.Tensor], model: torch.nn.Module
 
     src_block_ids = sorted({int(m.group(1)) for k in src if (m := _BLOCK_KEY.match(k))})
     if src_block_ids and (src_block_ids != list(range(len(src_block_ids))) or len(src_block_ids) != len(blocks)):
-        raise ValueError(
+        raise UserError(
             f"checkpoint has blocks {src_block_ids[0]}..{src_block_ids[-1]} ({len(src_block_ids)} blocks) "
             "but the model "
             f"has {len(blocks)} blocks; is this the checkpoint for a different EfficientNet-Lite size?"
@@ -186,7 +187,7 @@ def convert_lite_state_dict(src: dict[str, torch.Tensor], model: torch.nn.Module
     if bad_shapes:
         problems.append(f"{len(bad_shapes)} shape mismatches: {', '.join(bad_shapes[:10])}")
     if problems:
-        raise ValueError(
+        raise UserError(
             "cannot convert EfficientNet-Lite checkpoint to timm "
             f"{getattr(model, 'pretrained_cfg', {}).get('architecture', type(model).__name__)}: " + "; ".join(problems)
         )

@@ -29,6 +29,7 @@ from store import display_id, image_list_sha256
 from store.shard_format import shard_rows
 from store.shards import ShardWriter
 from store.writers import Batch, write_batches
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _start_ray(address: str | None, num_cpus: int | None):
     try:
         import ray
     except ImportError:
-        raise ValueError("--engine ray needs Ray: pip install 'ray[data]' (or this project's [ray] extra)") from None
+        raise UserError("--engine ray needs Ray: pip install 'ray[data]' (or this project's [ray] extra)") from None
     if not ray.is_initialized():
         # actors on other nodes do not inherit this process's environment: --offline must reach them explicitly
         offline = {"env_vars": {"HF_HUB_OFFLINE": "1"}} if os.environ.get("HF_HUB_OFFLINE") == "1" else None
@@ -140,9 +141,9 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
     from embed.templates import DEFAULT_TEMPLATES
 
     if shard_size < 1 or batch_size < 1:
-        raise ValueError("--shard-size and --batch-size must be at least 1")
+        raise UserError("--shard-size and --batch-size must be at least 1")
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
+        raise UserError(f"--dtype must be float32 or float16, not {dtype!r}")
     templates = list(templates or DEFAULT_TEMPLATES)
     backbone = load_backbone(spec, image_size=image_size)  # provenance, text side and head: once, on the driver
     writer = ShardWriter(folder, shard_meta(images, backbone, shard_size, templates, dtype), images.ids,

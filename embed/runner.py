@@ -40,6 +40,7 @@ from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
 from store import ERROR, OK, FeatureStore, display_id, open_for_images
 from store.writers import Batch, StoreWriter, write_batches
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,9 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"--device must be auto, cpu or cuda, not {device!r}")
+        raise UserError(f"--device must be auto, cpu or cuda, not {device!r}")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
+        raise UserError("--device cuda was asked for but torch sees no GPU; use --device cpu (or auto)")
     return torch.device(device)
 
 
@@ -166,11 +167,11 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
         Seed of the augmented views.
     """
     if dtype not in ("float32", "float16"):
-        raise ValueError(f"--dtype must be float32 or float16, not {dtype!r}")
+        raise UserError(f"--dtype must be float32 or float16, not {dtype!r}")
     if batch_size < 1 or views < 0:
-        raise ValueError("--batch-size must be at least 1 and --views at least 0")
+        raise UserError("--batch-size must be at least 1 and --views at least 0")
     if not backbones:
-        raise ValueError("no backbone given; pass --backbone SPEC (e.g. timm:tf_efficientnet_lite0)")
+        raise UserError("no backbone given; pass --backbone SPEC (e.g. timm:tf_efficientnet_lite0)")
     torch_device = resolve_device(device)
     workers = default_workers(torch_device) if workers is None else int(workers)
     templates = list(templates or DEFAULT_TEMPLATES)

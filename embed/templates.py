@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
+from store.validation import UserError
 
 __all__ = ["DEFAULT_TEMPLATES", "load_templates", "check_template"]
 
@@ -22,14 +23,14 @@ DEFAULT_TEMPLATES: list[str] = _dedupe(
 def check_template(template: str) -> str:
     """Return ``template`` if it contains exactly one ``{}`` and formats cleanly, else raise ``ValueError``."""
     if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(
+        raise UserError(
             f"prompt template {template!r} must contain exactly one '{{}}' where the class name goes, "
             "e.g. 'a photo of a {}.'"
         )
     try:
         template.format("x")
     except (IndexError, KeyError, ValueError) as err:
-        raise ValueError(
+        raise UserError(
             f"prompt template {template!r} is not a valid format string ({err}); "
             "write literal braces as '{{' and '}}'"
         ) from None
@@ -70,7 +71,7 @@ def load_templates(path: str | Path) -> list[str]:
         try:
             templates.append(check_template(line))
         except ValueError as err:
-            raise ValueError(f"{path}:{lineno}: {err}") from None
+            raise UserError(f"{path}:{lineno}: {err}") from None
     if not templates:
-        raise ValueError(f"template file {path} has no templates; write one per line, e.g. 'a photo of a {{}}.'")
+        raise UserError(f"template file {path} has no templates; write one per line, e.g. 'a photo of a {{}}.'")
     return _dedupe(templates)

@@ -6,7 +6,7 @@ import json
 
 from store.clitools import run_cli
 from store.h5store import FeatureStore
-from store.validation import BOOL, Int, check_flags
+from store.validation import BOOL, Int, UserError, check_flags
 
 
 def info(path: str, json_output: bool = False) -> None:
@@ -93,7 +93,7 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
     from store.shards import export_shards
 
     if format != "shards":
-        raise ValueError(f"--format must be shards, not {format!r}")
+        raise UserError(f"--format must be shards, not {format!r}")
     check_flags(dict(shard_size=shard_size, normalize=normalize), {"shard_size": [Int(1)], "normalize": [BOOL]})
     folder = export_shards(store, backbone, out, shard_size, normalize)
     print(f"exported {backbone} of {store} to {folder}")

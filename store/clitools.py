@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import fire
+from store.validation import UserError
 
 
 def as_list(value) -> list[str]:
@@ -215,7 +216,7 @@ def check_known_flags(fn: Callable, args: list[str], title: str) -> None:
         typed = {flag_name(k)[2:].replace("-", "_"): k for k in known}  # json -> json_output
         close = difflib.get_close_matches(name, list(typed), n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(flag_name(typed[c]) for c in close)}? " if close else ""
-        raise ValueError(f"{title} has no flag {arg.partition('=')[0]}: {hint}see `{title} --help`")
+        raise UserError(f"{title} has no flag {arg.partition('=')[0]}: {hint}see `{title} --help`")
 
 
 def _logging_flags(argv: list[str]) -> tuple[list[str], int | None, bool]:
@@ -233,7 +234,7 @@ def _logging_flags(argv: list[str]) -> tuple[list[str], int | None, bool]:
             value = arg.partition("=")[2] if "=" in arg else next(args, "")
             numeric = logging.getLevelName(value.upper())
             if not isinstance(numeric, int) or value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-                raise ValueError(f"--log-level must be debug, info, warning or error, got {value!r}")
+                raise UserError(f"--log-level must be debug, info, warning or error, got {value!r}")
             level = numeric
             continue
         rest.append(arg)
@@ -310,7 +311,7 @@ def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -
     argv = [str(a) for a in (sys.argv[1:] if argv is None else argv)]  # fire parses values from their text
     try:
         argv, level, quiet = _logging_flags(argv)
-    except ValueError as err:
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     command = argv[0] if argv and argv[0] in commands else None
@@ -330,6 +331,6 @@ def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -
         with _fire_output(name, command), _logging(level if level is not None else logging.WARNING if quiet
                                                    else logging.INFO, quiet):
             fire.Fire(commands, command=argv, name=name)
-    except (ValueError, FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:  # anything else is a bug: its traceback stays
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -54,6 +54,7 @@ from store.layout import (ERROR, ERROR_BYTES, FORMAT, FORMAT_VERSION, OK, PENDIN
                           create_rows_dataset, display_id, id_bytes, image_list_sha256, one_line, short)
 from store.reading import RowChunks, StoreReading
 from store.writing import StoreWriting
+from store.validation import UserError
 
 __all__ = ["ERROR", "OK", "PENDING", "SPLITS", "FeatureStore", "Rows", "RowChunks", "display_id", "image_list_sha256",
            "open_for_images"]
@@ -86,7 +87,7 @@ class FeatureStore(StoreReading, StoreWriting):
             raise damaged_error(self.path, err) from None
         if fmt != FORMAT:
             self._f.close()
-            raise ValueError(f"{self.path} is an HDF5 file but not a feature store; point --store at a store written "
+            raise UserError(f"{self.path} is an HDF5 file but not a feature store; point --store at a store written "
                              "by `python -m embed run`")
         self._cache: dict[str, np.ndarray] = {}
 
@@ -97,13 +98,13 @@ class FeatureStore(StoreReading, StoreWriting):
         """Write a new store for an image list (atomically: a temporary file renamed into place)."""
         path = Path(path)
         if path.exists():
-            raise ValueError(f"{path} already exists; open it instead or choose another --store path")
+            raise UserError(f"{path} already exists; open it instead or choose another --store path")
         bad = sorted(set(splits) - set(SPLITS))
         if bad:
-            raise ValueError(f"unknown split(s) {bad}; splits must be one of {list(SPLITS)}")
+            raise UserError(f"unknown split(s) {bad}; splits must be one of {list(SPLITS)}")
         labels = np.asarray(labels, dtype=np.int32)
         if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
-            raise ValueError(f"labels must be -1 (unknown) or a class index below {len(classes)}")
+            raise UserError(f"labels must be -1 (unknown) or a class index below {len(classes)}")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
@@ -111,7 +112,7 @@ class FeatureStore(StoreReading, StoreWriting):
         except OSError as err:
             if isinstance(err, FileNotFoundError):
                 raise
-            raise ValueError(f"cannot create the store {path} ({one_line(err)}); free disk space or choose "
+            raise UserError(f"cannot create the store {path} ({one_line(err)}); free disk space or choose "
                              "another --store path") from None
         return cls(path, "a")
 
@@ -224,7 +225,7 @@ class FeatureStore(StoreReading, StoreWriting):
         names = [split] if isinstance(split, str) else list(split)
         unknown = sorted(set(names) - set(SPLITS))
         if unknown:
-            raise ValueError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
+            raise UserError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
         return np.isin(self.splits, names)
 
 
@@ -260,6 +261,6 @@ def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str],
         return FeatureStore.create(path, ids, splits, labels, classes, root=root)
     with FeatureStore(path, "r") as existing:  # check read-only first: a refusal must not touch the file
         if existing.fingerprint != image_list_sha256(ids, splits, labels, classes):
-            raise ValueError(f"store {path} was built from a different image list ({len(existing)} images, classes "
+            raise UserError(f"store {path} was built from a different image list ({len(existing)} images, classes "
                              f"{short(existing.classes)}); use a new --store path for this data")
     return FeatureStore(path, "a")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from store.layout import one_line
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,9 @@ def sane_rows(X: np.ndarray) -> np.ndarray:
         return np.isfinite(X).all(axis=1) & (np.abs(X) <= MAX_ABS_FEATURE).all(axis=1)
 
 
-def damaged_error(path: Path, err: BaseException) -> ValueError:
+def damaged_error(path: Path, err: BaseException) -> UserError:
     """The one-line error of a store whose file structure is damaged."""
-    return ValueError(f"store {path} is damaged ({type(err).__name__}: {one_line(err)}); re-embed: move it aside and "
+    return UserError(f"store {path} is damaged ({type(err).__name__}: {one_line(err)}); re-embed: move it aside and "
                       "rerun `python -m embed run` with the same --store path")
 
 
@@ -58,20 +59,20 @@ def writes(method):
             return method(self, *args, **kwargs)
         except OSError as err:
             log.debug("writing %s failed", self.path, exc_info=True)
-            raise ValueError(f"writing {self.path} failed ({one_line(err)}); free disk space (or fix the disk) and "
+            raise UserError(f"writing {self.path} failed ({one_line(err)}); free disk space (or fix the disk) and "
                              "rerun the same command: it resumes where it stopped") from None
     return wrapper
 
 
-def open_error(path: Path, err: OSError) -> ValueError:
+def open_error(path: Path, err: OSError) -> UserError:
     """The one-line reason h5py could not open ``path``: in use by another process, or not an HDF5 store."""
     text = one_line(err)
     if "unable to lock file" in text:
         if isinstance(err, BlockingIOError) or err.errno in (errno.EAGAIN, errno.EWOULDBLOCK) or "errno = 11" in text:
-            return ValueError(f"store {path} is in use by another process (HDF5 allows one writer and no readers at a "
+            return UserError(f"store {path} is in use by another process (HDF5 allows one writer and no readers at a "
                               f"time); wait for the other `python -m embed run` / `classify` command to finish (or "
                               f"stop it; `fuser -v {path}` names it), then retry")
-        return ValueError(f"cannot lock {path}: its file system does not support file locking ({text}); set "
+        return UserError(f"cannot lock {path}: its file system does not support file locking ({text}); set "
                           "HDF5_USE_FILE_LOCKING=FALSE and make sure no other process writes the store")
-    return ValueError(f"{path} is not a readable HDF5 feature store ({text}); point --store at a store written by "
+    return UserError(f"{path} is not a readable HDF5 feature store ({text}); point --store at a store written by "
                       "`python -m embed run`")

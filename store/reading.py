@@ -14,6 +14,7 @@ import numpy as np
 
 from store.integrity import reads, sane_rows
 from store.layout import ERROR, JSON_ATTRS, OK, PENDING, SPLITS, Rows, display_id, group_name, plain
+from store.validation import UserError
 
 
 def read_rows(dataset: h5py.Dataset, index: np.ndarray) -> np.ndarray:
@@ -45,7 +46,7 @@ class StoreReading:
         name = group_name(spec)
         if name not in self._f["backbones"]:
             have = ", ".join(self.backbones) or "none"
-            raise ValueError(f"store {self.path} has no features for backbone {spec!r} (it has: {have}); run "
+            raise UserError(f"store {self.path} has no features for backbone {spec!r} (it has: {have}); run "
                              f"`python -m embed run --backbone {spec} --store {self.path}` first")
         return self._f["backbones"][name]
 
@@ -80,7 +81,7 @@ class StoreReading:
         bad = ~sane_rows(X.reshape(len(X), -1))
         if bad.any():
             first = display_id(str(self.ids[index[np.argmax(bad)]]))
-            raise ValueError(f"store {self.path} is damaged: {int(bad.sum())} row(s) of backbone {spec!r} hold "
+            raise UserError(f"store {self.path} is damaged: {int(bad.sum())} row(s) of backbone {spec!r} hold "
                              f"non-finite or absurdly large features (first: {first}); re-embed them: rerun "
                              f"`python -m embed run --backbone {spec} --store {self.path}` with the same data")
 
@@ -114,7 +115,7 @@ class StoreReading:
         want = self.split_mask(split) & (self.status != ERROR)
         missing = want & ~self._group(spec)["done"][:]
         if missing.any():
-            raise ValueError(f"backbone {spec!r} in {self.path} is incomplete: {int(missing.sum())} rows not embedded "
+            raise UserError(f"backbone {spec!r} in {self.path} is incomplete: {int(missing.sum())} rows not embedded "
                              "yet; rerun the same `python -m embed run` command to finish it")
         return np.flatnonzero(want)
 
@@ -123,7 +124,7 @@ class StoreReading:
         """(n, V, D) float32 augmented-view features of rows ``index``; kinds in ``provenance(spec)['view_kinds']``."""
         g = self._group(spec)
         if "views" not in g:
-            raise ValueError(f"backbone {spec!r} in {self.path} has no augmented views; embed with --views K")
+            raise UserError(f"backbone {spec!r} in {self.path} has no augmented views; embed with --views K")
         index = np.asarray(index)
         views = read_rows(g["views"], index)  # (n, V, D)
         self._check_features(spec, views, index)
@@ -140,7 +141,7 @@ class StoreReading:
         """(n, K) float32 classifier probabilities of rows ``index`` and the K class names."""
         g = self._group(spec)
         if not self.has_probs(spec):
-            raise ValueError(f"backbone {spec!r} in {self.path} kept no classifier probabilities (only ImageNet "
+            raise UserError(f"backbone {spec!r} in {self.path} kept no classifier probabilities (only ImageNet "
                              "classifiers with pretrained heads have them, embedded by `python -m embed run`)")
         return read_rows(g["probs"], np.asarray(index)).astype(np.float32), json.loads(g["probs"].attrs["classes"])
 
@@ -149,7 +150,7 @@ class StoreReading:
         """CLIP text embeddings (C, T, D), their templates, and the logit scale; ValueError when absent."""
         g = self._group(spec)
         if not self.has_text(spec):
-            raise ValueError(f"backbone {spec!r} in {self.path} has no text embeddings; zero-shot needs a CLIP "
+            raise UserError(f"backbone {spec!r} in {self.path} has no text embeddings; zero-shot needs a CLIP "
                              "backbone (clip:<arch>/<tag>) embedded with `python -m embed run`")
         d = g["text"]
         scale = float(d.attrs["logit_scale"])
@@ -209,7 +210,7 @@ class RowChunks:
     def __init__(self, dataset: h5py.Dataset, index: np.ndarray, chunk_rows: int,
                  read: Callable[[np.ndarray], np.ndarray] | None = None):
         if index.size and np.any(np.diff(index) <= 0):
-            raise ValueError("row index must be strictly increasing")
+            raise UserError("row index must be strictly increasing")
         self._index, self._chunk = index, int(chunk_rows)
         self._read_block = read or functools.partial(read_rows, dataset)
         self.shape = (int(index.size), int(dataset.shape[1]))

@@ -14,6 +14,7 @@ import numpy as np
 from store.atomic import atomic_write
 from store.layout import ERROR, OK, SPLITS, display_id, id_bytes, one_line
 from store.writers import Batch
+from store.validation import UserError
 
 SHARDS_FORMAT = "fewshot-feature-shards/2"
 #: format 1: features always L2-normalised float16, no probabilities
@@ -35,7 +36,7 @@ def pyarrow_modules():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise ValueError("sharded export/import needs pyarrow: pip install pyarrow (or the project's [ray] extra)") \
+        raise UserError("sharded export/import needs pyarrow: pip install pyarrow (or the project's [ray] extra)") \
             from None
     return pa, pq
 
@@ -54,7 +55,7 @@ def _atomic(path: Path, write) -> None:
     except OSError as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise ValueError(f"writing {path} failed ({one_line(err)}); free disk space (or fix the disk) and rerun the "
+        raise UserError(f"writing {path} failed ({one_line(err)}); free disk space (or fix the disk) and rerun the "
                          "same command: finished shards are kept") from None
 
 
@@ -95,7 +96,7 @@ class ShardWriter:
             old = read_meta(self.folder)
             for key in RESUME_KEYS:
                 if old.get(key) != meta.get(key):
-                    raise ValueError(f"{self.folder} holds shards of another run (different {key}: "
+                    raise UserError(f"{self.folder} holds shards of another run (different {key}: "
                                      f"{old.get(key)!r}); use a new --shards folder, or delete this one")
         else:
             _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
@@ -172,18 +173,18 @@ def read_meta(folder: str | Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{path} is damaged ({one_line(err)}); {REWRITE}") from None
+        raise UserError(f"{path} is damaged ({one_line(err)}); {REWRITE}") from None
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
-        raise ValueError(f"{path} is not a fewshot shard folder's meta.json; point at a folder written by "
+        raise UserError(f"{path} is not a fewshot shard folder's meta.json; point at a folder written by "
                          "`python -m embed run --engine ray` or `python -m store export`")
     meta = {"normalized": True, "dtype": "float16", **meta}
     kinds = {**META_KEYS, "normalized": bool, "dtype": str}
     for key, kind in kinds.items():
         # bool is an int in Python, never a valid count here
         if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta.get(key), bool)):
-            raise ValueError(f"{path} is damaged: {key!r} is missing or not a JSON {kind.__name__}; {REWRITE}")
+            raise UserError(f"{path} is damaged: {key!r} is missing or not a JSON {kind.__name__}; {REWRITE}")
     if meta["n_shards"] < 0 or meta["dim"] < 1 or meta["dtype"] not in ("float16", "float32"):
-        raise ValueError(f"{path} is damaged: n_shards {meta['n_shards']} / dim {meta['dim']} / dtype "
+        raise UserError(f"{path} is damaged: n_shards {meta['n_shards']} / dim {meta['dim']} / dtype "
                          f"{meta['dtype']!r} are out of range; {REWRITE}")
     return meta
 
@@ -192,21 +193,21 @@ def read_table(path: Path) -> dict:
     """One shard's metadata as lists, checked: every column there, equal lengths, known splits and statuses."""
     _, pq = pyarrow_modules()
     if not path.is_file():
-        raise ValueError(f"{path} is missing; {REWRITE}")
+        raise UserError(f"{path} is missing; {REWRITE}")
     try:
         table = pq.read_table(path).to_pydict()
     except Exception as err:  # noqa: BLE001 - pyarrow raises its own ArrowInvalid / OSError kinds for damaged files
-        raise ValueError(f"{path} is not a readable parquet file ({one_line(err)}); {REWRITE}") from None
+        raise UserError(f"{path} is not a readable parquet file ({one_line(err)}); {REWRITE}") from None
     missing = [c for c in METADATA_COLUMNS if c not in table]
     if missing:
-        raise ValueError(f"{path} lacks column(s) {missing} (a shard's metadata has {list(METADATA_COLUMNS)}); "
+        raise UserError(f"{path} lacks column(s) {missing} (a shard's metadata has {list(METADATA_COLUMNS)}); "
                          f"{REWRITE}")
     if "id_bytes" in table:
         table["id"] = [bytes(b).decode("utf-8", "surrogateescape") for b in table["id_bytes"]]
     lengths = {len(v) for v in table.values()}
     bad_values = (set(table["split"]) - set(SPLITS)) | (set(table["status"]) - set(STATUS_NAMES.values()))
     if len(lengths) > 1 or bad_values or any(not isinstance(y, int) for y in table["label"]):
-        raise ValueError(f"{path} is damaged (columns of different lengths, unknown split/status values "
+        raise UserError(f"{path} is damaged (columns of different lengths, unknown split/status values "
                          f"{sorted(map(str, bad_values))[:5]}, or labels that are not integers); {REWRITE}")
     return table
 
@@ -214,11 +215,11 @@ def read_table(path: Path) -> dict:
 def check_npy(path: Path, shape: tuple) -> None:
     """ValueError naming ``path`` unless it is a readable .npy of numbers with ``shape``."""
     if not path.is_file():
-        raise ValueError(f"{path} is missing; {REWRITE}")
+        raise UserError(f"{path} is missing; {REWRITE}")
     try:
         array = np.load(path, mmap_mode="r")  # header only; no pickles (allow_pickle is False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"{path} is not a readable .npy array ({one_line(err)}); {REWRITE}") from None
+        raise UserError(f"{path} is not a readable .npy array ({one_line(err)}); {REWRITE}") from None
     if array.shape != shape or array.dtype.kind not in "fiu":
-        raise ValueError(f"{path} holds a {array.dtype} array of shape {array.shape}, expected numbers of shape "
+        raise UserError(f"{path} holds a {array.dtype} array of shape {array.shape}, expected numbers of shape "
                          f"{shape}; {REWRITE}")

@@ -43,6 +43,7 @@ from store.h5store import ERROR, OK, FeatureStore, open_for_images
 from store.shard_format import (REWRITE, SHARDS_FORMAT, ShardWriter, check_npy, l2_normalize_rows, read_meta,
                                 read_table)
 from store.writers import Batch, StoreWriter, write_batches
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,13 @@ def _check_side_arrays(folder: Path, meta: dict, tables: list[dict]) -> None:
             check_npy(folder / "probs" / f"probs_{n}.npy", (len(table["id"]), len(meta["prob_classes"])))
     if (folder / "head_weight.npy").is_file():
         if not isinstance(meta.get("head_classes"), list):
-            raise ValueError(f"{folder / 'meta.json'} is damaged: head_weight.npy is there but 'head_classes' is "
+            raise UserError(f"{folder / 'meta.json'} is damaged: head_weight.npy is there but 'head_classes' is "
                              f"missing; {REWRITE}")
         check_npy(folder / "head_weight.npy", (len(meta["head_classes"]), dim))
         check_npy(folder / "head_bias.npy", (len(meta["head_classes"]),))
     if (folder / "text_emb.npy").is_file():
         if not isinstance(meta.get("templates"), list):
-            raise ValueError(f"{folder / 'meta.json'} is damaged: text_emb.npy is there but 'templates' is missing; "
+            raise UserError(f"{folder / 'meta.json'} is damaged: text_emb.npy is there but 'templates' is missing; "
                              f"{REWRITE}")
         check_npy(folder / "text_emb.npy", (len(meta["classes"]), len(meta["templates"]), dim))
 
@@ -74,7 +75,7 @@ def _checked_tables(folder: Path, meta: dict) -> list[dict]:
     missing = [n for n in range(meta["n_shards"]) if not (folder / "done" / str(n)).is_file()]
     if missing:
         shown = f"{missing[:5]}{'…' if len(missing) > 5 else ''}"
-        raise ValueError(f"{folder} is incomplete: shards {shown} are missing; "
+        raise UserError(f"{folder} is incomplete: shards {shown} are missing; "
                          "rerun the same `python -m embed run --engine ray` command to finish them")
     tables = [read_table(folder / "metadata" / f"metadata_{n}.parquet") for n in range(meta["n_shards"])]
     _check_side_arrays(folder, meta, tables)
@@ -154,12 +155,12 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
         features as they are, with the classifier probabilities (a lossless copy, for another store).
     """
     if shard_size < 1:
-        raise ValueError("--shard-size must be at least 1")
+        raise UserError("--shard-size must be at least 1")
     with FeatureStore(store_path) as fs:
         n = len(fs)
         prov = fs.provenance(spec)
         if not fs.rows_done(spec).all():
-            raise ValueError(f"backbone {spec!r} in {store_path} is incomplete; finish `python -m embed run` first")
+            raise UserError(f"backbone {spec!r} in {store_path} is incomplete; finish `python -m embed run` first")
         meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
         meta.update(image_list_sha256=fs.fingerprint, classes=fs.classes, root=fs.root, n_images=n,
                     shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),

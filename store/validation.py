@@ -17,6 +17,12 @@ from typing import Any
 import numpy as np
 
 
+class UserError(ValueError):
+    """A mistake the user can fix (a flag, a file, the data), with the fix in its message. The CLIs print it as one
+    line and exit 2; any other exception is a bug and keeps its traceback. A ValueError, so sklearn's conventions for
+    bad parameters hold."""
+
+
 class Rule(ABC):
     """One accepted form of a parameter value; a parameter is valid when any of its rules accepts it."""
 
@@ -121,7 +127,7 @@ def check_params(owner: str, params: dict[str, Any], constraints: dict[str, list
     for name, rules in constraints.items():
         value = params[name]
         if not any(rule.accepts(value) for rule in rules):
-            raise ValueError(f"{owner}: {name} must be {_describe(rules)}, got {value!r}")
+            raise UserError(f"{owner}: {name} must be {_describe(rules)}, got {value!r}")
 
 
 def check_flags(values: dict[str, Any], constraints: dict[str, list[Rule]]) -> None:
@@ -131,4 +137,4 @@ def check_flags(values: dict[str, Any], constraints: dict[str, list[Rule]]) -> N
     """
     for name, rules in constraints.items():
         if name in values and not any(rule.accepts(values[name]) for rule in rules):
-            raise ValueError(f"--{name.replace('_', '-')} must be {_describe(rules)}, got {values[name]!r}")
+            raise UserError(f"--{name.replace('_', '-')} must be {_describe(rules)}, got {values[name]!r}")

@@ -16,6 +16,7 @@ from store.integrity import sane_rows, writes
 from store.layout import (ERROR_BYTES, IDENTITY_ATTRS, OK, STAGING, clip_message, create_rows_dataset, display_id,
                           group_name, plain, selector, short)
 from store.reading import RowChunks
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class StoreWriting:
         for key in IDENTITY_ATTRS + ("dim",):
             old, new = plain(g.attrs.get(key)), plain(attrs.get(key))
             if old != new:
-                raise ValueError(f"store {self.path} already holds features of {spec!r} with a different {key} "
+                raise UserError(f"store {self.path} already holds features of {spec!r} with a different {key} "
                                  f"({short(old)} != {short(new)}); refusing to mix origins -- write to a new "
                                  "--store, or use a different backbone spec")
         if plain(g.attrs["versions"]) != attrs["versions"]:
@@ -120,7 +121,7 @@ class StoreWriting:
         Written whole under ``/partial`` and moved into place: a reader sees the old embeddings, none, or the new."""
         c, t, _ = embeddings.shape
         if c != len(self.classes) or t != len(templates):
-            raise ValueError(f"text embeddings of shape {embeddings.shape} do not match {len(self.classes)} classes "
+            raise UserError(f"text embeddings of shape {embeddings.shape} do not match {len(self.classes)} classes "
                              f"x {len(templates)} templates")
         g = self._group(spec)
         stage = self._staging("text", g.name.rsplit("/", 1)[-1])
@@ -166,7 +167,7 @@ class StoreWriting:
         if not sane.all():
             first = display_id(str(self.ids[rows[status == OK][np.argmin(sane)]]))
             hint = ", or embed with --dtype float32 (float16 overflows above 65504)" if dtype == np.float16 else ""
-            raise ValueError(f"backbone {spec!r} gave non-finite or out-of-range features (in {dtype}) for "
+            raise UserError(f"backbone {spec!r} gave non-finite or out-of-range features (in {dtype}) for "
                              f"{int((~sane).sum())} image(s) of a batch, e.g. {first}; nothing of the batch was "
                              f"written; check the backbone's weights{hint}")
         return features, views

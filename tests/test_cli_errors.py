@@ -259,3 +259,22 @@ def test_type_error_from_an_unchecked_parameter_is_one_line(store, capsys):
     line = fails(classify_main, ["evaluate", "--store", store, "--backbone", B, "--method", "zeroshot",
                                  "--template-subset", 5], capsys)
     assert "--template-subset 5" in line and "zeroshot" in line
+
+
+def test_only_user_errors_become_one_line_bugs_keep_their_traceback(capsys):
+    from store.clitools import run_cli
+    from store.validation import UserError
+
+    def user_mistake():
+        """A command failing on the user's input."""
+        raise UserError("bad input; fix it like this")
+
+    def bug():
+        """A command with a bug."""
+        raise ValueError("an internal invariant broke")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli({"user-mistake": user_mistake}, ["user-mistake"], name="t")
+    assert exit_info.value.code == 2 and one_error_line(capsys) == "error: bad input; fix it like this"
+    with pytest.raises(ValueError, match="an internal invariant broke"):  # not swallowed into one line
+        run_cli({"bug": bug}, ["bug"], name="t")

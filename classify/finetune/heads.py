@@ -18,6 +18,7 @@ from classify.thresholds import ClassAwareThresholds, classaware_pool_mask
 from embed.backbones import Backbone
 from embed.sources import ImageSet
 from store import FeatureStore
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +42,16 @@ def head_from_model(model, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     """
     fitted = load_fitted(model)
     if fitted.method not in INIT_METHODS or not hasattr(fitted.estimator, "linear_head"):
-        raise ValueError(f"--init must be a model of method {' or '.join(INIT_METHODS)} (a head on the backbone's "
+        raise UserError(f"--init must be a model of method {' or '.join(INIT_METHODS)} (a head on the backbone's "
                          f"features), not {fitted.method!r}; fit one with `python -m classify fit --method linear "
                          "--store S --out M`")
     if len(fitted.backbones) != 1:
-        raise ValueError(f"--init model was fitted on {len(fitted.backbones)} backbones; fit it on the one backbone "
+        raise UserError(f"--init model was fitted on {len(fitted.backbones)} backbones; fit it on the one backbone "
                          "being fine-tuned")
     W, b = fitted.estimator.linear_head()  # (C', D), (C',) rows follow estimator.classes_
     names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
     if sorted(names) != sorted(classes):
-        raise ValueError(f"--init model predicts classes {names} but the data has {list(classes)}; fit it on a store "
+        raise UserError(f"--init model predicts classes {names} but the data has {list(classes)}; fit it on a store "
                          "of this data folder")
     order = [names.index(c) for c in classes]
     return np.asarray(W)[order], np.asarray(b)[order]
@@ -94,11 +95,11 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
         fitted.check_store(fs)
         data = pipeline.load_data(fs, fitted.backbones, "unlabeled", views=fitted.views)
     if not len(data.ids):
-        raise ValueError(f"{store} has no decoded unlabeled rows to pseudo-label; drop --pseudo or embed unlabeled/")
+        raise UserError(f"{store} has no decoded unlabeled rows to pseudo-label; drop --pseudo or embed unlabeled/")
     names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
     unknown = sorted(set(names) - set(images.classes))
     if unknown:
-        raise ValueError(f"--pseudo model predicts classes {unknown} that the data folder lacks; use a model fitted on "
+        raise UserError(f"--pseudo model predicts classes {unknown} that the data folder lacks; use a model fitted on "
                          "a store of this data folder")
     proba = np.zeros((len(data.ids), len(images.classes)))  # (n_u, C)
     proba[:, [images.classes.index(n) for n in names]] = fitted.estimator.predict_proba(data.X)
@@ -109,7 +110,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     index = {image_id: row for row, image_id in enumerate(images.ids)}
     missing = [i for i in data.ids[mask] if i not in index]
     if missing:
-        raise ValueError(f"{len(missing)} unlabeled ids of {store} (e.g. {missing[0]}) are not in the data folder; "
+        raise UserError(f"{len(missing)} unlabeled ids of {store} (e.g. {missing[0]}) are not in the data folder; "
                          "pass the store built from this --data folder")
     rows = np.array([index[i] for i in data.ids[mask]], dtype=np.int64)
     labels = proba[mask].argmax(axis=1).astype(np.int64)
@@ -138,11 +139,11 @@ def probe_head(images: ImageSet, backbone: Backbone, rows: np.ndarray, device: t
                          .cpu().numpy())  # (B, D)
             got_rows.append(got.numpy())
     if not feats:
-        raise ValueError("no labeled training image could be decoded")
+        raise UserError("no labeled training image could be decoded")
     X, y = np.concatenate(feats), images.labels[np.concatenate(got_rows)]  # (n, D), (n,)
     missing = sorted(set(range(len(images.classes))) - set(np.unique(y).tolist()))
     if missing:
-        raise ValueError(f"classes {[images.classes[c] for c in missing]} have no decodable training image")
+        raise UserError(f"classes {[images.classes[c] for c in missing]} have no decodable training image")
     probe = LinearProbe(random_state=seed).fit(X, y)
     logger.info("initial head: linear probe (C=%g) on %d frozen training features", probe.C_, len(y))
     return probe.linear_head()

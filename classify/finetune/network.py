@@ -12,6 +12,7 @@ from timm.models import group_parameters
 from torch import nn
 
 from embed.backbones import Backbone, ClipBackbone, TimmBackbone
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +85,11 @@ class FineTuneNet(nn.Module):
         elif isinstance(backbone, ClipBackbone):
             self.kind, self.trunk = "clip", backbone.model.visual
         else:
-            raise ValueError(f"cannot fine-tune a {type(backbone).__name__}; use a timm:... or clip:... backbone")
+            raise UserError(f"cannot fine-tune a {type(backbone).__name__}; use a timm:... or clip:... backbone")
         W = torch.as_tensor(np.asarray(weight, dtype=np.float32))  # (C, D)
         b = torch.as_tensor(np.asarray(bias, dtype=np.float32))  # (C,)
         if W.ndim != 2 or W.shape[1] != backbone.dim or b.shape != (W.shape[0],):
-            raise ValueError(f"head of shape {tuple(W.shape)} + {tuple(b.shape)} does not fit {backbone.spec} (dim "
+            raise UserError(f"head of shape {tuple(W.shape)} + {tuple(b.shape)} does not fit {backbone.spec} (dim "
                              f"{backbone.dim}); the init model must be fitted on this backbone's features")
         self.head = nn.Linear(W.shape[1], W.shape[0])
         with torch.no_grad():
@@ -148,7 +149,7 @@ def parse_unfreeze(unfreeze) -> tuple[str, int]:
     match = re.fullmatch(r"last[-_](\d+)", text)
     if match and int(match.group(1)) >= 1:
         return "last", int(match.group(1))
-    raise ValueError(f"--unfreeze must be all, none or last-N (N >= 1 trunk layer groups, e.g. last-2), "
+    raise UserError(f"--unfreeze must be all, none or last-N (N >= 1 trunk layer groups, e.g. last-2), "
                      f"not {unfreeze!r}")
 
 
@@ -174,7 +175,7 @@ def wise_interpolate(initial: dict, finetuned: dict, alpha: float) -> dict:
     tensors (BatchNorm batch counters) come from ``finetuned`` when ``alpha > 0``.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"WiSE alpha must be in [0, 1], got {alpha}")
+        raise UserError(f"WiSE alpha must be in [0, 1], got {alpha}")
     out = {}
     for key, a in initial.items():
         b = finetuned[key]

@@ -41,6 +41,7 @@ from embed.runner import default_workers, resolve_device
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
 from store.clitools import as_list
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -213,26 +214,26 @@ def _check_flags(parsed, out: Path, unfreeze, epochs, batch_size, lr, val_fracti
                  pseudo_threshold, fixmatch_weight, mu, pseudo_steps, wise_alphas, pseudo, store) -> list[float]:
     """Refuse bad settings before anything heavy; returns the sorted WiSE alphas."""
     if parsed.path is not None and Path(parsed.path) == out:
-        raise ValueError(f"--out {out} is the checkpoint being fine-tuned; write the result to another file")
+        raise UserError(f"--out {out} is the checkpoint being fine-tuned; write the result to another file")
     if out.suffix in (".joblib", ".skops"):
-        raise ValueError(f"--out {out}: give a checkpoint file name such as ft.pth (the head goes beside it)")
+        raise UserError(f"--out {out}: give a checkpoint file name such as ft.pth (the head goes beside it)")
     parse_unfreeze(unfreeze)
     if int(epochs) < 0 or int(batch_size) < 1 or float(lr) <= 0 or not 0 <= float(val_fraction) < 1 \
             or int(patience) < 1:
-        raise ValueError("need --epochs >= 0, --batch-size >= 1, --lr > 0, --patience >= 1 and 0 <= --val-fraction "
+        raise UserError("need --epochs >= 0, --batch-size >= 1, --lr > 0, --patience >= 1 and 0 <= --val-fraction "
                          "< 1")
     # a confidence threshold above 1 is never reached: FixMatch (or the pseudo-labels) would silently do nothing
     for flag, value in (("--threshold", threshold), ("--pseudo-threshold", pseudo_threshold)):
         if not 0 <= float(value) <= 1:
-            raise ValueError(f"{flag} is a confidence in [0, 1], got {value!r}; 0.95 is FixMatch's usual value")
+            raise UserError(f"{flag} is a confidence in [0, 1], got {value!r}; 0.95 is FixMatch's usual value")
     if float(fixmatch_weight) < 0 or int(mu) < 0 or int(pseudo_steps) < 0:
-        raise ValueError("need --fixmatch-weight >= 0, --mu >= 0 and --pseudo-steps >= 0 (0 turns that part off)")
+        raise UserError("need --fixmatch-weight >= 0, --mu >= 0 and --pseudo-steps >= 0 (0 turns that part off)")
     alphas = sorted({float(a) for a in (as_list(wise_alphas) if not isinstance(wise_alphas, (list, tuple))
                                         else wise_alphas)})
     if not alphas or any(not 0 <= a <= 1 for a in alphas):
-        raise ValueError(f"wise_alphas must be values in [0, 1], got {wise_alphas!r}")
+        raise UserError(f"wise_alphas must be values in [0, 1], got {wise_alphas!r}")
     if pseudo is not None and store is None:
-        raise ValueError("--pseudo needs --store S: the feature store of this data folder that the pseudo model was "
+        raise UserError("--pseudo needs --store S: the feature store of this data folder that the pseudo model was "
                          "fitted on")
     return alphas
 
@@ -258,11 +259,11 @@ def _split_rows(images: ImageSet, val_fraction, seed) -> tuple[np.ndarray, np.nd
     """Training, validation (stratified) and unlabeled-pool rows of the data folder."""
     labeled = np.flatnonzero((np.asarray(images.splits) == "train") & (images.labels >= 0))
     if not labeled.size:
-        raise ValueError(f"{images.root} has no labeled images; put them in train/<class>/")
+        raise UserError(f"{images.root} has no labeled images; put them in train/<class>/")
     counts = np.bincount(images.labels[labeled], minlength=len(images.classes))
     if np.any(counts == 0):
         empty = [images.classes[c] for c in np.flatnonzero(counts == 0)]
-        raise ValueError(f"classes {empty} have no labeled images; add some to train/<class>/ (or remove the folder)")
+        raise UserError(f"classes {empty} have no labeled images; add some to train/<class>/ (or remove the folder)")
     val_mask = split_validation(images.labels[labeled], float(val_fraction), seed)
     return labeled[~val_mask], labeled[val_mask], np.flatnonzero(np.asarray(images.splits) == "unlabeled")
 
@@ -272,17 +273,17 @@ def _check_init_backbone(fitted_init, loaded: Backbone, store, store_pp) -> None
     if fitted_init is None:
         return
     if store_pp is not None and store_pp.get("l2_normalized"):
-        raise ValueError(f"the init model was fitted on L2-normalised features (imported from normalised shards into "
+        raise UserError(f"the init model was fitted on L2-normalised features (imported from normalised shards into "
                          f"{store}), which a head on the backbone's own features cannot start from; fit --init on a "
                          "store embedded with `python -m embed run` (either engine)")
     if store_pp is not None and not preprocessing_matches(loaded.preprocessing, store_pp):
-        raise ValueError(f"the init model's features in {store} were computed with other preprocessing "
+        raise UserError(f"the init model's features in {store} were computed with other preprocessing "
                          f"({store_pp}) than {loaded.spec} now uses ({loaded.preprocessing}); pass the same "
                          "--image-size as when embedding")
     spec0 = fitted_init.backbones[0]
     want = fitted_init.backbone_weights.get(spec0)
     if want is not None and want != loaded.weights_sha256:
-        raise ValueError(f"--init model was fitted on features of {spec0} (weights {want[:12]}), not of "
+        raise UserError(f"--init model was fitted on features of {spec0} (weights {want[:12]}), not of "
                          f"{loaded.spec} (weights {loaded.weights_sha256[:12]}); fine-tune the backbone it was "
                          "fitted on")
 

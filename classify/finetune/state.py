@@ -10,6 +10,7 @@ import torch
 
 from classify.finetune.network import cpu_state
 from store.atomic import atomic_write
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,10 @@ def load_state(path: Path) -> dict:
     except Exception as err:  # pickle refusals and damaged files raise many types; one line for the user
         reason = "it holds Python objects, which could run code" if "weights_only" in str(err) else \
             f"{type(err).__name__}"
-        raise ValueError(f"{path} is not a fine-tuning state written by this suite ({reason}); delete it to start "
+        raise UserError(f"{path} is not a fine-tuning state written by this suite ({reason}); delete it to start "
                          "over") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path} is not a fine-tuning state written by this suite; delete it to start over")
+        raise UserError(f"{path} is not a fine-tuning state written by this suite; delete it to start over")
     return state
 
 
@@ -71,7 +72,7 @@ def check_config(saved: dict, cfg: dict, state_path: Path) -> None:
     diff = sorted(k for k in set(saved) | set(cfg) if saved.get(k) != cfg.get(k))
     if diff:
         details = ", ".join(f"{k}: {saved.get(k)!r} -> {cfg.get(k)!r}" for k in diff[:6])
-        raise ValueError(f"{state_path} holds a run with other settings ({details}); rerun with the same settings to "
+        raise UserError(f"{state_path} holds a run with other settings ({details}); rerun with the same settings to "
                          f"resume, or delete {state_path} to start over")
 
 
@@ -86,10 +87,10 @@ def previous_state(path: Path, cfg: dict, out: Path) -> dict | None:
         return None
     state = load_state(path)
     if state.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a fine-tuning state; delete it to start over")
+        raise UserError(f"{path} is not a fine-tuning state; delete it to start over")
     check_config(state["config"], cfg, path)
     if state.get("finished") and not out.is_file():
-        raise ValueError(f"{path} says this run finished but {out} is missing; delete {path} to fine-tune again")
+        raise UserError(f"{path} says this run finished but {out} is missing; delete {path} to fine-tune again")
     return state
 
 

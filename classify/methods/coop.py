@@ -28,6 +28,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.base import NONE, FewShotClassifier, Int, Is, Options, Real, check_class_indices
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def _text_tower(model) -> SimpleNamespace:
                                transformer=text.transformer, ln_final=text.ln_final,
                                text_projection=text.text_projection, attn_mask=text.attn_mask,
                                pool_type=text.pool_type, eos_id=getattr(text, "eos_id", None))
-    raise ValueError(f"coop supports open_clip models with their own causal text transformer (CLIP-style); "
+    raise UserError(f"coop supports open_clip models with their own causal text transformer (CLIP-style); "
                      f"{type(model).__name__} has another text tower (e.g. a Hugging Face one or CoCa)")
 
 
@@ -90,19 +91,19 @@ def build_prompt_learner(model, tokenizer, class_names, n_ctx: int = 4, ctx_init
         init_tokens = tokenizer([ctx_init])[0]  # (L,) [SOT] words [EOT] padding
         n_words = int(init_tokens.argmax()) - 1  # the EOT id is the largest in CLIP's vocabulary
         if n_words < 1:
-            raise ValueError(f"ctx_init {ctx_init!r} has no tokens; give words or ctx_init=None")
+            raise UserError(f"ctx_init {ctx_init!r} has no tokens; give words or ctx_init=None")
         with torch.no_grad():
             ctx = tower.token_embedding(init_tokens[1:1 + n_words].to(tower.token_embedding.weight.device))
     else:
         if not (isinstance(n_ctx, numbers.Integral) and n_ctx >= 1):
-            raise ValueError(f"n_ctx must be an int >= 1 (context vectors), got {n_ctx!r}")
+            raise UserError(f"n_ctx must be an int >= 1 (context vectors), got {n_ctx!r}")
         ctx = torch.randn(int(n_ctx), width, generator=generator) * 0.02  # CoOp's N(0, 0.02^2) init
         n_words = int(n_ctx)
     prefix = " ".join([_PLACEHOLDER] * n_words)
     tokens = tokenizer([f"{prefix} {name}." for name in class_names])  # (C, L)
     eot = tokens.argmax(dim=-1)  # (C,)
     if int(eot.min()) < n_words + 2 or bool((tokens[:, -1] != 0).any()):
-        raise ValueError(f"a prompt of {n_words} context tokens plus a class name does not fit the text tower's "
+        raise UserError(f"a prompt of {n_words} context tokens plus a class name does not fit the text tower's "
                          f"{tokens.shape[1]} tokens; use shorter class names or fewer context tokens")
     length = int(eot.max()) + 1  # causal tower: nothing after the last EOT changes the pooled output
     tokens = tokens[:, :length]
@@ -180,7 +181,7 @@ def load_text_tower(spec: str, weights_sha256: str | None, device):
     if weights_sha256 is None:
         return backbone
     if backbone.weights_sha256 != weights_sha256:
-        raise ValueError(
+        raise UserError(
             f"coop: {spec} now loads other weights (sha256 {backbone.weights_sha256[:12]}, from "
             f"{backbone.weights_source}) than the store's features of it were computed with ({weights_sha256[:12]}), "
             "so the text tower would not match the image features; restore those weights, or embed the images "
@@ -272,7 +273,7 @@ class CoOp(FewShotClassifier):
     def _load_clip(self):
         """The CLIP backbone of ``backbone_spec`` with the features' weights (only its text tower is used)."""
         if not self.backbone_spec or not str(self.backbone_spec).startswith("clip:"):
-            raise ValueError(f"coop needs the CLIP backbone the features come from, as backbone_spec "
+            raise UserError(f"coop needs the CLIP backbone the features come from, as backbone_spec "
                              f"'clip:<arch>/<tag>' or 'clip:<arch>@<checkpoint>' (the pipeline passes the store's), "
                              f"got {self.backbone_spec!r}")
         return load_text_tower(self.backbone_spec, self.backbone_weights_sha256, _device(self.device))
@@ -296,15 +297,15 @@ class CoOp(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         if not self.class_names or len(self.class_names) < 2:
-            raise ValueError("coop needs class_names, at least 2 (the pipeline takes them from the store)")
+            raise UserError("coop needs class_names, at least 2 (the pipeline takes them from the store)")
         n_classes = len(self.class_names)
         yl = y[labeled]
         if not yl.size:
-            raise ValueError("coop needs labeled rows (y = -1 marks unlabeled); with no labels use zeroshot")
+            raise UserError("coop needs labeled rows (y = -1 marks unlabeled); with no labels use zeroshot")
         check_class_indices(y, n_classes, "class_names")
         backbone = self._load_clip()
         if backbone.dim != X.shape[1]:
-            raise ValueError(f"{self.backbone_spec} gives {backbone.dim}-dim features but X has {X.shape[1]} columns; "
+            raise UserError(f"{self.backbone_spec} gives {backbone.dim}-dim features but X has {X.shape[1]} columns; "
                              "pass the features of that CLIP backbone")
         device = backbone.device
         gen = torch.Generator().manual_seed(int(self.random_state or 0))

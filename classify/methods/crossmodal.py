@@ -23,6 +23,7 @@ from classify.features import checked_labeled_mask, cv_splits, l2_normalize, sin
 from classify.methods.linear import DEFAULT_CS
 from classify.methods.zeroshot import zeroshot_class_weights
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class CrossModalProbe(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         w = np.ones(len(X)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
         if w.shape != (len(X),) or np.any(w < 0):
-            raise ValueError(f"sample_weight must hold {len(X)} non-negative numbers, one per row of X")
+            raise UserError(f"sample_weight must hold {len(X)} non-negative numbers, one per row of X")
         labeled = checked_labeled_mask(y)
         text_class_weights(self, X, y)  # checks the text dim and that labels index its classes
         X_text, y_text = text_samples(self.text_embeddings, self.templates, self.template_subset)

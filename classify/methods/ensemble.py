@@ -9,6 +9,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.base import FewShotClassifier, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +49,16 @@ class EnsembleClassifier(FewShotClassifier):
         if self.feature_slices is None:
             return [slice(None)] * n
         if len(self.feature_slices) != n:
-            raise ValueError(f"feature_slices has {len(self.feature_slices)} ranges for {n} methods; give one "
+            raise UserError(f"feature_slices has {len(self.feature_slices)} ranges for {n} methods; give one "
                              "(start, stop) per method")
         out = []
         for rng in self.feature_slices:
             try:
                 start, stop = (int(v) for v in rng)
             except (TypeError, ValueError):
-                raise ValueError(f"feature_slices entries must be (start, stop) pairs, got {rng!r}") from None
+                raise UserError(f"feature_slices entries must be (start, stop) pairs, got {rng!r}") from None
             if not 0 <= start < stop <= n_features:
-                raise ValueError(f"feature slice {rng!r} is not a non-empty range within the {n_features} "
+                raise UserError(f"feature slice {rng!r} is not a non-empty range within the {n_features} "
                                  "feature columns")
             out.append(slice(start, stop))
         return out
@@ -68,7 +69,7 @@ class EnsembleClassifier(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         checked_labeled_mask(y)
         if not self.methods:
-            raise ValueError("ensemble needs methods: a list of estimators or registered method names, "
+            raise UserError("ensemble needs methods: a list of estimators or registered method names, "
                              "e.g. methods=['linear', 'knn']")
         n = len(self.methods)
         if self.weights is None:
@@ -76,7 +77,7 @@ class EnsembleClassifier(FewShotClassifier):
         else:
             w = np.asarray(self.weights, dtype=np.float64).ravel()
             if w.size != n or np.any(w < 0) or not w.sum() > 0 or not np.all(np.isfinite(w)):
-                raise ValueError(f"weights must be {n} non-negative numbers with a positive sum, got {self.weights!r}")
+                raise UserError(f"weights must be {n} non-negative numbers with a positive sum, got {self.weights!r}")
             w = w / w.sum()
         slices = self._slices(X.shape[1])
         self.estimators_ = [resolve_estimator(m).fit(X[:, sl], y) for m, sl in zip(self.methods, slices)]

@@ -28,6 +28,7 @@ from classify.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
 from classify.thresholds import ClassAwareThresholds
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -132,18 +133,18 @@ class FixMatchHead(FewShotClassifier):
     # ------------------------------------------------------------------ helpers
     def _kinds(self) -> list[str]:
         if self.view_kinds is None:
-            raise ValueError("fixmatch needs view_kinds, the kind ('weak'/'strong') of each cached view; embed with "
+            raise UserError("fixmatch needs view_kinds, the kind ('weak'/'strong') of each cached view; embed with "
                              "`python -m embed run --views K` (the pipeline then passes the store's view kinds)")
         kinds = [str(k) for k in self.view_kinds]
         bad = sorted(set(kinds) - set(VIEW_KINDS))
         if bad:
-            raise ValueError(f"view_kinds may hold only 'weak' and 'strong', got {bad}")
+            raise UserError(f"view_kinds may hold only 'weak' and 'strong', got {bad}")
         return kinds
 
     @staticmethod
     def _width(X: np.ndarray, n_views: int) -> int:
         if X.shape[1] % (1 + n_views):
-            raise ValueError(f"X has {X.shape[1]} columns, not a multiple of 1 + {n_views} views: rows must be "
+            raise UserError(f"X has {X.shape[1]} columns, not a multiple of 1 + {n_views} views: rows must be "
                              "[features | view_0 | ... ] as the pipeline builds them for fixmatch")
         return X.shape[1] // (1 + n_views)
 
@@ -187,7 +188,7 @@ class FixMatchHead(FewShotClassifier):
         labeled = checked_labeled_mask(y)
         classes = np.unique(y[labeled])
         if classes.size < 2:
-            raise ValueError(f"fixmatch needs labeled rows of at least 2 classes, got {classes.size} class"
+            raise UserError(f"fixmatch needs labeled rows of at least 2 classes, got {classes.size} class"
                              f"{'' if classes.size == 1 else 'es'}; label more rows (y = -1 marks unlabeled)")
         self.classes_ = classes
         n_classes = len(classes)

@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.base import FewShotClassifier, Int, Options, Real
 from classify.features import checked_labeled_mask, l2_normalize
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class KNNClassifier(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         mask = checked_labeled_mask(y)
         if not mask.any():
-            raise ValueError("knn needs labeled rows (y = -1 marks unlabeled); every row is unlabeled")
+            raise UserError("knn needs labeled rows (y = -1 marks unlabeled); every row is unlabeled")
         self.classes_, self.y_fit_ = np.unique(y[mask], return_inverse=True)
         self.X_fit_ = np.ascontiguousarray(l2_normalize(X[mask]), dtype=np.float32)  # (n_l, D)
         return self

@@ -28,6 +28,7 @@ from classify.graph import (EXACT_MAX_ROWS, faiss_build, faiss_use_gpu, knn_grap
                             normalized_graph)
 from classify.registry import register_method
 from classify.transform import PCA_MAX_ROWS, FeatureTransform  # noqa: F401  (re-exported for selftrain, ptmap)
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class KNNLabelPropagation(FewShotClassifier):
             return len(y_lab) / (len(self.classes_) * counts)
         unknown = set(self.class_weight) - set(self.classes_.tolist())
         if unknown:
-            raise ValueError(f"class_weight has labels not in y: {sorted(unknown)}; "
+            raise UserError(f"class_weight has labels not in y: {sorted(unknown)}; "
                              f"classes are {self.classes_.tolist()}")
         return np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
 
@@ -202,7 +203,7 @@ class KNNLabelPropagation(FewShotClassifier):
         y = np.asarray(y)
         n, dim = rows.shape
         if y.shape != (n,):
-            raise ValueError(f"y has shape {y.shape} but the rows are {rows.shape}; pass one label per row")
+            raise UserError(f"y has shape {y.shape} but the rows are {rows.shape}; pass one label per row")
         say = _progress_log(n)
         with single_threaded_blas():
             sample = np.unique(np.linspace(0, n - 1, min(n, CHUNKED_SAMPLE_ROWS)).astype(np.int64))
@@ -228,7 +229,7 @@ class KNNLabelPropagation(FewShotClassifier):
         t0 = time.perf_counter()
         labeled = checked_labeled_mask(y)
         if not labeled.any():
-            raise ValueError("labelprop needs at least one labeled row (y != -1) to propagate from")
+            raise UserError("labelprop needs at least one labeled row (y != -1) to propagate from")
         self.classes_ = np.unique(y[labeled])
         n, n_classes = Z.shape[0], len(self.classes_)
         self.X_ = Z

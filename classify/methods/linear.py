@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.base import DICT, NONE, FewShotClassifier, Int, ListOf, Options, Real, text_class_weights
 from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import persistable, register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class LinearProbe(FewShotClassifier):
         Xl, yl = l2_normalize(X[mask]), y[mask]  # (n_l, D), (n_l,)
         probe_classes = np.unique(yl)
         if probe_classes.size < 2:
-            raise ValueError(f"linear probe needs labeled rows of at least 2 classes, got {probe_classes.size} class"
+            raise UserError(f"linear probe needs labeled rows of at least 2 classes, got {probe_classes.size} class"
                              f"{'' if probe_classes.size == 1 else 'es'}; label more rows (y = -1 marks unlabeled)")
         Cs = np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=np.float64).ravel()
 
@@ -240,7 +241,7 @@ class LinearProbe(FewShotClassifier):
         if coef.shape[0] == 1:  # binary: logits [0, d] (see _full_probe_logits)
             coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
         if coef.shape[0] != len(self.classes_) and self.alpha_ > 0:
-            raise ValueError("the probe has no labeled rows for some classes, so it is not one linear layer; label "
+            raise UserError("the probe has no labeled rows for some classes, so it is not one linear layer; label "
                              "every class, or fit with alpha=0")
         W = np.zeros((len(self.classes_), coef.shape[1]))  # (C, D)
         b = np.zeros(len(self.classes_))  # (C,)
@@ -272,7 +273,7 @@ class FineTunedHead(FewShotClassifier):
         X = validate_data(self, X, dtype=[np.float32, np.float64])
         W = np.asarray(self.weight, dtype=np.float64)
         if W.ndim != 2 or W.shape[1] != X.shape[1] or np.shape(self.bias) != (W.shape[0],):
-            raise ValueError(f"weight {np.shape(self.weight)} / bias {np.shape(self.bias)} do not fit {X.shape[1]} "
+            raise UserError(f"weight {np.shape(self.weight)} / bias {np.shape(self.bias)} do not fit {X.shape[1]} "
                              "features")
         self.classes_ = np.arange(W.shape[0])
         return self

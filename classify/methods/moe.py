@@ -21,6 +21,7 @@ from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, r
 from classify.features import align_proba, checked_labeled_mask, cv_splits
 from classify.methods.linear import LinearProbe
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class MixtureOfExperts(FewShotClassifier):
         Xl, yl = X[mask], y[mask]  # (n_l, D), (n_l,)
         self.classes_, y_idx = np.unique(yl, return_inverse=True)
         if len(self.classes_) < 2:
-            raise ValueError(f"moe needs labeled rows of at least 2 classes, got {len(self.classes_)} class; "
+            raise UserError(f"moe needs labeled rows of at least 2 classes, got {len(self.classes_)} class; "
                              "label more rows (y = -1 marks unlabeled)")
 
         self.confusion_ = None
@@ -149,7 +150,7 @@ class MixtureOfExperts(FewShotClassifier):
         gate = resolve_estimator(self.gate, LinearProbe)
         if self.class_weight is not None:
             if "class_weight" not in gate.get_params():
-                raise ValueError(f"the gate {type(gate).__name__} has no class_weight parameter; use a gate that "
+                raise UserError(f"the gate {type(gate).__name__} has no class_weight parameter; use a gate that "
                                  "has one (e.g. 'linear') or set class_weight=None")
             if self.class_weight == "superclass":
                 cw = "balanced"  # sklearn's meaning on the gate's labels: equal total weight per superclass
@@ -175,20 +176,20 @@ class MixtureOfExperts(FewShotClassifier):
                 try:
                     spec = json.load(fh)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"superclasses file {self.superclasses!s} is not valid JSON: {err}") from None
+                    raise UserError(f"superclasses file {self.superclasses!s} is not valid JSON: {err}") from None
         if isinstance(spec, dict):
             names, members = [str(k) for k in spec], list(spec.values())
         elif isinstance(spec, (list, tuple)):
             names, members = [f"superclass_{i}" for i in range(len(spec))], list(spec)
         else:
-            raise ValueError("superclasses must be a dict {name: [class labels]}, a list of label lists, or a path "
+            raise UserError("superclasses must be a dict {name: [class labels]}, a list of label lists, or a path "
                              f"to a JSON file of either; got {type(spec).__name__}")
         labels = self.classes_.tolist()
         seen: dict[int, str] = {}
         groups, kept_names, dropped = [], [], []
         for name, mem in zip(names, members):
             if isinstance(mem, (str, bytes)) or not hasattr(mem, "__iter__"):
-                raise ValueError(f"superclass {name!r} must list class labels, got {mem!r}")
+                raise UserError(f"superclass {name!r} must list class labels, got {mem!r}")
             g = []
             for c in mem:
                 if c not in labels:
@@ -196,7 +197,7 @@ class MixtureOfExperts(FewShotClassifier):
                     continue
                 i = labels.index(c)
                 if i in seen:
-                    raise ValueError(f"class {c!r} is in both superclass {seen[i]!r} and {name!r}; give each class "
+                    raise UserError(f"class {c!r} is in both superclass {seen[i]!r} and {name!r}; give each class "
                                      "exactly one superclass")
                 seen[i] = name
                 g.append(i)
@@ -207,7 +208,7 @@ class MixtureOfExperts(FewShotClassifier):
             logger.warning("superclasses list classes without labeled rows, ignored: %s", dropped)
         missing = [labels[i] for i in range(len(labels)) if i not in seen]
         if missing:
-            raise ValueError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
+            raise UserError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
         return groups, kept_names
 
     def _discover(self, Xl, yl) -> list[list[int]]:
@@ -215,7 +216,7 @@ class MixtureOfExperts(FewShotClassifier):
         n_super = self.n_superclasses
         if n_super is not None:
             if n_super > n_classes:
-                raise ValueError(f"n_superclasses must be an integer in [1, {n_classes}] (the number of labeled "
+                raise UserError(f"n_superclasses must be an integer in [1, {n_classes}] (the number of labeled "
                                  f"classes), got {n_super!r}")
             if n_super == 1:
                 return [list(range(n_classes))]

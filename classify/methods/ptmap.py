@@ -27,6 +27,7 @@ from classify.graph import knn_search
 from classify.methods.labelprop import DUPLICATE_COS
 from classify.transform import FeatureTransform
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class PTMap(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         labeled = checked_labeled_mask(y)
         if not labeled.any():
-            raise ValueError("ptmap needs at least one labeled row (y != -1)")
+            raise UserError("ptmap needs at least one labeled row (y != -1)")
         self.classes_, cls_idx = np.unique(y[labeled], return_inverse=True)
         n_classes = len(self.classes_)
         with single_threaded_blas():

@@ -33,6 +33,7 @@ from classify.methods.labelprop import KNNLabelPropagation
 from classify.registry import persistable, register_method
 from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask, fixed_threshold_mask
 from classify.transform import FeatureTransform
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class LogisticHead(FewShotClassifier):
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=np.float64)
             if sample_weight.shape != (len(y),) or not np.all(np.isfinite(sample_weight)) or np.any(sample_weight < 0):
-                raise ValueError(f"sample_weight must be {len(y)} finite non-negative numbers (one per row), got "
+                raise UserError(f"sample_weight must be {len(y)} finite non-negative numbers (one per row), got "
                                  f"shape {sample_weight.shape}")
         with single_threaded_blas():
             self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components)
@@ -123,7 +124,7 @@ def _fit_weighted(estimator, X, y, weight):
         return estimator.fit(X, y, **{f"{estimator.steps[-1][0]}__sample_weight": weight})
     if has_fit_parameter(estimator, "sample_weight"):
         return estimator.fit(X, y, sample_weight=weight)
-    raise ValueError(f"head {type(estimator).__name__} does not accept sample_weight, which labels='soft' or "
+    raise UserError(f"head {type(estimator).__name__} does not accept sample_weight, which labels='soft' or "
                      "pseudo_weight != 1 need; use labels='hard' with pseudo_weight=1.0, or a head whose fit takes "
                      "sample_weight (the default head does)")
 
@@ -333,7 +334,7 @@ class SelfTraining(FewShotClassifier):
         teacher = self._build(self.teacher, KNNLabelPropagation)
         label_free = getattr(teacher, "needs_labels", True) is False  # zeroshot, conse: pseudo-labels from nothing
         if not labeled.any() and not label_free:
-            raise ValueError("selftrain needs at least one labeled row (y != -1), or a teacher that needs none "
+            raise UserError("selftrain needs at least one labeled row (y != -1), or a teacher that needs none "
                              "(teacher='zeroshot' or 'conse')")
         transductive = _accepts_unlabeled(teacher) or label_free
         if transductive:
@@ -344,7 +345,7 @@ class SelfTraining(FewShotClassifier):
         self.classes_ = np.asarray(teacher.classes_)
         unknown = np.setdiff1d(np.unique(y[labeled]), self.classes_)
         if unknown.size:
-            raise ValueError(f"labels {unknown.tolist()} are not among the teacher's classes "
+            raise UserError(f"labels {unknown.tolist()} are not among the teacher's classes "
                              f"{self.classes_.tolist()}; give the teacher every class")
         return teacher, transductive
 

@@ -28,6 +28,7 @@ from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, NotApplic
                            text_class_weights)
 from classify.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class TipAdapter(FewShotClassifier):
         values = np.array([fixed], dtype=np.float64) if fixed is not None else \
             np.asarray(default if grid is None else grid, dtype=np.float64).ravel()
         if values.size == 0 or np.any(values < 0) or not np.all(np.isfinite(values)):
-            raise ValueError(f"{name}/{name}s must be non-negative finite numbers, got {name}={fixed!r}, "
+            raise UserError(f"{name}/{name}s must be non-negative finite numbers, got {name}={fixed!r}, "
                              f"{name}s={grid!r}")
         return values
 
@@ -201,7 +202,7 @@ class TipAdapter(FewShotClassifier):
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         labeled = checked_labeled_mask(y)
         if not labeled.any():
-            raise ValueError("tip needs labeled rows for its cache (y = -1 marks unlabeled); with no labels use "
+            raise UserError("tip needs labeled rows for its cache (y = -1 marks unlabeled); with no labels use "
                              "zeroshot or conse")
         alphas = self._grid(self.alpha, self.alphas, DEFAULT_ALPHAS, "alpha")
         betas = self._grid(self.beta, self.betas, DEFAULT_BETAS, "beta")
@@ -209,7 +210,7 @@ class TipAdapter(FewShotClassifier):
         yl = y[labeled]
         unknown = np.setdiff1d(yl, self.classes_)
         if unknown.size:
-            raise ValueError(f"labels {unknown.tolist()[:10]} are not among the prior's classes; with text "
+            raise UserError(f"labels {unknown.tolist()[:10]} are not among the prior's classes; with text "
                              f"embeddings labels are class indices in [0, {len(self.classes_)}) (rows of "
                              "text_embeddings), or -1 for unlabeled")
         Xl = l2_normalize(X[labeled])  # (N, D)

@@ -10,6 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.base import FewShotClassifier, NotApplicable, Real, text_class_weights
 from classify.features import l2_normalize
 from classify.registry import register_method
+from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -44,18 +45,18 @@ def zeroshot_class_weights(text_embeddings, templates=None, template_subset=None
     if E.ndim == 2:
         E = E[:, None, :]  # (C, 1, D)
     if E.ndim != 3 or min(E.shape) == 0:
-        raise ValueError(f"text_embeddings must have shape (classes, templates, dim), got {np.shape(text_embeddings)}")
+        raise UserError(f"text_embeddings must have shape (classes, templates, dim), got {np.shape(text_embeddings)}")
     n_templates = E.shape[1]
     if templates is not None and len(templates) != n_templates:
-        raise ValueError(f"templates has {len(templates)} strings but text_embeddings has {n_templates} templates "
+        raise UserError(f"templates has {len(templates)} strings but text_embeddings has {n_templates} templates "
                          "(axis 1); pass the template list the store recorded with these embeddings")
     if template_subset is not None:
         idx = [_template_index(t, templates, n_templates) for t in template_subset]
         if not idx:
-            raise ValueError("template_subset is empty; pass None to use every template")
+            raise UserError("template_subset is empty; pass None to use every template")
         E = E[:, idx, :]  # (C, T', D)
     if not np.all(np.isfinite(E)):
-        raise ValueError("text_embeddings contain NaN or inf; re-embed the class names")
+        raise UserError("text_embeddings contain NaN or inf; re-embed the class names")
     W = l2_normalize(l2_normalize(E).mean(axis=1))  # (C, D)
     return W.astype(np.float32, copy=False)
 
@@ -63,16 +64,16 @@ def zeroshot_class_weights(text_embeddings, templates=None, template_subset=None
 def _template_index(t, templates, n_templates: int) -> int:
     if isinstance(t, (int, np.integer)):
         if not -n_templates <= t < n_templates:
-            raise ValueError(f"template index {t} out of range for {n_templates} templates")
+            raise UserError(f"template index {t} out of range for {n_templates} templates")
         return int(t)
     if templates is None:
-        raise ValueError(f"template_subset names template {t!r} but templates=None; pass templates (the list of "
+        raise UserError(f"template_subset names template {t!r} but templates=None; pass templates (the list of "
                          "template strings) or select by integer index")
     templates = list(templates)
     if t not in templates:
         close = difflib.get_close_matches(str(t), [str(s) for s in templates], n=3)
         hint = f" did you mean {close}?" if close else ""
-        raise ValueError(f"unknown template {t!r}.{hint} known templates: {templates}")
+        raise UserError(f"unknown template {t!r}.{hint} known templates: {templates}")
     return templates.index(t)
 
 

@@ -10,6 +10,7 @@ import torch
 from embed.backbones.base import Backbone
 from embed.backbones.spec import BackboneSpec, kind_of, parse_spec
 from embed.backbones.weights import WeightsPlan
+from store.validation import UserError
 
 __all__ = ["load_backbone", "resolve_weights"]
 
@@ -54,7 +55,7 @@ def load_backbone(
     parsed = _parsed(spec)
     if image_size is not None and (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
                                    or image_size < 8):
-        raise ValueError(f"image_size must be an integer >= 8 (pixels per side), got {image_size!r}")
+        raise UserError(f"image_size must be an integer >= 8 (pixels per side), got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
     backbone = kind_of(parsed).load(parsed, device=device, image_size=image_size, offline=offline)
     logger.info(

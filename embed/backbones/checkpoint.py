@@ -11,6 +11,7 @@ import re
 import zipfile
 
 import torch
+from store.validation import UserError
 
 __all__ = ["load_weights_only", "one_line", "read_state_dict", "require_file", "weights_sha256"]
 
@@ -41,18 +42,18 @@ def _load_safetensors(path: str, probe: bool):
             return None
         return load_file(path, device="cpu")
     except Exception as err:  # safetensors raises its own error types for a damaged file
-        raise ValueError(f"cannot read checkpoint {path} as safetensors ({one_line(err, 300)})") from None
+        raise UserError(f"cannot read checkpoint {path} as safetensors ({one_line(err, 300)})") from None
 
 
-def _unpickling_refusal(path: str, err: pickle.UnpicklingError) -> ValueError:
+def _unpickling_refusal(path: str, err: pickle.UnpicklingError) -> UserError:
     """The one-line error for a file ``weights_only`` refused: Python objects in it (named), or a damaged file."""
     text = one_line(err, limit=10_000)
     found = sorted(set(_UNSAFE_GLOBAL.findall(text)))
     if not found:  # not a pickle of allowed types, nor one naming code: a damaged or foreign file
         detail = re.search(r"WeightsUnpickler error: (.*?)(?: Check the documentation|$)", text)
-        return ValueError(f"cannot read checkpoint {path} ({(detail.group(1) if detail else text)[:300]}); "
+        return UserError(f"cannot read checkpoint {path} ({(detail.group(1) if detail else text)[:300]}); "
                           f"{_SAVE_HINT}")
-    return ValueError(
+    return UserError(
         f"checkpoint {path} holds Python objects ({', '.join(found)}), not only tensors (e.g. a whole pickled "
         "model): loading it could run code, so it is refused; where you trust the file, convert it to a "
         f"state_dict: python -c \"import torch; m = torch.load('{path}', weights_only=False); torch.save("
@@ -74,7 +75,7 @@ def load_weights_only(path: str, probe: bool = False):
     except pickle.UnpicklingError as err:
         raise _unpickling_refusal(path, err) from None
     except Exception as err:  # zip / legacy-format / storage errors of a damaged or foreign file
-        raise ValueError(f"cannot read checkpoint {path} ({one_line(err, 300)}); {_SAVE_HINT}") from None
+        raise UserError(f"cannot read checkpoint {path} ({one_line(err, 300)}); {_SAVE_HINT}") from None
     return None if probe else obj
 
 
@@ -87,7 +88,7 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
+        raise UserError(
             f"checkpoint {path} is not a state_dict (a dict of tensors, plain or under 'state_dict'/'model'); "
             "save it with torch.save(model.state_dict(), path)"
         )

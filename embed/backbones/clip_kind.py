@@ -31,6 +31,7 @@ from embed.backbones.weights import (
     offline_refusal,
 )
 from embed.templates import check_template
+from store.validation import UserError
 
 __all__ = ["ClipBackbone", "ClipKind"]
 
@@ -55,7 +56,7 @@ class ClipBackbone(Backbone):
         class_names = list(class_names)
         templates = [check_template(t) for t in templates]
         if not class_names or not templates:
-            raise ValueError("encode_text needs at least one class name and one template")
+            raise UserError("encode_text needs at least one class name and one template")
         prompts = [t.format(c) for c in class_names for t in templates]  # C*T, class-major
         out = []
         with torch.inference_mode():
@@ -138,12 +139,12 @@ class ClipKind:
         arch = arch.strip()
         if arch not in open_clip.list_models():
             hint = did_you_mean(arch, open_clip.list_models())
-            raise ValueError(
+            raise UserError(
                 f"unknown open_clip architecture {arch!r}: {hint}see open_clip.list_models() for the names"
             )
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if tag is not None and path is not None:
-            raise ValueError(
+            raise UserError(
                 f"backbone spec clip:{rest}@{path} gives both a pretrained tag and a checkpoint; "
                 f"use either 'clip:{arch}/<tag>' or 'clip:{arch}@<checkpoint>'"
             )
@@ -151,7 +152,7 @@ class ClipKind:
             return BackboneSpec("clip", arch, None, path)
         if tag is None or not tag.strip():
             listed = f"its tags: {short_list(tags)}" if tags else "it has no pretrained tags in open_clip"
-            raise ValueError(
+            raise UserError(
                 f"clip:{arch} needs pretrained weights: write 'clip:{arch}/<tag>' ({listed}) "
                 f"or 'clip:{arch}@<checkpoint>'"
             )
@@ -159,7 +160,7 @@ class ClipKind:
         if clean not in tags:
             hint = did_you_mean(clean, tags, cutoff=0.5)
             avail = f"available tags for {arch}: {short_list(tags)}" if tags else f"{arch} has no pretrained tags"
-            raise ValueError(
+            raise UserError(
                 f"unknown pretrained tag {tag!r} for open_clip {arch!r}: {hint}{avail}; "
                 f"or load a file with 'clip:{arch}@<checkpoint>'"
             )
@@ -205,7 +206,7 @@ class ClipKind:
         try:
             model = open_clip.create_model(spec.name, pretrained=pretrained, **kwargs)
         except RuntimeError as err:
-            raise ValueError(
+            raise UserError(
                 f"cannot load open_clip {spec.name!r} from {pretrained} ({one_line(err)}); a checkpoint must be the "
                 f"state_dict of open_clip.create_model('{spec.name}') (plain or under 'state_dict')"
             ) from None

@@ -9,6 +9,7 @@ import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from store.validation import UserError
 
 __all__ = ["BackboneSpec", "available_kinds", "did_you_mean", "kind_of", "parse_spec", "register_backbone",
            "short_list"]
@@ -57,7 +58,7 @@ def register_backbone(kind: str) -> Callable[[type], type]:
 
     def decorate(cls: type) -> type:
         if kind in _KINDS and _KINDS[kind] is not cls:
-            raise ValueError(f"backbone kind {kind!r} is already registered by {_KINDS[kind].__qualname__}")
+            raise UserError(f"backbone kind {kind!r} is already registered by {_KINDS[kind].__qualname__}")
         for attr in ("parse", "resolve", "load"):
             if not callable(getattr(cls, attr, None)):
                 raise TypeError(f"backbone kind {kind!r}: {cls.__qualname__} lacks a {attr}() method")
@@ -126,23 +127,23 @@ def parse_spec(spec: str) -> BackboneSpec:
         Malformed spec, unknown kind/name/tag; the message suggests close matches and the accepted forms.
     """
     if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"bad backbone spec {spec!r}: {_SPEC_HELP}")
+        raise UserError(f"bad backbone spec {spec!r}: {_SPEC_HELP}")
     spec = spec.strip()
     kind, rest = spec.split(":", 1)
     kind = kind.strip()
     if kind not in _KINDS:
         hint = did_you_mean(kind, _KINDS, cutoff=0.5)
-        raise ValueError(f"unknown backbone kind {kind!r} in {spec!r}: {hint}known kinds: {', '.join(sorted(_KINDS))}")
+        raise UserError(f"unknown backbone kind {kind!r} in {spec!r}: {hint}known kinds: {', '.join(sorted(_KINDS))}")
     path = None
     if "@" in rest:
         rest, path = rest.split("@", 1)
         path = path.strip()
         if not path:
-            raise ValueError(
+            raise UserError(
                 f"bad backbone spec {spec!r}: nothing after '@'; give a checkpoint file, e.g. {kind}:{rest}@model.pth"
             )
         path = os.path.abspath(os.path.expanduser(path))
     rest = rest.strip()
     if not rest:
-        raise ValueError(f"bad backbone spec {spec!r}: no model name after '{kind}:'; {_SPEC_HELP}")
+        raise UserError(f"bad backbone spec {spec!r}: no model name after '{kind}:'; {_SPEC_HELP}")
     return _KINDS[kind].parse(rest, path)

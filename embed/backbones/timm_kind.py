@@ -31,6 +31,7 @@ from embed.backbones.weights import (
     offline_refusal,
 )
 from embed.lite_weights import LITE_PACKAGES, convert_lite_state_dict, load_package_weights, package_checkpoint
+from store.validation import UserError
 
 __all__ = ["TimmBackbone", "TimmKind"]
 
@@ -157,24 +158,24 @@ class TimmKind:
     def parse(rest: str, path: str | None) -> BackboneSpec:
         name = rest
         if "/" in name:
-            raise ValueError(
+            raise UserError(
                 f"bad timm model name {name!r}: timm names have no '/' (hf-hub ids are not supported here); "
                 f"for open_clip use 'clip:<arch>/<tag>', for a local file use 'timm:<name>@<checkpoint>'"
             )
         arch, tag = timm.models.split_model_name_tag(name)
         if not timm.is_model(arch):
             hint = did_you_mean(arch, timm.list_models())
-            raise ValueError(f"unknown timm model {arch!r}: {hint}see timm.list_models() for the names")
+            raise UserError(f"unknown timm model {arch!r}: {hint}see timm.list_models() for the names")
         if tag:
             tags = [timm.models.split_model_name_tag(n)[1] for n in timm.list_pretrained(f"{arch}.*")]
             if tag not in tags:
                 hint = did_you_mean(tag, tags, cutoff=0.5)
-                raise ValueError(
+                raise UserError(
                     f"unknown pretrained tag {tag!r} for timm model {arch!r}: {hint}"
                     f"available: {short_list(f'{arch}.{t}' for t in tags) or 'none'}"
                 )
         if path is None and not _has_weights(timm.models.get_pretrained_cfg(name)):
-            raise ValueError(
+            raise UserError(
                 f"timm has no pretrained weights for {name!r}; give a checkpoint: 'timm:{name}@<checkpoint.pth>'"
             )
         return BackboneSpec("timm", name, None, path)
@@ -196,7 +197,7 @@ class TimmKind:
             return timm.create_model(spec.name, **size_kw, **kwargs)
         except (TypeError, AssertionError, RuntimeError) as err:
             if size_kw:
-                raise ValueError(
+                raise UserError(
                     f"timm model {spec.name!r} cannot run at image_size={image_size} ({err}); "
                     "use its default size (omit image_size) or a size it supports"
                 ) from None
@@ -275,7 +276,7 @@ class TimmKind:
         try:
             model.load_state_dict(sd, strict=True)
         except RuntimeError as err:
-            raise ValueError(
+            raise UserError(
                 f"checkpoint {spec.path} does not fit timm model {spec.name!r} ({one_line(err)}); it must be the "
                 f"state_dict of timm.create_model('{spec.name}', num_classes=...) (plain or under 'state_dict'/'model')"
             ) from None

@@ -11,6 +11,7 @@ import numpy as np
 from embed.images import IMAGE_EXTENSIONS
 from embed.sources.files import ImageSet, _read_classes_file, _relative_id
 from store import SPLITS
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
     elif rows:
         _refuse_unnamed_header(rows[0][1], csv_path, root)
     if not rows:
-        raise ValueError(f"{csv_path} lists no images; expected rows path,label[,split]")
+        raise UserError(f"{csv_path} lists no images; expected rows path,label[,split]")
     entries = _csv_entries(rows, columns, csv_path, root)
     classes_file = csv_path.parent / "classes.txt"
     names = sorted({label for _, _, label in entries if label})
@@ -81,7 +82,7 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
         listed, classes = _read_classes_file(classes_file)
         unknown = sorted(set(names) - set(listed))
         if unknown:
-            raise ValueError(f"labels {unknown} in {csv_path} are not listed in {classes_file}; add them")
+            raise UserError(f"labels {unknown} in {csv_path} are not listed in {classes_file}; add them")
         index = {name: i for i, name in enumerate(listed)}
     else:
         classes = names
@@ -100,14 +101,14 @@ def _csv_header(cells: list[str], csv_path: Path) -> dict[str, int] | None:
     for role, accepted in roles.items():
         where = [i for i, name in enumerate(names) if name in accepted]
         if len(where) > 1:
-            raise ValueError(f"{csv_path} has two {role} columns ({', '.join(cells[i].strip() for i in where)}); "
+            raise UserError(f"{csv_path} has two {role} columns ({', '.join(cells[i].strip() for i in where)}); "
                              "keep one")
         if where:
             found[role] = where[0]
     if "path" not in found:
         return None
     if "label" not in found:
-        raise ValueError(f"{csv_path} has no label column (header: {','.join(c.strip() for c in cells)}); add one "
+        raise UserError(f"{csv_path} has no label column (header: {','.join(c.strip() for c in cells)}); add one "
                          f"named one of {', '.join(LABEL_COLUMNS)}, empty where the label is unknown")
     ignored = [cells[i].strip() for i in range(len(cells)) if i not in found.values()]
     if ignored:
@@ -120,7 +121,7 @@ def _refuse_unnamed_header(cells: list[str], csv_path: Path, root: Path) -> None
     first = cells[0].strip()
     if Path(first).suffix.lower() in IMAGE_EXTENSIONS or (root / first).is_file():
         return
-    raise ValueError(f"{csv_path}: first row {','.join(c.strip() for c in cells)!r} looks like a header with "
+    raise UserError(f"{csv_path}: first row {','.join(c.strip() for c in cells)!r} looks like a header with "
                      f"unrecognised column names; {_COLUMN_HELP} (or remove the row)")
 
 
@@ -132,19 +133,19 @@ def _csv_entries(rows: list[tuple[int, list[str]]], columns: dict[str, int] | No
     for line, row in rows:
         if columns is None:
             if len(row) < 2 or len(row) > 3:
-                raise ValueError(f"{csv_path} row {line}: expected path,label[,split], got {row}")
+                raise UserError(f"{csv_path} row {line}: expected path,label[,split], got {row}")
             cells = {"path": row[0], "label": row[1], "split": row[2] if len(row) == 3 else ""}
         else:
             if len(row) > columns["width"]:
-                raise ValueError(f"{csv_path} row {line}: expected {columns['width']} values (the header's "
+                raise UserError(f"{csv_path} row {line}: expected {columns['width']} values (the header's "
                                  f"columns), got {len(row)}: {row}; quote values that contain commas")
             cells = {role: row[i] if i < len(row) else "" for role, i in columns.items() if role != "width"}
         path, label, split = cells["path"].strip(), cells["label"].strip(), cells.get("split", "").strip()
         if not path:
-            raise ValueError(f"{csv_path} row {line}: the path is empty; every row needs an image path")
+            raise UserError(f"{csv_path} row {line}: the path is empty; every row needs an image path")
         split = split or ("train" if label else "unlabeled")
         if split not in SPLITS:
-            raise ValueError(f"{csv_path} row {line}: split {split!r} must be one of {list(SPLITS)}")
+            raise UserError(f"{csv_path} row {line}: split {split!r} must be one of {list(SPLITS)}")
         id_ = _relative_id(Path(path), root)
         if id_ not in seen:
             entries.append((split, id_, label))
@@ -155,7 +156,7 @@ def _csv_entries(rows: list[tuple[int, list[str]]], columns: dict[str, int] | No
                  for i, uses in list(conflicts.items())[:5]]
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
         n = len(conflicts)
-        raise ValueError(f"{csv_path}: {n} path{' is' if n == 1 else 's are'} listed more than once with different "
+        raise UserError(f"{csv_path}: {n} path{' is' if n == 1 else 's are'} listed more than once with different "
                          f"labels or splits: {', '.join(shown)}{more}; keep one row per path")
     repeats = [(i, line) for i, uses in seen.items() for line, _, _ in uses[1:]]
     if repeats:

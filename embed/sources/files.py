@@ -12,6 +12,7 @@ import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
 from store import SPLITS
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _read_classes_file(path: Path) -> tuple[list[str], list[str]]:
         folders.append(folder.strip())
         names.append(name.strip() or folder.strip().replace("_", " "))
     if len(set(folders)) != len(folders):
-        raise ValueError(f"{path} lists a class twice; each line must name a different class folder")
+        raise UserError(f"{path} lists a class twice; each line must name a different class folder")
     return folders, names
 
 

@@ -13,6 +13,7 @@ from embed.sources.csvlist import _COLUMN_HELP, LABEL_COLUMNS, PATH_COLUMNS
 from embed.sources.files import (VALIDATION_FOLDERS, ImageSet, _class_folders, _find_images, _read_classes_file,
                                  _relative_id, _split_name, _warn_ignored)
 from store import SPLITS
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,11 @@ def from_folder(root: str | Path) -> ImageSet:
     train = root / "train"
     if not train.is_dir():
         if any((root / name).is_dir() for name in known):
-            raise ValueError(f"{root} has no train/ folder; expected train/<class>/*, unlabeled/*, test/* "
+            raise UserError(f"{root} has no train/ folder; expected train/<class>/*, unlabeled/*, test/* "
                              "(or pass --csv FILE with path,label[,split])")
         nested = sorted(d for d in root.iterdir() if d.is_dir() and any((d / name).is_dir() for name in known))
         if nested:  # the folder above the data, not an ImageFolder whose classes hold split folders
-            raise ValueError(f"{root} has no train/ folder, but {nested[0]} has split folders: pass --data "
+            raise UserError(f"{root} has no train/ folder, but {nested[0]} has split folders: pass --data "
                              f"{nested[0]}")
         return _from_class_folders(root)
     _warn_ignored(root, known)
@@ -66,12 +67,12 @@ def from_folder(root: str | Path) -> ImageSet:
         listed, classes = _read_classes_file(classes_file)
         missing = sorted(set(folders) - set(listed))
         if missing:
-            raise ValueError(f"train/ has class folders missing from {classes_file}: {missing}; add them")
+            raise UserError(f"train/ has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
         classes = [f.replace("_", " ") for f in folders]
     if not folders:
-        raise ValueError(f"{train} has no class folders; put labeled images in train/<class>/")
+        raise UserError(f"{train} has no class folders; put labeled images in train/<class>/")
     index = {f: i for i, f in enumerate(folders)}
     ids, splits, labels = [], [], []
     # One search over all splits: a link from one split into another is then seen as a folder already listed.
@@ -82,14 +83,14 @@ def from_folder(root: str | Path) -> ImageSet:
         label = index.get(parts[1], -1) if len(parts) > 2 and split in ("train", "test") else -1
         if split == "train" and label < 0:
             if top in VALIDATION_FOLDERS and len(parts) > 2:
-                raise ValueError(f"{rel}: {top}/{parts[1]}/ is not a class of train/ ({', '.join(folders)}); "
+                raise UserError(f"{rel}: {top}/{parts[1]}/ is not a class of train/ ({', '.join(folders)}); "
                                  f"rename the folder or add the class to train/")
-            raise ValueError(f"{rel} is not inside a class folder; move it to {top}/<class>/ (or to unlabeled/)")
+            raise UserError(f"{rel} is not inside a class folder; move it to {top}/<class>/ (or to unlabeled/)")
         ids.append(rel.as_posix())
         splits.append(split)
         labels.append(label)
     if not ids:
-        raise ValueError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UserError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return ImageSet(root=root, ids=ids, splits=splits, labels=np.asarray(labels, dtype=np.int64), classes=classes)
 
 
@@ -102,14 +103,14 @@ def _from_class_folders(root: Path) -> ImageSet:
     """torchvision's ImageFolder layout, ``<class>/…`` only: every image a labeled train row."""
     folders = _class_folders(root)
     if not folders:
-        raise ValueError(f"{root} has no train/ folder and no class folders; expected train/<class>/*, "
+        raise UserError(f"{root} has no train/ folder and no class folders; expected train/<class>/*, "
                          "unlabeled/*, test/* or <class>/* (or pass --csv FILE with path,label[,split])")
     classes_file = root / "classes.txt"
     if classes_file.is_file():
         listed, classes = _read_classes_file(classes_file)
         missing = sorted(set(folders) - set(listed))
         if missing:
-            raise ValueError(f"{root} has class folders missing from {classes_file}: {missing}; add them")
+            raise UserError(f"{root} has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
         classes = [f.replace("_", " ") for f in folders]
@@ -118,7 +119,7 @@ def _from_class_folders(root: Path) -> ImageSet:
     found = _find_images(*(root / f for f in folders if (root / f).is_dir()))
     ids = [path.relative_to(root).as_posix() for path in found]
     if not ids:
-        raise ValueError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise UserError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     log.info("%s: no train/ folder, read as torchvision's ImageFolder (%d class folders): every image is a labeled "
              "train row", root, len(folders))
     return ImageSet(root=root, ids=ids, splits=["train"] * len(ids),
@@ -159,16 +160,16 @@ def from_imagefolder(root: str | Path) -> ImageSet:
     rows = [(split or ("train" if label else "unlabeled"), id_, label) for split, id_, label in rows]
     for split, id_, label in rows:
         if split == "train" and not label:
-            raise ValueError(f"{id_} is a train row without a label; give it one in {METADATA}'s label column, "
+            raise UserError(f"{id_} is a train row without a label; give it one in {METADATA}'s label column, "
                              "put it in train/<class>/, or list it with split unlabeled")
     if not rows:
-        raise ValueError(f"{root}: {METADATA} lists no images")
+        raise UserError(f"{root}: {METADATA} lists no images")
     classes_file = root / "classes.txt"
     if classes_file.is_file():
         listed, classes = _read_classes_file(classes_file)
         unknown = sorted(names - set(listed))
         if unknown:
-            raise ValueError(f"labels {unknown} in {root}'s {METADATA} are not listed in {classes_file}; add them")
+            raise UserError(f"labels {unknown} in {root}'s {METADATA} are not listed in {classes_file}; add them")
         index = {name: i for i, name in enumerate(listed)}
     else:
         classes = sorted(names)
@@ -176,7 +177,7 @@ def from_imagefolder(root: str | Path) -> ImageSet:
     seen: dict[str, tuple[str, str]] = {}
     for split, id_, label in rows:
         if seen.setdefault(id_, (split, label)) != (split, label):
-            raise ValueError(f"{root}: {id_} is listed twice with different labels or splits; keep one row")
+            raise UserError(f"{root}: {id_} is listed twice with different labels or splits; keep one row")
     entries = sorted(set(rows), key=lambda e: (SPLITS.index(e[0]), e[1]))
     log.info("%s: read as a Hugging Face imagefolder (%s)", root, METADATA)
     return ImageSet(root=root, ids=[e[1] for e in entries], splits=[e[0] for e in entries],
@@ -195,11 +196,11 @@ def _metadata_rows(metadata: Path, root: Path, default_split: str) -> list[tuple
         reader = csv.reader(handle)
         header = next(reader, None)
         if header is None:
-            raise ValueError(f"{metadata} is empty; expected a header with a file_name column")
+            raise UserError(f"{metadata} is empty; expected a header with a file_name column")
         names = [h.strip().lower() for h in header]
         path_col = next((names.index(n) for n in PATH_COLUMNS if n in names), None)
         if path_col is None:
-            raise ValueError(f"{metadata} has no file_name column (header: {','.join(header)}); Hugging Face's "
+            raise UserError(f"{metadata} has no file_name column (header: {','.join(header)}); Hugging Face's "
                              f"imagefolder names it file_name ({_COLUMN_HELP})")
         label_col = next((names.index(n) for n in LABEL_COLUMNS if n in names), None)
         split_col = names.index("split") if "split" in names else None
@@ -212,10 +213,10 @@ def _metadata_rows(metadata: Path, root: Path, default_split: str) -> list[tuple
 
             split = cell(split_col)
             if split and not _split_name(split):
-                raise ValueError(f"{metadata} row {reader.line_num}: split {split!r} must be one of "
+                raise UserError(f"{metadata} row {reader.line_num}: split {split!r} must be one of "
                                  f"{list(SPLITS) + list(VALIDATION_FOLDERS)}")
             if not cell(path_col):
-                raise ValueError(f"{metadata} row {reader.line_num}: the file_name is empty")
+                raise UserError(f"{metadata} row {reader.line_num}: the file_name is empty")
             path = Path(cell(path_col))
             id_ = _relative_id(path, root) if path.is_absolute() else (metadata.parent.relative_to(root) / path)
             rows.append((_split_name(split) if split else default_split, Path(id_).as_posix(), cell(label_col)))
