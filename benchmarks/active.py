@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from classify import pipeline
+from classify import evaluation, pipeline
 from classify.active import STRATEGIES, suggest_arrays
 from classify.features import UNLABELED
 from store import FeatureStore
@@ -107,7 +107,7 @@ def simulate(data: pipeline.Data, context: dict, strategies: Sequence[str], seed
         y[start_rows] = data.y[start_rows]
         for r in range(rounds + 1):
             model = pipeline.build(method, {}, context).fit(data.X, y)
-            scores = pipeline.scores(data.y[test], model.predict(data.X[test]))
+            scores = evaluation.scores(data.y[test], model.predict(data.X[test]))
             added = int((y != UNLABELED).sum() - start_rows.size)
             records.append({"strategy": strategy, "seed": seed, "round": r, "added": added, **scores})
             log.info("%s seed %d round %d (+%d labels): accuracy %.4f", strategy, seed, r, added, scores["accuracy"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.active import BACKBONE, cache_folder, default_datasets, load
-from classify import pipeline
+from classify import evaluation, pipeline
 from classify.audit import audit_arrays
 from classify.features import UNLABELED
 from store.validation import UserError
@@ -62,7 +62,7 @@ def trial(data: pipeline.Data, context: dict, seed: int, shots: int, noise: floa
 
     def accuracy(y):
         model = pipeline.build(refit, {}, context).fit(data.X, y)
-        return pipeline.scores(data.y[test], model.predict(data.X[test]))["accuracy"]
+        return evaluation.scores(data.y[test], model.predict(data.X[test]))["accuracy"]
 
     out = {"seed": seed, "labeled": int(labeled.size), "flips": int(k), "precision_at_k": precision,
            "agreement": result.agreement,

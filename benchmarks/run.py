@@ -30,7 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
-from classify import pipeline
+from classify import evaluation, pipeline
 from classify.base import NotApplicable
 from classify.features import UNLABELED, single_threaded_blas
 from classify.registry import get
@@ -217,7 +217,7 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
                 except NotApplicable as err:  # e.g. zeroshot without text embeddings: recorded; bugs are raised
                     skipped(name, n_shots, str(err))
                     continue
-                scores = pipeline.scores(data.y[test], result.pop("predicted"))
+                scores = evaluation.scores(data.y[test], result.pop("predicted"))
                 records.append({"dataset": task.dataset, "backbone": task.backbone, "method": name,
                                 "anchor": name in ANCHORS, "shots": n_shots, "seed": seed, **scores, **result})
                 progress(f"{task.dataset} {task.backbone} {name} {n_shots}-shot seed {seed}: "

@@ -2,7 +2,7 @@
 
 Every labeled row gets a probability from a model that did not see its label: stratified K-fold over the labeled
 rows, each fold fitting the method transductively on every row with the held-out labels hidden (as
-:func:`classify.pipeline.cross_val_predictions` does). cleanlab's ``find_label_issues`` then flags the rows whose
+:func:`classify.evaluation.cross_val_predictions` does). cleanlab's ``find_label_issues`` then flags the rows whose
 given label disagrees with the class the out-of-fold probabilities confidently put them in, with one threshold per
 class (the class's mean self-confidence: confident learning, Northcutt et al. 2021), and
 ``get_label_quality_scores`` ranks them. Confident learning is used from cleanlab rather than rewritten: it is the

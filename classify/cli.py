@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classify import pipeline
+from classify import evaluation, pipeline
 from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
 from classify.registry import available, get
 from store import SPLITS, FeatureStore, display_id
@@ -243,7 +243,7 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     _check_params(method, params)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
-        result = _fitting(method, params, lambda: pipeline.evaluate(fs, specs, method, params, combine, transductive,
+        result = _fitting(method, params, lambda: evaluation.evaluate(fs, specs, method, params, combine, transductive,
                                                                     folds, seed), offline)
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
           f"accuracy {result['accuracy']:.4f}" + (f", top-5 {result['acc5']:.4f}" if "acc5" in result else "")
@@ -305,7 +305,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
             protocol = "labeled test split"
         else:
             ids = data.ids[(data.splits == "train") & (data.y >= 0)]  # the order of cross_val_predictions
-            y_true, y_pred, *_, k = pipeline.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
+            y_true, y_pred, *_, k = evaluation.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
                                                                    fitted.params, fitted.combine, folds=folds,
                                                                    seed=seed)
             protocol = f"{k}-fold CV on the labeled train rows"

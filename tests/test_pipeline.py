@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from classify import pipeline
+from classify import evaluation, pipeline
 from classify.base import NotApplicable
 from store import OK, FeatureStore
 from synthstore import A, B, make_store
@@ -29,4 +29,4 @@ def test_evaluate_without_any_label_says_so(tmp_path):
         fs.write_rows(A, np.arange(n), np.full(n, OK), [None] * n, [None] * n,
                       features=np.random.default_rng(0).normal(size=(n, 4)))
     with FeatureStore(tmp_path / "u.h5") as fs, pytest.raises(ValueError, match="has no labeled images to score on"):
-        pipeline.evaluate(fs, [A], "knn")
+        evaluation.evaluate(fs, [A], "knn")

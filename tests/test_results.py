@@ -10,7 +10,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, f1_score
 
 from classify.cli import main
-from classify.pipeline import scores
+from classify.evaluation import scores
 from store import OK, FeatureStore
 from synthstore import A, make_store
 

@@ -1,0 +1,178 @@
+"""Evaluation on a store: metrics as CLIP_benchmark names them, the labeled test split (or held-out validation
+folders, or stratified CV over the labeled train rows), and the provenance of every result."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import logging
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import sklearn
+from sklearn.base import clone
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, top_k_accuracy_score
+from sklearn.model_selection import StratifiedKFold
+
+from classify.features import UNLABELED, align_proba
+from classify.pipeline import Data, build_for_store, fit_rows, load_data, uses_views
+from store import FeatureStore
+from store.validation import UserError
+
+log = logging.getLogger(__name__)
+
+
+def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None = None,
+           n_classes: int | None = None) -> dict[str, float]:
+    """The metrics of an evaluation, with the names CLIP_benchmark uses beside the suite's own.
+
+    Parameters
+    ----------
+    y_true : ndarray of shape (n,)
+        True class indices.
+    y_pred : ndarray of shape (n,)
+        Predicted class indices.
+    proba : ndarray of shape (n, n_classes), optional
+        Class probabilities, column c for class index c; gives ``acc5``.
+    n_classes : int, optional
+        Classes of the store; ``acc5`` is reported when there are at least 5 (default: the columns of ``proba``).
+
+    Returns
+    -------
+    dict
+        ``accuracy`` and ``acc1`` (top-1, the same number), ``acc5`` (top-5, with ``proba`` and >= 5 classes),
+        ``mean_per_class_recall`` (balanced accuracy over the classes present in ``y_true``) and ``macro_f1``.
+    """
+    accuracy = float(accuracy_score(y_true, y_pred))
+    result = {"accuracy": accuracy, "acc1": accuracy}
+    n_classes = n_classes if n_classes is not None else None if proba is None else proba.shape[1]
+    if proba is not None and n_classes is not None and n_classes >= 5:
+        result["acc5"] = float(top_k_accuracy_score(y_true, proba, k=5, labels=np.arange(proba.shape[1])))
+    result["mean_per_class_recall"] = float(balanced_accuracy_score(y_true, y_pred))
+    result["macro_f1"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
+    return result
+
+
+def _store_proba(estimator, X: np.ndarray, n_classes: int) -> np.ndarray | None:
+    """``predict_proba`` with column c for class index c (0 for classes the estimator does not know); None when the
+    estimator has no probabilities."""
+    if not hasattr(estimator, "predict_proba"):
+        return None
+    return align_proba(np.asarray(estimator.predict_proba(X)), estimator.classes_, np.arange(n_classes))
+
+
+def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
+    """Where an evaluation's numbers come from: the store (path, data root, image-list fingerprint, classes), each
+    backbone's origin (weights hash, preprocessing, dim) and the library versions of this run."""
+    import platform
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "sklearn": sklearn.__version__}
+    for dist in ("fewshot-suite", "torch", "faiss-cpu", "h5py"):
+        try:
+            versions[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    origins = {}
+    for spec in backbones:
+        info = store.provenance(spec)
+        origins[spec] = {key: info[key] for key in ("weights_sha256", "preprocessing", "dim", "dtype") if key in info}
+    return {"store": str(store.path), "data_root": store.root, "store_fingerprint": store.fingerprint,
+            "classes": store.classes, "backbones": origins, "versions": versions,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+#: top folders of labeled images set apart for model selection (``embed.sources.VALIDATION_FOLDERS``)
+VALIDATION_FOLDERS = ("validation", "val")
+
+
+def held_out(data: Data) -> tuple[Data, str | None]:
+    """The rows an evaluation scores, and its protocol: the labeled test split; else, when there is none, the
+    labeled train rows from a ``validation/`` or ``val/`` folder, returned as test rows (so that fits see them
+    without their labels); else None (cross-validation)."""
+    if ((data.splits == "test") & (data.y >= 0)).any():
+        return data, "labeled test split"
+    top = np.asarray([str(i).split("/", 1)[0] for i in data.ids])
+    validation = (data.splits == "train") & (data.y >= 0) & np.isin(top, VALIDATION_FOLDERS)
+    if not validation.any() or not ((data.splits == "train") & (data.y >= 0) & ~validation).any():
+        return data, None
+    splits = np.where(validation, "test", data.splits)
+    return dataclasses.replace(data, splits=splits), "validation folder (held out of the fit)"
+
+
+def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
+             combine: str = "concat", transductive: bool = True, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Metrics on the labeled test split, else on the images of a ``validation/`` (``val/``) folder held out of the
+    fit, else by stratified CV over the labeled train rows; with their provenance.
+
+    Returns a JSON-able dict: the metrics of :func:`scores` (accuracy, acc1, acc5, mean_per_class_recall,
+    macro_f1), fit_seconds, predict_seconds, protocol, n_test, method, params, backbones, combine, seed,
+    ``provenance`` (:func:`provenance`) and, for methods that report on their fit (self-training's pseudo-label
+    counts), ``fit_report``.
+    """
+    data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
+    test = (data.splits == "test") & (data.y >= 0)
+    n_classes = len(store.classes)
+    base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine,
+            "seed": seed, "provenance": provenance(store, backbones)}
+    if protocol is not None:
+        estimator = build_for_store(store, backbones, method, params, combine, data.slices)
+        X, y = fit_rows(data, transductive)
+        t0 = time.perf_counter()
+        estimator.fit(X, y)
+        t1 = time.perf_counter()
+        pred = estimator.predict(data.X[test])
+        t2 = time.perf_counter()
+        proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
+        result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": t1 - t0, "predict_seconds": t2 - t1,
+                  "n_test": int(test.sum()), "protocol": protocol}
+        report = getattr(estimator, "fit_report_", None)
+        return {**result, **base, **({"fit_report": report} if report is not None else {})}
+    y_cv, predictions, fit_s, pred_s, k, proba = cross_val_predictions(store, data, backbones, method, params,
+                                                                       combine, transductive, folds, seed,
+                                                                       with_proba=True)
+    return {**scores(y_cv, predictions, proba, n_classes), "fit_seconds": fit_s, "predict_seconds": pred_s,
+            "n_test": int(len(y_cv)), "protocol": f"{k}-fold stratified CV on the labeled train rows", **base}
+
+
+def cross_val_predictions(store, data: Data, backbones, method, params, combine, transductive=True, folds=5,
+                          seed=0, with_proba=False):
+    """Out-of-fold predictions for the labeled train rows; each fold's held-out rows are passed unlabeled.
+
+    Returns ``(y_true, predictions, fit_seconds, predict_seconds, k)`` per fold on average, and with
+    ``with_proba`` also the out-of-fold probabilities (n, n_classes) (None for a method without them).
+    """
+    labeled = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    if not labeled.size:
+        raise UserError(f"{store.path} has no labeled images to score on (neither train/<class>/ nor test/<class>/); "
+                         "evaluation needs labels: add labeled images, or use `classify predict` for predictions only")
+    counts = np.bincount(data.y[labeled])
+    k = int(min(folds, counts[counts > 0].min()))
+    if k < 2:
+        raise UserError("cross-validation needs at least 2 labeled images per class and the store has no labeled "
+                         "test split; add labeled images (train/<class>/ or test/<class>/)")
+    template = build_for_store(store, backbones, method, params, combine, data.slices)
+    X_all, y_all = fit_rows(data, transductive)
+    keep = data.splits != "test" if not transductive else np.ones(len(data.y), dtype=bool)
+    position = np.cumsum(keep) - 1  # row of data -> row of X_all
+    predictions = np.empty(len(labeled), dtype=np.int64)
+    proba = np.zeros((len(labeled), len(store.classes))) if with_proba else None  # (n, C)
+    fit_s = pred_s = 0.0
+    for train_idx, held_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(labeled, data.y[labeled]):
+        y_fold = y_all.copy()
+        y_fold[position[labeled[held_idx]]] = UNLABELED
+        estimator = clone(template)
+        t0 = time.perf_counter()
+        estimator.fit(X_all, y_fold)
+        t1 = time.perf_counter()
+        predictions[held_idx] = estimator.predict(data.X[labeled[held_idx]])
+        pred_s += time.perf_counter() - t1
+        fit_s += t1 - t0
+        if proba is not None:
+            fold_proba = _store_proba(estimator, data.X[labeled[held_idx]], proba.shape[1])
+            if fold_proba is None:
+                proba = None
+            else:
+                proba[held_idx] = fold_proba
+    if with_proba:
+        return data.y[labeled], predictions, fit_s / k, pred_s / k, k, proba
+    return data.y[labeled], predictions, fit_s / k, pred_s / k, k
