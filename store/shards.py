@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.h5store import ERROR, OK, FeatureStore, open_for_images
+from store.h5store import ERROR, OK, FeatureStore, display_id, image_list_sha256, open_for_images
 from store.shard_format import (REWRITE, SHARDS_FORMAT, ShardWriter, check_npy, l2_normalize_rows, read_meta,
                                 read_table)
 from store.writers import Batch, StoreWriter, write_batches
@@ -157,12 +157,18 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
     if shard_size < 1:
         raise UserError("--shard-size must be at least 1")
     with FeatureStore(store_path) as fs:
-        n = len(fs)
         prov = fs.provenance(spec)
         if not fs.rows_done(spec).all():
             raise UserError(f"backbone {spec!r} in {store_path} is incomplete; finish `python -m embed run` first")
+        # the layout autofaiss indexes holds only images that decoded (a zero vector would be indexed as a neighbour
+        # of everything); the failed ones are listed in meta.json with their reason. The lossless copy keeps all.
+        keep = fs.status == OK if normalize else np.ones(len(fs), dtype=bool)
+        index = np.flatnonzero(keep)
+        ids, splits, labels = fs.ids[index], fs.splits[index], fs.labels[index]
+        n = int(index.size)
         meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
-        meta.update(image_list_sha256=fs.fingerprint, classes=fs.classes, root=fs.root, n_images=n,
+        fingerprint = fs.fingerprint if keep.all() else image_list_sha256(ids, splits, labels, fs.classes)
+        meta.update(image_list_sha256=fingerprint, classes=fs.classes, root=fs.root, n_images=n,
                     shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),
                     normalized=bool(normalize) or bool(prov["preprocessing"].get("l2_normalized")),
                     dtype="float16" if normalize else str(prov["dtype"]))
@@ -174,21 +180,27 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
             meta["head_classes"] = head[2]
         if fs.has_probs(spec) and not meta["normalized"]:
             meta["prob_classes"] = fs.probs(spec, np.empty(0, dtype=np.int64))[1]
-        writer = ShardWriter(folder, meta, fs.ids, fs.splits, fs.labels)
+        if not keep.all():
+            errors = dict(fs.errors())
+            meta["left_out"] = [{"id": display_id(i), "status": "error", "error": errors.get(i, "")}
+                                for i in fs.ids[~keep]]
+        writer = ShardWriter(folder, meta, ids, splits, labels)
         if text is not None:
             writer.write_extra("text_emb", text[0])
         if head is not None:
             writer.write_extra("head_weight", head[0])
             writer.write_extra("head_bias", head[1])
-        write_batches(_store_batches(fs, spec, shard_size, "prob_classes" in meta), writer)
+        write_batches(_store_batches(fs, spec, index, shard_size, "prob_classes" in meta), writer)
     return Path(folder)
 
 
-def _store_batches(fs: FeatureStore, spec: str, size: int, probs: bool):
-    """The store's rows of one backbone as batches of ``size`` rows (features of failed rows are ignored)."""
+def _store_batches(fs: FeatureStore, spec: str, index: np.ndarray, size: int, probs: bool):
+    """Store rows ``index`` of one backbone as batches of ``size`` (their rows numbered 0.. in ``index`` order;
+    features of failed rows, when kept, are ignored by the writer)."""
     sha, status, messages = fs.sha256, fs.status, dict(fs.errors())
-    for lo in range(0, len(fs), size):
-        rows = np.arange(lo, min(len(fs), lo + size))
-        yield Batch(rows=rows, status=status[rows], sha256=sha[rows], errors=[messages.get(i) for i in fs.ids[rows]],
-                    features=fs.features_block(spec, lo, rows[-1] + 1),
+    chunks = fs.row_chunks(spec, index, chunk_rows=size)
+    for start, features in chunks.chunks():
+        rows = index[start:start + len(features)]
+        yield Batch(rows=np.arange(start, start + len(rows)), status=status[rows], sha256=sha[rows],
+                    errors=[messages.get(i) for i in fs.ids[rows]], features=features,
                     probs=fs.probs(spec, rows)[0] if probs else None)

@@ -107,17 +107,27 @@ def test_export_then_import_round_trip(images, tiny_timm_ckpt, tmp_path, normali
     embed(images, tmp_path / "s.h5", [spec], workers=0, progress=False)
     export_shards(tmp_path / "s.h5", spec, tmp_path / "out", shard_size=5, normalize=normalize)
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
-    assert meta["n_shards"] == -(-len(images) // 5) and meta["spec"] == spec and meta["normalized"] is normalize
+    with FeatureStore(tmp_path / "s.h5") as a:
+        failed = dict(a.errors())
+    assert failed  # the folder has images that cannot be decoded
+    # the normalised layout (what autofaiss indexes) holds only decoded images; the others are listed, not zeroed
+    kept = len(images) - (len(failed) if normalize else 0)
+    assert meta["n_shards"] == -(-kept // 5) and meta["n_images"] == kept
+    assert meta["spec"] == spec and meta["normalized"] is normalize
+    if normalize:
+        assert {e["id"]: e["error"] for e in meta["left_out"]} == failed
+        assert all(np.abs(np.load(f)).sum(axis=1).min() > 0 for f in (tmp_path / "out" / "img_emb").glob("*.npy"))
     import_shards(tmp_path / "out", tmp_path / "back.h5")
     with FeatureStore(tmp_path / "s.h5") as a, FeatureStore(tmp_path / "back.h5") as b:
         if normalize:
             np.testing.assert_allclose(b.load(spec).X, normalised(a.load(spec).X), atol=2e-3)
+            assert b.errors() == [] and len(b) == kept
         else:  # a lossless copy: features, probabilities and head as they were
             np.testing.assert_array_equal(b.load(spec).X, a.load(spec).X)
             index = a.load(spec).index
             np.testing.assert_allclose(b.probs(spec, index)[0], a.probs(spec, index)[0])
             np.testing.assert_array_equal(b.head(spec)[0], a.head(spec)[0])
-        assert b.errors() == a.errors()
+            assert b.errors() == a.errors()
     FeatureStore.create(tmp_path / "other.h5", ["x.png"], ["train"], [0], ["cat"]).close()
     with pytest.raises(ValueError, match="different image list"):
         import_shards(tmp_path / "out", tmp_path / "other.h5")
