@@ -12,16 +12,16 @@ from store.validation import BOOL, NONE, Int, Real, UserError, check_flags
 
 #: the type and range of finetune's flags (a confidence threshold above 1 would turn FixMatch off silently)
 FLAGS = {"progress": [BOOL], "json_output": [BOOL], "offline": [BOOL], "bn_train": [BOOL], "seed": [Int(0)],
-         "epochs": [Int(0)], "lr": [Real(0, low_open=True)], "batch_size": [Int(1)], "image_size": [NONE, Int(8)],
+         "epochs": [Int(0)], "lr": [Real(0, low_open=True)], "batch_size": [NONE, Int(1)], "image_size": [NONE, Int(8)],
          "weight_decay": [Real(0)], "layer_decay": [Real(0, 1, low_open=True)], "warmup_epochs": [Real(0)],
          "val_fraction": [Real(0, 1, high_open=True)], "patience": [Int(1)], "fixmatch_weight": [Real(0)],
-         "mu": [Int(0)], "threshold": [Real(0, 1)], "pseudo_threshold": [Real(0, 1)], "pseudo_steps": [Int(0)],
+         "mu": [NONE, Int(0)], "threshold": [Real(0, 1)], "pseudo_threshold": [Real(0, 1)], "pseudo_steps": [Int(0)],
          "workers": [NONE, Int(0)]}
 
 
 def finetune(data: str | None = None, backbone: str | None = None, out: str | None = None, init: str | None = None,
              unfreeze: str = "all", pseudo: str | None = None, store: str | None = None, epochs: int = 20,
-             lr: float = 1e-4, batch_size: int = 32, device: str = "auto", image_size: int | None = None,
+             lr: float = 1e-4, batch_size: int | None = None, device: str = "auto", image_size: int | None = None,
              seed: int = 0, progress: bool = True, json_output: bool = False, offline: bool = False,
              **options) -> None:
     """Fine-tune a timm model or a CLIP image tower end to end; the result is a new backbone spec for `embed run`.
@@ -50,7 +50,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     lr : float
         Peak learning rate of AdamW (of the head; trunk layers get it scaled by --layer-decay per layer group).
     batch_size : int
-        Labeled images per step.
+        Labeled images per step (default: 32 on CUDA, 16 on a CPU, where a step's activations live in RAM).
     device : str
         auto, cpu or cuda (CUDA: bfloat16 autocast, channels-last).
     image_size : int
@@ -83,7 +83,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     fixmatch_weight : float
         Weight of the FixMatch loss on unlabeled/ images.
     mu : int
-        Unlabeled images per labeled image in a step (0: no FixMatch).
+        Unlabeled images per labeled image in a step (0: no FixMatch; default: 2 on CUDA, 1 on a CPU).
     threshold : float
         Initial class-aware confidence threshold of FixMatch's pseudo-labels.
     pseudo_threshold : float

@@ -391,3 +391,15 @@ def test_pseudo_label_selection_is_selftrains_classaware_rule(data_dir, store, t
     mask, details = rule._select(proba, ClassAwareThresholds(3, tau0=0.5, target=counts))
     assert sorted(np.asarray(images.ids)[rows]) == sorted(data.ids[mask])
     assert report["thresholds"] == details["thresholds"] and report["final_thresholds"] == details["final_thresholds"]
+
+
+def test_step_size_defaults_follow_the_device(data_dir, timm_spec, tmp_path):
+    """A CPU step holds its activations in RAM: 16 labeled + 16 x 2 unlabeled views, not CUDA's 32 + 64 x 2."""
+    from classify.finetune.recipe import STEP_DEFAULTS
+    from classify.finetune.state import load_state
+
+    out = tmp_path / "ft.pth"
+    finetune(data_dir, timm_spec, out, epochs=0, device="cpu", image_size=SIZE, workers=0, progress=False)
+    config = load_state(out.with_name(out.name + ".state"))["config"]
+    assert (config["batch_size"], config["mu"]) == (16, 1) == tuple(STEP_DEFAULTS["cpu"].values())
+    assert tuple(STEP_DEFAULTS["cuda"].values()) == (32, 2)

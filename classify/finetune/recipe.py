@@ -46,15 +46,20 @@ from store.validation import UserError
 logger = logging.getLogger(__name__)
 
 DEFAULT_WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: images per step by device when --batch-size / --mu are not given: a step holds batch_size * (1 + 2 * mu) images
+#: (labeled, then weak + strong views of the unlabeled ones), and on a CPU activations live in RAM. The CPU default
+#: keeps the README example within a laptop's 8 GB (`python -m benchmarks finetune` records the peak).
+STEP_DEFAULTS = {"cuda": {"batch_size": 32, "mu": 2}, "cpu": {"batch_size": 16, "mu": 1}}
 
 
 def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unfreeze="all", pseudo=None,
-             store: str | Path | None = None, epochs: int = 20, lr: float = 1e-4, batch_size: int = 32,
+             store: str | Path | None = None, epochs: int = 20, lr: float = 1e-4, batch_size: int | None = None,
              device: str = "auto", image_size: int | None = None, seed: int = 0, weight_decay: float = 0.05,
              layer_decay: float = 0.8, warmup_epochs: float = 1.0, val_fraction: float = 0.2, patience: int = 5,
-             fixmatch_weight: float = 1.0, mu: int = 2, threshold: float = 0.95, pseudo_threshold: float = 0.5,
-             pseudo_steps: int = 1000, wise_alphas: Sequence[float] = DEFAULT_WISE_ALPHAS, bn_train: bool = False,
-             workers: int | None = None, progress: bool = True,
+             fixmatch_weight: float = 1.0, mu: int | None = None, threshold: float = 0.95,
+             pseudo_threshold: float = 0.5, pseudo_steps: int = 1000,
+             wise_alphas: Sequence[float] = DEFAULT_WISE_ALPHAS, bn_train: bool = False, workers: int | None = None,
+             progress: bool = True,
              callback: Callable[[int, dict], None] | None = None) -> FinetuneResult:
     """Fine-tune a timm model or an open_clip image tower on a challenge-layout folder (see the module docstring).
 
@@ -79,7 +84,8 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         init model's features were computed at and checks that the preprocessing matches.
     epochs, lr, batch_size, weight_decay, layer_decay, warmup_epochs
         Epochs (passes over the training rows), AdamW peak lr / weight decay, lr scale ``layer_decay ** depth``
-        below the head, linear warm-up length in epochs.
+        below the head, linear warm-up length in epochs. ``batch_size`` None: 32 on CUDA, 16 on a CPU
+        (:data:`STEP_DEFAULTS`).
     device : {"auto", "cpu", "cuda"}
         CUDA runs use bfloat16 autocast and channels-last.
     image_size : int, optional
@@ -91,7 +97,8 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         before stopping. ``val_fraction=0``: no validation, the last epoch is kept, alpha is 1 (or the one value of
         ``wise_alphas``).
     fixmatch_weight, mu, threshold
-        Unlabeled loss weight, unlabeled images per labeled image in a batch, initial class-aware threshold.
+        Unlabeled loss weight, unlabeled images per labeled image in a batch (None: 2 on CUDA, 1 on a CPU), initial
+        class-aware threshold.
     pseudo_threshold, pseudo_steps
         Class-aware selection of ``pseudo`` labels: ``selftrain``'s ``tau0`` and ``classaware_steps`` (same defaults).
     wise_alphas : sequence of float
@@ -113,12 +120,15 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     images = from_folder(data)
     parsed = parse_spec(backbone)
     out = Path(out).expanduser().resolve()
+    torch_device = resolve_device(device)
+    step = STEP_DEFAULTS["cuda" if torch_device.type == "cuda" else "cpu"]
+    batch_size = step["batch_size"] if batch_size is None else batch_size
+    mu = step["mu"] if mu is None else mu
     alphas = _check_flags(parsed, out, unfreeze, epochs, batch_size, lr, val_fraction, patience, threshold,
                           pseudo_threshold, fixmatch_weight, mu, pseudo_steps, wise_alphas, pseudo, store)
     fitted_init = load_fitted(init) if init is not None else None
     fitted_pseudo = load_fitted(pseudo) if pseudo is not None else None  # both models read before anything heavy
     store_pp, image_size = _init_store_preprocessing(fitted_init, images, store, image_size)
-    torch_device = resolve_device(device)
     workers = default_workers(torch_device) if workers is None else int(workers)
     train_rows, val_rows, pool_rows = _split_rows(images, val_fraction, seed)
 
