@@ -262,11 +262,9 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.active [flags]``."""
-    from store.clitools import run_cli
+    from benchmarks.cli import run_one
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"active": active}, ["active"] + list(sys.argv[1:] if argv is None else argv), "python -m benchmarks")
+    run_one("active", active, argv)
 
 
 if __name__ == "__main__":

@@ -174,11 +174,9 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m benchmarks.audit [flags]``."""
-    from store.clitools import run_cli
+    from benchmarks.cli import run_one
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({"audit": audit}, ["audit"] + list(sys.argv[1:] if argv is None else argv), "python -m benchmarks")
+    run_one("audit", audit, argv)
 
 
 if __name__ == "__main__":

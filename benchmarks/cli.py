@@ -154,6 +154,14 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
     print(json.dumps(result))
 
 
+def run_one(name: str, command, argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.<name> [flags]``: one benchmark command run on its own, as ``python -m benchmarks``
+    runs it (help, logging, one-line errors)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    run_cli({name: command}, [name] + list(sys.argv[1:] if argv is None else argv), name="python -m benchmarks")
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)

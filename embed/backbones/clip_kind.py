@@ -27,7 +27,7 @@ from embed.backbones.weights import (
     checkpoint_source,
     download_failed,
     downloads_off,
-    first_plan,
+    WeightsResolver,
     offline_refusal,
 )
 from embed.templates import check_template
@@ -126,11 +126,12 @@ def _unavailable(spec: BackboneSpec) -> WeightsUnavailableError:
 
 # ------------------------------------------------------------------------------------------------------------- kind
 @register_backbone("clip")
-class ClipKind:
+class ClipKind(WeightsResolver):
     """``clip:<arch>/<pretrained-tag>`` and ``clip:<arch>@<checkpoint>`` (open_clip)."""
 
     kind: ClassVar[str]
     #: Where the weights come from, first match wins (see :mod:`embed.backbones.weights`).
+    unavailable = staticmethod(_unavailable)
     sources = (functools.partial(checkpoint_source, numpy_ok=True), _cache_source, _download_source)
 
     @staticmethod
@@ -165,14 +166,6 @@ class ClipKind:
                 f"or load a file with 'clip:{arch}@<checkpoint>'"
             )
         return BackboneSpec("clip", arch, clean, None)
-
-    @classmethod
-    def resolve(cls, spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan:
-        """Where the weights come from: the first of :attr:`sources` that has them."""
-        plan = first_plan(spec, cls.sources, offline)
-        if plan is None:
-            raise _unavailable(spec)
-        return plan
 
     @staticmethod
     def _create_kwargs(spec: BackboneSpec, plan: WeightsPlan, image_size: int | None) -> tuple[str, str, dict]:

@@ -27,7 +27,7 @@ from embed.backbones.weights import (
     checkpoint_source,
     download_failed,
     downloads_off,
-    first_plan,
+    WeightsResolver,
     offline_refusal,
 )
 from embed.lite_weights import LITE_PACKAGES, convert_lite_state_dict, load_package_weights, package_checkpoint
@@ -147,11 +147,12 @@ def _imagenet_classes(model: torch.nn.Module) -> list[str] | None:
 
 
 @register_backbone("timm")
-class TimmKind:
+class TimmKind(WeightsResolver):
     """``timm:<name>`` and ``timm:<name>@<checkpoint>``."""
 
     kind: ClassVar[str]
     #: Where the weights come from, first match wins (see :mod:`embed.backbones.weights`).
+    unavailable = staticmethod(_unavailable)
     sources = (checkpoint_source, _cache_source, _package_source, _download_source)
 
     @staticmethod
@@ -202,14 +203,6 @@ class TimmKind:
                     "use its default size (omit image_size) or a size it supports"
                 ) from None
             raise
-
-    @classmethod
-    def resolve(cls, spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan:
-        """Where the weights come from: the first of :attr:`sources` that has them."""
-        plan = first_plan(spec, cls.sources, offline)
-        if plan is None:
-            raise _unavailable(spec)
-        return plan
 
     @classmethod
     def _model(cls, spec: BackboneSpec, plan: WeightsPlan, image_size: int | None) -> tuple[torch.nn.Module, str]:

@@ -22,7 +22,7 @@ from embed.backbones.checkpoint import load_weights_only, one_line, require_file
 from embed.backbones.spec import BackboneSpec
 
 __all__ = ["Source", "WeightsPlan", "WeightsUnavailableError", "checkpoint_source", "download_failed", "downloads_off",
-           "first_plan", "offline_env", "offline_refusal"]
+           "first_plan", "offline_env", "offline_refusal", "WeightsResolver"]
 
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLINE
 
@@ -59,6 +59,25 @@ def first_plan(spec: BackboneSpec, sources: Sequence[Source], offline: bool | No
         if plan is not None:
             return plan
     return None
+
+
+class WeightsResolver:
+    """What a backbone kind shares: its ordered weight ``sources`` and the error naming what is missing."""
+
+    sources: Sequence[Source] = ()
+
+    @staticmethod
+    def unavailable(spec: BackboneSpec) -> WeightsUnavailableError:
+        """The one-line refusal when no source has the weights (each kind names its own fixes)."""
+        return WeightsUnavailableError(f"no weights for {spec}")
+
+    @classmethod
+    def resolve(cls, spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan:
+        """Where the weights come from: the first of :attr:`sources` that has them."""
+        plan = first_plan(spec, cls.sources, offline)
+        if plan is None:
+            raise cls.unavailable(spec)
+        return plan
 
 
 def checkpoint_source(spec: BackboneSpec, offline: bool | None = None, numpy_ok: bool = False) -> WeightsPlan | None:
