@@ -94,7 +94,7 @@ def simulate(data: pipeline.Data, context: dict, strategies: Sequence[str], seed
     list of dict
         One record per (strategy, round): strategy, seed, round, added, accuracy, macro_f1.
     """
-    from benchmarks.run import draw_labels
+    from classify.evaluation import draw_labels
 
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))  # (t,)
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))

@@ -43,7 +43,7 @@ def flip_labels(y: np.ndarray, rows: np.ndarray, noise: float, n_classes: int, s
 def trial(data: pipeline.Data, context: dict, seed: int, shots: int, noise: float, method: str, refit: str,
           folds: int) -> dict:
     """One planted-noise trial: precision@k and recall of the flags, and the three refit accuracies."""
-    from benchmarks.run import draw_labels
+    from classify.evaluation import draw_labels
 
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))

@@ -32,7 +32,8 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify import evaluation, pipeline
 from classify.base import NotApplicable
-from classify.features import UNLABELED, single_threaded_blas
+from classify.evaluation import draw_labels  # noqa: F401  (re-exported: the protocol's label draw)
+from classify.features import UNLABELED
 from classify.registry import get
 from store import FeatureStore
 from store.validation import UserError
@@ -115,13 +116,6 @@ ANCHORS: dict[str, Callable[[], object]] = {
 SUPERVISED_ANCHORS = {"sklearn LogisticRegression", "sklearn KNeighbors"}
 
 
-def draw_labels(y_train: np.ndarray, shots: int, seed: int) -> np.ndarray:
-    """Indices into ``y_train`` of ``shots`` rows per class (all rows of a smaller class), seeded."""
-    rng = np.random.default_rng([seed, shots])
-    picked = [rng.permutation(np.flatnonzero(y_train == c))[:shots] for c in np.unique(y_train[y_train >= 0])]
-    return np.sort(np.concatenate(picked))
-
-
 @dataclass
 class Task:
     """One (store, backbone) pair with the rows every method sees."""
@@ -168,15 +162,11 @@ class PeakRSS:
 
 def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> dict:
     estimator = make()
-    with PeakRSS() as memory, single_threaded_blas():  # the suite's methods do this too; sklearn's anchors need it
-        t0 = time.perf_counter()
-        estimator.fit(X, y)
-        t1 = time.perf_counter()
-        predicted = estimator.predict(X_test)
-        t2 = time.perf_counter()
+    with PeakRSS() as memory:  # fit and predict as `classify evaluate` runs them (one BLAS thread)
+        predicted, fit_seconds, predict_seconds = evaluation.fit_predict(estimator, X, y, X_test)
     report = getattr(estimator, "fit_report_", None)
-    return {"predicted": predicted, "fit_seconds": t1 - t0, "predict_seconds": t2 - t1, "peak_mb": memory.peak_mb,
-            "fit_report": report}
+    return {"predicted": predicted, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
+            "peak_mb": memory.peak_mb, "fit_report": report}
 
 
 def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: int,
@@ -186,7 +176,6 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
     for name, _ in parsed.values():
         get(name)  # an unknown method name fails here, not silently per fit
     data = task.data
-    train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
     if not test.size:
         raise UserError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
@@ -199,9 +188,7 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
 
     for n_shots in shots:
         for seed in range(seeds):
-            labeled = train[draw_labels(data.y[train], n_shots, seed)]
-            y = np.full(len(data.y), UNLABELED)
-            y[labeled] = data.y[labeled]
+            y, labeled = evaluation.few_shot_labels(data, n_shots, seed)  # as `classify evaluate --shots` draws
             candidates = [(m, lambda m=m: pipeline.build(*parsed[m], task.context)) for m in methods]
             candidates += [(a, ANCHORS[a]) for a in anchors]
             for name, make in candidates:
@@ -318,10 +305,8 @@ def load_task(dataset: str, store_path: Path, backbone: str) -> Task:
     specs = backbone.split("+")
     with FeatureStore(store_path) as fs:
         data = pipeline.load_data(fs, specs)
-        if len(specs) > 1:
-            return Task(dataset, backbone, data, {}, fs.fingerprint)
-        context = pipeline.store_context(fs, backbone)
-        views = pipeline.load_data(fs, [backbone], views=True) if context.get("view_kinds") else None
+        context = pipeline.concat_context(fs, specs)  # the rule `classify evaluate` builds with (build_for_store)
+        views = pipeline.load_data(fs, specs, views=True) if context.get("view_kinds") else None
         return Task(dataset, backbone, data, context, fs.fingerprint, views)
 
 

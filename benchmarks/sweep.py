@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from benchmarks.run import RESULTS, draw_labels, load_task
+from benchmarks.run import RESULTS, load_task
 from classify import pipeline
+from classify.evaluation import draw_labels
 from classify.features import UNLABELED
 
 log = logging.getLogger("benchmarks.sweep")

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 #: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules
 FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "proba": [BOOL], "json_output": [BOOL],
          "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)], "seed": [Int(0)],
-         "pairs": [Int(0)], "per_pair": [Int(0)], "id_format": [Options(*ID_FORMATS)]}
+         "pairs": [Int(0)], "per_pair": [Int(0)], "id_format": [Options(*ID_FORMATS)], "shots": [Int(1), NONE],
+         "draws": [Int(1)]}
 
 
 def _check_params(method: str, params: dict) -> None:
@@ -197,13 +198,15 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
 
 
 def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
-             folds: int = 5, seed: int = 0, json_output: bool = False, out: str | None = None, offline: bool = False,
-             **params) -> None:
+             folds: int = 5, seed: int = 0, shots: int | None = None, draws: int = 3, json_output: bool = False,
+             out: str | None = None, offline: bool = False, **params) -> None:
     """Score a method: on the labeled test split, or by stratified CV on the labeled train rows.
 
     Metrics as CLIP_benchmark names them: acc1 (top-1 accuracy, also `accuracy`), acc5 (top-5, with 5 classes or
     more), mean_per_class_recall (balanced accuracy) and macro_f1; with fit and predict seconds and the run's
-    provenance (store fingerprint, backbones' weights, method, parameters, seed, versions).
+    provenance (store fingerprint, backbones' weights, method, parameters, seed, versions). With --shots, the
+    few-shot protocol of `python -m benchmarks run` (its numbers to the digit): each metric as mean ± std over the
+    label draws, and each draw's result.
 
     Parameters
     ----------
@@ -220,7 +223,15 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     folds : int
         Cross-validation folds, when the store has no labeled test split (fewer when a class has fewer labels).
     seed : int
-        Seed of the cross-validation folds (the method's own seed is its random_state parameter).
+        Seed of the cross-validation folds, or with --shots of the first label draw (the method's own seed is its
+        random_state parameter).
+    shots : int
+        Labels per class drawn from the labeled train rows, as `python -m benchmarks run --shots` draws them; the
+        other train rows join the unlabeled pool with their labels hidden from the fit. Scores on the labeled test
+        split (or the validation/ folder); a store without one is refused (default: fit on every train label).
+    draws : int
+        With --shots: how many label draws (seeds SEED .. SEED+DRAWS-1, as the benchmarks' --seeds); metrics are the
+        mean and std over them.
     json_output : bool
         Also print the result as one JSON object on the last line of stdout.
     out : str
@@ -233,22 +244,30 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
 
     Examples
     --------
-    python -m classify evaluate --store feats.h5 --method selftrain --json
     python -m classify evaluate --store feats.h5 --method labelprop --k 20 --out results/labelprop-k20.json
     python -m classify evaluate --store feats.h5 --backbone a,b --combine concat --method linear --folds 3
+    python -m classify evaluate --store feats.h5 --method selftrain --shots 10 --draws 3 --json
     """
     get(method)
-    check_flags(dict(transductive=transductive, offline=offline, folds=folds, seed=seed, json_output=json_output),
-                FLAGS)
+    check_flags(dict(transductive=transductive, offline=offline, folds=folds, seed=seed, shots=shots, draws=draws,
+                     json_output=json_output), FLAGS)
+    if shots is None and draws != 3:
+        raise UserError("--draws counts the label draws of --shots; add --shots N (labels per class) or drop --draws")
     _check_params(method, params)
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         result = _fitting(method, params, lambda: evaluation.evaluate(fs, specs, method, params, combine, transductive,
-                                                                    folds, seed), offline)
+                                                                    folds, seed, shots, draws), offline)
+
+    def shown(name: str, digits: int = 4) -> str:
+        std = result.get(f"{name}_std")
+        return f"{result[name]:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+    per_draw = " per draw" if shots is not None else ""
     print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
-          f"accuracy {result['accuracy']:.4f}" + (f", top-5 {result['acc5']:.4f}" if "acc5" in result else "")
-          + f", mean per-class recall {result['mean_per_class_recall']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
-          f"fit {result['fit_seconds']:.2f} s, predict {result['predict_seconds']:.3f} s")
+          f"accuracy {shown('accuracy')}" + (f", top-5 {shown('acc5')}" if "acc5" in result else "")
+          + f", mean per-class recall {shown('mean_per_class_recall')}, macro-F1 {shown('macro_f1')}, "
+          f"fit {result['fit_seconds']:.2f} s{per_draw}, predict {result['predict_seconds']:.3f} s{per_draw}")
     text = json.dumps(result, default=pipeline.jsonable)
     if out is not None:
         target = Path(str(out)).expanduser()

@@ -1,5 +1,8 @@
 """Evaluation on a store: metrics as CLIP_benchmark names them, the labeled test split (or held-out validation
-folders, or stratified CV over the labeled train rows), and the provenance of every result."""
+folders, or stratified CV over the labeled train rows), and the provenance of every result.
+
+The few-shot protocol of ``python -m benchmarks run`` lives here too (:func:`draw_labels`, :func:`few_shot_labels`,
+:func:`fit_predict`), so that ``classify evaluate --shots N`` reproduces its tables to the digit."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +17,10 @@ from sklearn.base import clone
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, top_k_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 
-from classify.features import UNLABELED, align_proba
+from classify.features import UNLABELED, align_proba, single_threaded_blas
 from classify.pipeline import Data, build_for_store, fit_rows, load_data, uses_views
 from store import FeatureStore
-from store.validation import UserError
+from store.validation import NONE, Int, UserError, check_params
 
 log = logging.getLogger(__name__)
 
@@ -99,32 +102,98 @@ def held_out(data: Data) -> tuple[Data, str | None]:
     return dataclasses.replace(data, splits=splits), "validation folder (held out of the fit)"
 
 
+def draw_labels(y_train: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """Indices into ``y_train`` of ``shots`` rows per class (all rows of a smaller class), seeded by ``(seed, shots)``:
+    the label draw of ``python -m benchmarks run`` and ``python -m classify evaluate --shots``."""
+    rng = np.random.default_rng([seed, shots])
+    picked = [rng.permutation(np.flatnonzero(y_train == c))[:shots] for c in np.unique(y_train[y_train >= 0])]
+    return np.sort(np.concatenate(picked))
+
+
+def few_shot_labels(data: Data, shots: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The labels of one few-shot draw: ``shots`` per class drawn (:func:`draw_labels`) from the labeled train rows.
+
+    Parameters
+    ----------
+    data : Data
+        The rows of a store (:func:`classify.pipeline.load_data`).
+    shots : int
+        Labels per class.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    y : ndarray of shape (n,)
+        The label of each row of ``data`` a fit sees: the drawn rows keep theirs, every other row (the other train
+        rows included) is -1.
+    labeled : ndarray of shape (n_labeled,)
+        The drawn rows, as indices into ``data``.
+    """
+    train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    labeled = train[draw_labels(data.y[train], shots, seed)]
+    y = np.full(len(data.y), UNLABELED)
+    y[labeled] = data.y[labeled]
+    return y, labeled
+
+
+def fit_predict(estimator, X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Fit ``estimator`` on ``(X, y)`` and predict ``X_test`` with one BLAS thread (see
+    :func:`classify.features.single_threaded_blas`), as evaluations and benchmarks run every method.
+
+    Returns
+    -------
+    predicted : ndarray of shape (n_test,)
+    fit_seconds, predict_seconds : float
+    """
+    with single_threaded_blas():
+        t0 = time.perf_counter()
+        estimator.fit(X, y)
+        t1 = time.perf_counter()
+        predicted = estimator.predict(X_test)
+        t2 = time.perf_counter()
+    return predicted, t1 - t0, t2 - t1
+
+
 def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
-             combine: str = "concat", transductive: bool = True, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+             combine: str = "concat", transductive: bool = True, folds: int = 5, seed: int = 0,
+             shots: int | None = None, draws: int = 3) -> dict[str, Any]:
     """Metrics on the labeled test split, else on the images of a ``validation/`` (``val/``) folder held out of the
     fit, else by stratified CV over the labeled train rows; with their provenance.
+
+    With ``shots``, the few-shot protocol of ``python -m benchmarks run`` instead: for each of ``draws`` seeds
+    (``seed`` .. ``seed + draws - 1``), ``shots`` labels per class are drawn from the labeled train rows
+    (:func:`few_shot_labels`), the other train rows join the unlabeled pool without their labels, and the fit is
+    scored on the labeled test split (or the held-out validation folder); never by CV.
 
     Returns a JSON-able dict: the metrics of :func:`scores` (accuracy, acc1, acc5, mean_per_class_recall,
     macro_f1), fit_seconds, predict_seconds, protocol, n_test, method, params, backbones, combine, seed,
     ``provenance`` (:func:`provenance`) and, for methods that report on their fit (self-training's pseudo-label
-    counts), ``fit_report``.
+    counts), ``fit_report``. With ``shots``: each metric is the mean over the draws, with ``<metric>_std`` (the
+    standard deviation over draws, as the benchmark tables show), ``shots``, and ``draws``: one dict per draw (seed,
+    accuracy, macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds, predict_seconds, n_labeled, and
+    fit_report when the method has one).
     """
+    check_params("evaluate", {"shots": shots, "draws": draws}, {"shots": [NONE, Int(1)], "draws": [Int(1)]})
     data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
     test = (data.splits == "test") & (data.y >= 0)
     n_classes = len(store.classes)
     base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine,
             "seed": seed, "provenance": provenance(store, backbones)}
+    if shots is not None:
+        if protocol is None:
+            raise UserError(f"--shots scores on a labeled held-out split and {store.path} has none: add labeled test "
+                             "images (test/<class>/) or a validation/<class>/ folder and re-run embed, or drop --shots "
+                             "to evaluate on all labels by cross-validation")
+        return {**_few_shot(store, data, protocol, backbones, method, params, combine, transductive, seed, shots,
+                            draws), **base}
     if protocol is not None:
         estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         X, y = fit_rows(data, transductive)
-        t0 = time.perf_counter()
-        estimator.fit(X, y)
-        t1 = time.perf_counter()
-        pred = estimator.predict(data.X[test])
-        t2 = time.perf_counter()
+        pred, fit_seconds, predict_seconds = fit_predict(estimator, X, y, data.X[test])
         proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
-        result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": t1 - t0, "predict_seconds": t2 - t1,
-                  "n_test": int(test.sum()), "protocol": protocol}
+        result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": fit_seconds,
+                  "predict_seconds": predict_seconds, "n_test": int(test.sum()), "protocol": protocol}
         report = getattr(estimator, "fit_report_", None)
         return {**result, **base, **({"fit_report": report} if report is not None else {})}
     y_cv, predictions, fit_s, pred_s, k, proba = cross_val_predictions(store, data, backbones, method, params,
@@ -132,6 +201,48 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
                                                                        with_proba=True)
     return {**scores(y_cv, predictions, proba, n_classes), "fit_seconds": fit_s, "predict_seconds": pred_s,
             "n_test": int(len(y_cv)), "protocol": f"{k}-fold stratified CV on the labeled train rows", **base}
+
+
+def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method, params, combine, transductive,
+              seed: int, shots: int, draws: int) -> dict[str, Any]:
+    """:func:`evaluate` with ``shots``: one fit per draw, as ``benchmarks.run.run_task`` fits (same rows, labels,
+    estimator and :func:`fit_predict`), the metrics as mean and std over the draws."""
+    train = (data.splits == "train") & (data.y >= 0)
+    if not train.any():
+        raise UserError(f"--shots draws its labels from the labeled train rows and {store.path} has none: add "
+                         "train/<class>/ images and re-run embed, or drop --shots")
+    n_classes = len(store.classes)
+    counts = np.bincount(data.y[train], minlength=n_classes)
+    short = [store.classes[c] for c in np.flatnonzero((counts > 0) & (counts < shots))]
+    if short:
+        log.warning("%d class(es) have fewer than %d labeled train images; all of theirs are used: %s", len(short),
+                    shots, ", ".join(short[:5]) + (", ..." if len(short) > 5 else ""))
+    test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
+    keep = np.ones(len(data.y), dtype=bool) if transductive else data.splits != "test"
+    X = data.X if transductive else data.X[keep]  # transductive: every row, the test rows without their labels
+    per_draw, runs = [], []
+    for draw_seed in range(seed, seed + draws):
+        y, labeled = few_shot_labels(data, shots, draw_seed)
+        estimator = build_for_store(store, backbones, method, params, combine, data.slices)
+        predicted, fit_seconds, predict_seconds = fit_predict(estimator, X, y[keep], data.X[test])
+        proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
+        metrics = scores(data.y[test], predicted, proba, n_classes)
+        per_draw.append(metrics)
+        run = {"seed": draw_seed, **{k: v for k, v in metrics.items() if k != "acc1"}, "fit_seconds": fit_seconds,
+               "predict_seconds": predict_seconds, "n_labeled": int(labeled.size)}
+        report = getattr(estimator, "fit_report_", None)
+        runs.append({**run, **({"fit_report": report} if report is not None else {})})
+    result: dict[str, Any] = {}
+    for name in per_draw[0]:
+        values = np.array([m[name] for m in per_draw])
+        result[name], result[f"{name}_std"] = float(values.mean()), float(values.std())
+    seeds = f"seed {seed}" if draws == 1 else f"seeds {seed}-{seed + draws - 1}"
+    where = "test split" if protocol == "labeled test split" else protocol
+    text = (f"{shots} labels per class drawn from the train rows ({draws} draw{'s' if draws > 1 else ''}, {seeds}), "
+            f"scored on the {where}" + ("" if transductive else "; test rows kept out of the fit"))
+    return {**result, "fit_seconds": float(np.mean([r["fit_seconds"] for r in runs])),
+            "predict_seconds": float(np.mean([r["predict_seconds"] for r in runs])), "n_test": int(test.size),
+            "protocol": text, "shots": shots, "draws": runs}
 
 
 def cross_val_predictions(store, data: Data, backbones, method, params, combine, transductive=True, folds=5,

@@ -168,15 +168,22 @@ def _build_nested(value, context):
     return value
 
 
+def concat_context(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
+    """The store context of one model on the features of ``backbones`` concatenated: the backbone's own
+    (:func:`store_context`) for one backbone; none for several (text embeddings, an ImageNet head and views belong to
+    one backbone's columns). ``classify fit|evaluate`` and ``python -m benchmarks run`` build with this one rule."""
+    return store_context(store, backbones[0]) if len(backbones) == 1 else {}
+
+
 def build_for_store(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None = None,
                     combine: str = "concat", slices: Sequence[tuple[int, int]] | None = None):
-    """The estimator for ``backbones`` of a store: one model on concatenated features, or an ensemble of one
-    model per backbone (``combine="ensemble"``, members reading the column ``slices`` of their backbone), each
-    built with its own backbone's context."""
+    """The estimator for ``backbones`` of a store: one model on concatenated features (context from
+    :func:`concat_context`), or an ensemble of one model per backbone (``combine="ensemble"``, members reading the
+    column ``slices`` of their backbone), each built with its own backbone's context."""
     if combine not in ("concat", "ensemble"):
         raise UserError(f"--combine must be concat or ensemble, not {combine!r}")
     if len(backbones) == 1 or combine == "concat":
-        return build(method, params, store_context(store, backbones[0]) if len(backbones) == 1 else {})
+        return build(method, params, concat_context(store, backbones))
     members = [build(method, params, store_context(store, spec)) for spec in backbones]
     return create("ensemble", methods=members, feature_slices=[tuple(s) for s in slices])
 
