@@ -3,6 +3,11 @@
 Superclasses are given, or discovered so that classes a base classifier confuses share a superclass.
 The gate is trained class-balanced: the origin project's unweighted gate collapsed onto the superclass
 holding most labeled rows, starving every other expert.
+
+With few labels a gate and experts fitted on the labeled rows alone are each weaker than one flat model (measured:
+below the linear probe on clipart, digits and Fashion-MNIST). So by default a flat semi-supervised model
+(``selftrain``) pseudo-labels the unlabeled rows, gate and experts learn from the labeled *and* pseudo-labeled rows
+of their superclass, and the prediction falls back to the flat model wherever the gate is unsure.
 """
 from __future__ import annotations
 
@@ -15,17 +20,19 @@ from sklearn.cluster import AgglomerativeClustering
 from sklearn.dummy import DummyClassifier
 from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
 from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, cv_splits
 from classify.methods.linear import LinearProbe
+from classify.methods.selftrain import LogisticHead, SelfTraining
 from classify.registry import register_method
+from classify.thresholds import balanced_topk_mask
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)
 
-_UNLABELED = ("ignore", "gate")
+_UNLABELED = ("pseudo", "ignore", "gate")
 
 
 @register_method("moe")
@@ -39,8 +46,15 @@ class MixtureOfExperts(FewShotClassifier):
     while their average mutual confusion rate is at least ``confusion_threshold`` (classes never confused
     stay singletons); otherwise the tree is cut into ``n_superclasses`` groups.
 
-    Unlabeled rows (``y = -1``) are ignored by default; ``unlabeled="gate"`` passes them (still ``-1``) to
-    the gate, for a semi-supervised gate. Experts only ever see labeled rows of their own superclass.
+    Unlabeled rows (``y = -1``), by default (``unlabeled="pseudo"``): the ``flat`` model, fitted on every row,
+    labels them; per class the ``pseudo_share`` most confident of its share of the pool join the labeled rows, so
+    the discovery confusions, the gate and every expert (on the rows of its superclass) also learn from them.
+    ``"ignore"`` uses labeled rows only; ``"gate"`` passes the unlabeled rows (still ``-1``) to the gate, for a
+    semi-supervised gate.
+
+    Prediction: where the gate's top superclass probability reaches ``gate_threshold`` the answer is
+    ``(1 - flat_weight) * hierarchy + flat_weight * flat``, elsewhere the flat model's alone, so an unsure gate
+    cannot send a row to the wrong expert. ``gate_threshold=0, flat_weight=0`` is the pure hierarchy.
 
     Parameters
     ----------
@@ -52,10 +66,24 @@ class MixtureOfExperts(FewShotClassifier):
     n_superclasses : int, default=None
         Number of superclasses to discover; None chooses it with ``confusion_threshold``.
     gate, expert : estimator or registered name, default=None
-        Gate over superclasses and per-superclass expert (cloned); None = ``LinearProbe()``. A superclass
-        of one class gets a trivial expert, a single superclass a trivial gate (``DummyClassifier``).
+        Gate over superclasses and per-superclass expert (cloned); None = selftrain's ``LogisticHead()`` (each
+        expert fits its own feature transform on its superclass's rows). A superclass of one class gets a
+        trivial expert, a single superclass a trivial gate (``DummyClassifier``).
+    flat : estimator or registered name, default=None
+        The flat model: pseudo-labels the unlabeled rows and answers where the gate is unsure; None =
+        ``SelfTraining()`` (``selftrain``). Fitted on every row, unlabeled ones included. Not fitted when
+        ``unlabeled != "pseudo"`` and ``gate_threshold = flat_weight = 0``.
+    pseudo_share : float in (0, 1], default=1.0
+        Per class, this share of ``n_unlabeled / n_classes`` rows -- the most confident rows the flat model
+        labels that class -- become pseudo-labeled rows (class-balanced: a fixed threshold starves the classes
+        the model is least sure of).
+    gate_threshold : float in [0, 1], default=0.7
+        Rows whose top gate probability is below it get the flat model's answer.
+    flat_weight : float in [0, 1], default=0.5
+        Weight of the flat model in the answer of the other rows.
     class_weight : "balanced", "superclass" or None, default="balanced"
-        Weighting of the gate's training rows (the gate must have a ``class_weight`` parameter unless None).
+        Weighting of the gate's training rows (passed as ``sample_weight``, or as ``class_weight`` to a gate
+        whose fit takes no sample weights; a gate with neither needs ``class_weight=None``).
         "balanced": balanced over this estimator's *classes* -- every class has the same total weight, so
         a superclass weighs in proportion to its number of classes whatever its row count. A superclass
         holding most rows because its classes have more labels cannot absorb the gate, and the gate's
@@ -68,9 +96,9 @@ class MixtureOfExperts(FewShotClassifier):
     cv : int, default=5
         Maximum folds of the discovery CV (adapted to the smallest class; with a class of a single
         labeled row there is no discovery and all classes form one superclass).
-    unlabeled : "ignore" or "gate", default="ignore"
+    unlabeled : "pseudo", "ignore" or "gate", default="pseudo"
     random_state : int, default=0
-        Seeds the discovery fold shuffle.
+        Seeds the discovery fold shuffle and the flat model.
 
     Attributes
     ----------
@@ -83,23 +111,34 @@ class MixtureOfExperts(FewShotClassifier):
     gate_ : fitted estimator over superclass indices ``0..S-1``
     experts_ : list of fitted estimators, one per superclass
     confusion_ : ndarray of shape (n_classes, n_classes) or None
-        Out-of-fold confusion rates of ``base`` (row = true class), when superclasses were discovered.
+        Out-of-fold confusion rates of ``base`` (row = true class), when superclasses were discovered; with
+        pseudo-labels averaged with the flat model's mean probabilities on the rows it labels each class.
+    flat_ : fitted estimator or None
+    pseudo_counts_ : ndarray of shape (n_classes,)
+        Pseudo-labeled rows per class (zeros unless ``unlabeled="pseudo"``).
     n_features_in_ : int
     """
 
     _parameter_constraints = {"base": [NONE, METHOD], "gate": [NONE, METHOD], "expert": [NONE, METHOD],
+                              "flat": [NONE, METHOD], "pseudo_share": [Real(0, 1, low_open=True)],
+                              "gate_threshold": [Real(0, 1)], "flat_weight": [Real(0, 1)],
                               "n_superclasses": [NONE, Int(1)],
                               "class_weight": [NONE, Options("balanced", "superclass")],
                               "confusion_threshold": [Real(0, 1, low_open=True)], "cv": [Int(2)],
                               "unlabeled": [Options(*_UNLABELED)]}
 
-    def __init__(self, base=None, superclasses=None, n_superclasses=None, gate=None, expert=None,
-                 class_weight="balanced", confusion_threshold=0.1, cv=5, unlabeled="ignore", random_state=0):
+    def __init__(self, base=None, superclasses=None, n_superclasses=None, gate=None, expert=None, flat=None,
+                 pseudo_share=1.0, gate_threshold=0.7, flat_weight=0.5, class_weight="balanced",
+                 confusion_threshold=0.1, cv=5, unlabeled="pseudo", random_state=0):
         self.base = base
         self.superclasses = superclasses
         self.n_superclasses = n_superclasses
         self.gate = gate
         self.expert = expert
+        self.flat = flat
+        self.pseudo_share = pseudo_share
+        self.gate_threshold = gate_threshold
+        self.flat_weight = flat_weight
         self.class_weight = class_weight
         self.confusion_threshold = confusion_threshold
         self.cv = cv
@@ -108,21 +147,23 @@ class MixtureOfExperts(FewShotClassifier):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X, y):
-        """Find the superclasses, then fit the gate and one expert per superclass on the labeled rows."""
+        """Fit the flat model, pseudo-label, find the superclasses, then fit the gate and one expert per superclass."""
         self._validate_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
         mask = checked_labeled_mask(y)
-        Xl, yl = X[mask], y[mask]  # (n_l, D), (n_l,)
-        self.classes_, y_idx = np.unique(yl, return_inverse=True)
+        self.classes_ = np.unique(y[mask])
         if len(self.classes_) < 2:
             raise UserError(f"moe needs labeled rows of at least 2 classes, got {len(self.classes_)} class; "
                              "label more rows (y = -1 marks unlabeled)")
+        self.flat_ = self._fit_flat(X, y)
+        Xt, yt = self._training_rows(X, y, mask)  # labeled rows, then pseudo-labeled ones
+        n_labeled = int(mask.sum())
 
         self.confusion_ = None
         if self.superclasses is not None:
             groups, names = self._given_groups()
         else:
-            groups = self._discover(Xl, yl)
+            groups = self._discover(Xt[:n_labeled], yt[:n_labeled], Xt[n_labeled:], yt[n_labeled:])
             names = [f"superclass_{i}" for i in range(len(groups))]
         self.superclass_of_ = np.empty(len(self.classes_), dtype=np.intp)
         for s, g in enumerate(groups):
@@ -130,43 +171,73 @@ class MixtureOfExperts(FewShotClassifier):
         labels = self.classes_.tolist()  # plain Python labels
         self.superclasses_ = [[labels[i] for i in g] for g in groups]
         self.superclass_names_ = names
-        s_idx = self.superclass_of_[y_idx]  # (n_l,) superclass of each labeled row
+        s_idx = self.superclass_of_[np.searchsorted(self.classes_, yt)]  # (n_t,) superclass of each training row
         logger.info("moe: %d classes in %d superclasses: %s", len(self.classes_), len(groups), self.superclasses_)
 
-        self.gate_ = self._fit_gate(X, mask, Xl, s_idx, groups)
+        self.gate_ = self._fit_gate(X, mask, Xt, s_idx, groups)
         self.experts_ = []
         for s, g in enumerate(groups):
             rows = s_idx == s
             if len(g) == 1:
                 expert = DummyClassifier(strategy="prior")  # one class: P(expert = c) = 1
             else:
-                expert = resolve_estimator(self.expert, LinearProbe)
-            self.experts_.append(expert.fit(Xl[rows], yl[rows]))
+                expert = resolve_estimator(self.expert, LogisticHead)
+            self.experts_.append(expert.fit(Xt[rows], yt[rows]))
         return self
 
-    def _fit_gate(self, X, mask, Xl, s_idx, groups):
+    def _fit_flat(self, X, y):
+        if self.unlabeled != "pseudo" and self.gate_threshold == 0 and self.flat_weight == 0:
+            return None  # the pure hierarchy on labeled rows needs no flat model
+        flat = resolve_estimator(self.flat, lambda: SelfTraining(random_state=self.random_state))
+        return flat.fit(X, y)
+
+    def _flat_proba(self, X) -> np.ndarray:
+        """The flat model's probabilities (n, C) in float64, rows summing to one (a float32 model's sum to ~1e-7)."""
+        F = align_proba(np.asarray(self.flat_.predict_proba(X), dtype=np.float64), self.flat_.classes_, self.classes_)
+        return F / F.sum(axis=1, keepdims=True)
+
+    def _training_rows(self, X, y, mask):
+        """Labeled rows followed by the flat model's class-balanced pseudo-labeled rows: X (n_t, D), y (n_t,)."""
+        self.pseudo_counts_ = np.zeros(len(self.classes_), dtype=np.int64)
+        if self.unlabeled != "pseudo" or mask.all():
+            return X[mask], y[mask]
+        Xu = X[~mask]
+        proba = self._flat_proba(Xu)  # (n_u, C)
+        k = max(1, int(round(self.pseudo_share * len(Xu) / len(self.classes_))))
+        keep = balanced_topk_mask(proba, k)  # (n_u,)
+        pseudo = proba[keep].argmax(axis=1)  # class indices
+        self.pseudo_counts_ = np.bincount(pseudo, minlength=len(self.classes_))
+        return np.concatenate([X[mask], Xu[keep]]), np.concatenate([y[mask], self.classes_[pseudo]])
+
+    def _fit_gate(self, X, mask, Xt, s_idx, groups):
         if len(groups) == 1:
-            return DummyClassifier(strategy="prior").fit(Xl, s_idx)  # P(gate = 0) = 1
-        gate = resolve_estimator(self.gate, LinearProbe)
+            return DummyClassifier(strategy="prior").fit(Xt, s_idx)  # P(gate = 0) = 1
+        gate = resolve_estimator(self.gate, LogisticHead)
+        fit_params = {}
         if self.class_weight is not None:
-            if "class_weight" not in gate.get_params():
-                raise UserError(f"the gate {type(gate).__name__} has no class_weight parameter; use a gate that "
-                                 "has one (e.g. 'linear') or set class_weight=None")
+            rows = np.bincount(s_idx, minlength=len(groups)).astype(np.float64)  # training rows per superclass
             if self.class_weight == "superclass":
-                cw = "balanced"  # sklearn's meaning on the gate's labels: equal total weight per superclass
+                share = np.full(len(groups), 1.0 / len(groups))  # equal total weight per superclass
             else:
-                # equal total weight per class: superclass s gets total weight n_l * |s| / C, spread over its
-                # rows (a per-superclass dict, so any gate with a class_weight parameter can take it)
-                rows = np.bincount(s_idx, minlength=len(groups)).astype(np.float64)  # labeled rows per superclass
+                # equal total weight per class: superclass s gets the share |s| / C of the total weight
                 sizes = np.array([len(g) for g in groups], dtype=np.float64)  # classes per superclass
-                w = sizes / sizes.sum() * rows.sum() / rows
-                cw = {s: float(w[s]) for s in range(len(groups))}
-            gate.set_params(class_weight=cw)
-        if self.unlabeled == "gate":
+                share = sizes / sizes.sum()
+            w = share * rows.sum() / rows  # weight of one row of each superclass
+            if has_fit_parameter(gate, "sample_weight"):
+                fit_params["sample_weight"] = w[s_idx]
+            elif "class_weight" in gate.get_params():
+                gate.set_params(class_weight={s: float(w[s]) for s in range(len(groups))})
+            else:
+                raise UserError(f"the gate {type(gate).__name__} takes neither sample weights nor a class_weight "
+                                 "parameter; use a gate that does (e.g. 'linear') or set class_weight=None")
+        if self.unlabeled == "gate":  # the labeled rows (Xt) with the unlabeled ones, marked -1, for the gate
             s_all = np.full(X.shape[0], -1, dtype=np.intp)
             s_all[mask] = s_idx
-            return gate.fit(X, s_all)
-        return gate.fit(Xl, s_idx)
+            if "sample_weight" in fit_params:
+                fit_params["sample_weight"] = np.where(mask, 0.0, 1.0)
+                fit_params["sample_weight"][mask] = w[s_idx]
+            return gate.fit(X, s_all, **fit_params)
+        return gate.fit(Xt, s_idx, **fit_params)
 
     # ------------------------------------------------------------------ superclasses
     def _given_groups(self):
@@ -211,7 +282,8 @@ class MixtureOfExperts(FewShotClassifier):
             raise UserError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
         return groups, kept_names
 
-    def _discover(self, Xl, yl) -> list[list[int]]:
+    def _discover(self, Xl, yl, Xp, yp) -> list[list[int]]:
+        """Superclass groups (class indices) from the confusions on labeled rows and pseudo-labeled rows ``Xp``."""
         n_classes = len(self.classes_)
         n_super = self.n_superclasses
         if n_super is not None:
@@ -236,6 +308,15 @@ class MixtureOfExperts(FewShotClassifier):
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
         pred = cross_val_predict(base, Xl, yl, cv=folds)  # (n_l,) out-of-fold predictions
         R = confusion_matrix(yl, pred, labels=self.classes_, normalize="true")  # (C, C) rate of i predicted as j
+        if len(Xp):
+            # The flat model's confusions on the rows it pseudo-labels: its mean probability of class j on the
+            # rows labelled i (their truth is unknown, so its doubt stands in for an error rate).
+            P, idx = self._flat_proba(Xp), np.searchsorted(self.classes_, yp)  # (n_p, C), (n_p,)
+            counts = np.bincount(idx, minlength=n_classes)
+            soft = np.zeros((n_classes, n_classes))
+            np.add.at(soft, idx, P)
+            has = counts > 0
+            R[has] = (R[has] + soft[has] / counts[has, None]) / 2.0
         self.confusion_ = R
         A = (R + R.T) / 2.0  # symmetric affinity: how often i and j are mistaken for each other
         D = 1.0 - A
@@ -251,11 +332,14 @@ class MixtureOfExperts(FewShotClassifier):
 
     # ------------------------------------------------------------------ predict
     def predict_proba(self, X) -> np.ndarray:
-        """``P(gate = s(c)) · P(expert_s = c)``, shape (n, len(classes_)); rows sum to one."""
+        """Shape (n, len(classes_)), rows sum to one: the hierarchy ``P(gate = s(c)) · P(expert_s = c)`` mixed with
+        the flat model where the gate is sure (top probability >= ``gate_threshold``), the flat model elsewhere."""
         check_is_fitted(self)
         X = validate_data(self, X, dtype=[np.float32, np.float64], reset=False)
         n_super = len(self.experts_)
-        G = align_proba(self.gate_.predict_proba(X), self.gate_.classes_, np.arange(n_super))  # (n, S)
+        G = align_proba(np.asarray(self.gate_.predict_proba(X), dtype=np.float64), self.gate_.classes_,
+                        np.arange(n_super))  # (n, S)
+        G /= G.sum(axis=1, keepdims=True)  # float64 rows summing to one (a float32 gate's sum to ~1e-7)
         P = np.zeros((X.shape[0], len(self.classes_)))  # (n, C)
         for s, expert in enumerate(self.experts_):
             cols = np.flatnonzero(self.superclass_of_ == s)
@@ -265,4 +349,8 @@ class MixtureOfExperts(FewShotClassifier):
             tot = E.sum(axis=1, keepdims=True)
             E = np.where(tot > 0, E / np.where(tot > 0, tot, 1.0), 1.0 / len(cols))
             P[:, cols] = G[:, s:s + 1] * E
-        return P
+        if self.flat_ is None:
+            return P
+        F = self._flat_proba(X)  # (n, C)
+        sure = G.max(axis=1, keepdims=True) >= self.gate_threshold  # (n, 1)
+        return np.where(sure, (1.0 - self.flat_weight) * P + self.flat_weight * F, F)
