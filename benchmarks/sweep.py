@@ -12,6 +12,7 @@ unlabeled (transductive, as in the tables). Two scores per configuration, neithe
 Examples::
 
     python -m benchmarks.sweep --dataset clipart --grid ptmap
+    python -m benchmarks.sweep --dataset digits --grid moe --out sweep-digits-moe
     python -m benchmarks.sweep --dataset fashion-mnist --shots 15 --methods "ptmap(lam=5),ptmap(lam=20)"
 """
 from __future__ import annotations
@@ -39,6 +40,12 @@ GRIDS = {
               itertools.product((10, 50, 150), ("uniform", "estimated"))],
     "transform": ["ptmap", "ptmap(feature_power=1.0)", "ptmap(n_components=128,whiten=True)",
                   "ptmap(n_components=256)"],
+    # moe: the pure hierarchy on labeled rows, then pseudo-labels from the flat model (share of the pool) and the
+    # fallback rule (gate threshold, flat weight); linear and selftrain (the flat model) as references
+    "moe": ["linear", "selftrain", "moe(unlabeled=ignore,gate_threshold=0,flat_weight=0)",
+            "moe(gate_threshold=0,flat_weight=0)"]
+           + [f"moe(pseudo_share={share},gate_threshold={tau},flat_weight={w})" for share, tau, w in
+              itertools.product((0.5, 1.0), (0.5, 0.7, 0.9), (0.5,))] + ["moe(pseudo_share=0.5,gate_threshold=0)"],
 }
 
 
