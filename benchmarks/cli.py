@@ -76,8 +76,11 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         Also run the plain scikit-learn anchors side by side.
     views : int
         Augmented views per image to embed (needed by fixmatch); stores with views are kept apart.
-    out, cache : str
-        Results folder (default ./benchmarks-results), dataset/store cache (default ~/.cache/fewshot-suite).
+    out : str
+        Results folder (default ./benchmarks-results): <name>.md tables, <name>.json raw numbers, <name>.png plot.
+    cache : str
+        Folder of the generated datasets and their feature stores, reused by later runs (default
+        ~/.cache/fewshot-suite).
     name : str
         Basename of the result files.
     """
