@@ -43,7 +43,7 @@ _UNLABELED = ("pseudo", "ignore", "gate")
 
 @register_method("moe")
 class MixtureOfExperts(FewShotClassifier):
-    """Gate over superclasses × one expert per superclass: ``P(c | x) = P(gate = s(c) | x) · P(expert_s = c | x)``.
+    """Gate over superclasses × one expert per superclass, falling back to a flat model where the gate is unsure.
 
     Discovery (``superclasses=None``): out-of-fold predictions of ``base`` on the labeled rows
     (``cross_val_predict``) give a row-normalised confusion matrix R; the symmetrised confusion
@@ -71,10 +71,12 @@ class MixtureOfExperts(FewShotClassifier):
         class must appear exactly once. None discovers them.
     n_superclasses : int, default=None
         Number of superclasses to discover; None chooses it with ``confusion_threshold``.
-    gate, expert : estimator or registered name, default=None
-        Gate over superclasses and per-superclass expert (cloned); None = selftrain's ``LogisticHead()`` (each
-        expert fits its own feature transform on its superclass's rows). A superclass of one class gets a
-        trivial expert, a single superclass a trivial gate (``DummyClassifier``).
+    gate : estimator or registered name, default=None
+        Classifier over superclasses (cloned); None = selftrain's ``LogisticHead()``. A single superclass gets a
+        trivial gate (``DummyClassifier``).
+    expert : estimator or registered name, default=None
+        Classifier within one superclass, cloned for each; None = selftrain's ``LogisticHead()`` (each expert
+        fits its own feature transform on its superclass's rows). A superclass of one class gets a trivial expert.
     flat : estimator or registered name, default=None
         The flat model: pseudo-labels the unlabeled rows and answers where the gate is unsure; None =
         ``SelfTraining()`` (``selftrain``). Fitted on every row, unlabeled ones included. Not fitted when
@@ -103,6 +105,9 @@ class MixtureOfExperts(FewShotClassifier):
         Maximum folds of the discovery CV (adapted to the smallest class; with a class of a single
         labeled row there is no discovery and all classes form one superclass).
     unlabeled : "pseudo", "ignore" or "gate", default="pseudo"
+        What unlabeled rows (``y = -1``) do: "pseudo" -- the flat model's class-balanced pseudo-labels train the
+        gate and experts and the superclass discovery; "ignore" -- nothing (labeled rows only); "gate" -- they
+        are passed, still -1, to a semi-supervised gate.
     random_state : int, default=0
         Seeds the discovery fold shuffle and the flat model.
 
