@@ -264,8 +264,12 @@ def markdown_tables(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(records: list[dict], path: Path) -> None:
-    """Accuracy vs shots, one line per method, one panel per dataset × backbone."""
+def plot(records: list[dict], path: Path, columns: int = 3) -> None:
+    """Accuracy vs shots, one line per method, one panel per dataset × backbone (``columns`` panels a row).
+
+    A method keeps its colour in every panel and one legend below the panels names them all, so no legend hides a
+    line; anchors (plain scikit-learn) are dashed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -274,27 +278,35 @@ def plot(records: list[dict], path: Path) -> None:
     summary = summarise(records)
     records = _ran(records)
     panels = list(dict.fromkeys((r["dataset"], r["backbone"]) for r in records))
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
-    for ax, (dataset, backbone) in zip(axes[0], panels):
-        methods = dict.fromkeys(r["method"] for r in records if r["dataset"] == dataset and r["backbone"] == backbone)
-        colours = plt.cm.tab20(np.linspace(0, 1, 20))
-        for i, m in enumerate(methods):
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    palette = plt.cm.tab20(np.linspace(0, 1, 20))
+    colour = {m: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, m in enumerate(methods)}  # distinct for 20 lines
+    n_cols = min(columns, len(panels))
+    n_rows = -(-len(panels) // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.5 * n_cols, 4.2 * n_rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = {}
+    for ax, (dataset, backbone) in zip(axes.flat, panels):
+        for m in methods:
             pts = sorted((k[3], v) for k, v in summary.items() if k[:3] == (dataset, backbone, m))
-            xs = [p[0] for p in pts]
+            if not pts:
+                continue
             means = np.array([p[1]["accuracy_mean"] for p in pts]) * 100
             stds = np.array([p[1]["accuracy_std"] for p in pts]) * 100
-            style = "--" if m.startswith("sklearn") else "-"
-            ax.errorbar(xs, means, yerr=stds, label=m, linestyle=style, marker="o", capsize=3,
-                        color=colours[(2 * i) % 20 + (2 * i) // 20 % 2])  # distinct colours for up to 20 lines
+            handles[m] = ax.errorbar([p[0] for p in pts], means, yerr=stds, label=m, marker="o", capsize=3,
+                                     linestyle="--" if m in ANCHORS else "-", color=colour[m])
         ax.set_xscale("symlog", linthresh=1)  # log-like spacing of 1/5/15 shots that also shows 0 shots
         ax.set_xticks(sorted({k[3] for k in summary if k[:2] == (dataset, backbone)}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set_xlabel("labeled images per class")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} — {backbone}", fontsize=10)
+        ax.set_title(f"{dataset}\n{backbone.replace('+', ' + ')}", fontsize=9, wrap=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
+               loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    legend_rows = -(-len(handles) // min(4, max(1, len(handles))))
+    fig.tight_layout(rect=(0, 0.035 * legend_rows / n_rows + 0.02, 1, 1), h_pad=1.5)  # room for the legend below
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.datasets import _read_idx, write_digits
-from benchmarks.run import ANCHORS, PeakRSS, draw_labels, load_task, run_task, write_results
+from benchmarks.run import ANCHORS, PeakRSS, draw_labels, load_task, plot, run_task, write_results
 from synthstore import A, make_store
 
 
@@ -164,3 +164,35 @@ def test_results_go_to_the_working_directory_not_the_package():
 
     assert RESULTS == Path("benchmarks-results")
     assert Path(benchmarks.__file__).resolve().parent not in (Path.cwd() / RESULTS).resolve().parents
+
+
+def test_plot_lays_many_panels_out_in_rows_with_one_legend(tmp_path, monkeypatch):
+    # six dataset x backbone panels were once one 36-inch strip (8:1) with a legend over each panel's lines
+    import matplotlib.figure
+
+    methods = ("linear", "selftrain", "sklearn KNeighbors")
+    records = [{"dataset": f"set{d}", "backbone": "timm:a+timm:b" if b else "timm:a", "method": m, "shots": s,
+                "seed": 0, "accuracy": 0.5 + 0.01 * s, "macro_f1": 0.5, "fit_seconds": 0.1, "predict_seconds": 0.0,
+                "peak_mb": 0.0}
+               for d in range(3) for b in range(2) for m in methods for s in (5, 10)]
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    plot(records, tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as image:
+        width, height = image.size
+    assert width / height < 2.5  # 3 panels a row, 2 rows, the legend below
+    fig = figures[0]
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(methods)
+    colours = {}  # a method keeps its colour in every panel
+    for ax in fig.axes:
+        for bars in ax.containers:
+            colours.setdefault(bars.get_label(), set()).add(tuple(bars.lines[0].get_color()))
+    assert set(colours) == set(methods) and all(len(c) == 1 for c in colours.values())
+    assert len({next(iter(c)) for c in colours.values()}) == 3
