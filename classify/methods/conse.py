@@ -101,9 +101,14 @@ class ConSE(FewShotClassifier):
     Parameters
     ----------
     head_weight : array-like of shape (K, D), default=None
+        Weight matrix of the backbone's ImageNet classifier head, mapping the D pre-logit features in X to K
+        ImageNet logits ``x W^T + b``; the pipeline takes it from the store. None makes ``fit`` refuse the method.
     head_bias : array-like of shape (K,), default=None
+        Bias of that ImageNet head, added to ``x W^T`` before the softmax that weighs the top-T ImageNet classes;
+        the pipeline takes it from the store. None makes ``fit`` refuse the method.
     head_classes : list of str of length K, default=None
-        The backbone's ImageNet head and class descriptions (the pipeline takes them from the store).
+        Names of the head's K ImageNet classes (comma-separated synonyms allowed), embedded by the sentence
+        encoder; the pipeline takes them from the store.
     class_names : list of str, default=None
         The user's C class names.
     templates : sequence of str, default=("a photo of a {}.",)

@@ -230,6 +230,8 @@ class CoOp(FewShotClassifier):
         Learning rate of Adam with a cosine schedule (the paper: SGD at 0.002 for 50-200 epochs of batches of 32;
         Adam converges in far fewer full-batch steps).
     weight_decay : float, default=0.0
+        Adam's L2 penalty on the context vectors (coupled: ``weight_decay * ctx`` is added to their gradient, not
+        AdamW's decoupled decay); 0 leaves them unregularised.
     device : str, default="auto"
         torch device for the text tower ("auto": CUDA when available).
     random_state : int, default=0

@@ -55,8 +55,12 @@ class CrossModalProbe(FewShotClassifier):
     ----------
     text_embeddings : array-like of shape (C, T, D), default=None
         CLIP text embeddings per class and template, of the same CLIP model as X (required).
-    templates, template_subset
-        As for ``zeroshot``; each selected template gives one text sample per class.
+    templates : list of str of length T, default=None
+        The template strings of ``text_embeddings``' T axis (the pipeline takes them from the store); needed only
+        to name templates by string in ``template_subset``.
+    template_subset : list of str or int, default=None
+        Templates (strings or indices into the T axis) whose embeddings become text samples, one per class and
+        template; None uses all T.
     text_weight : float, default=1.0
         Sample weight of each text sample relative to a labeled image (weight 1). 0 makes it the plain probe.
     Cs : sequence of float, default=None
@@ -67,7 +71,12 @@ class CrossModalProbe(FewShotClassifier):
         single labeled image, or no images) C is the grid's median (a warning is logged).
     class_weight : dict, "balanced" or None, default=None
         Passed to :class:`~sklearn.linear_model.LogisticRegression`.
-    max_iter, tol : LogisticRegression's.
+    max_iter : int, default=1000
+        Maximum iterations of the lbfgs solver of :class:`~sklearn.linear_model.LogisticRegression`, in every CV
+        fit and the final fit; a fit that hits it stops unconverged (sklearn warns).
+    tol : float, default=1e-4
+        Stopping tolerance of that solver (``LogisticRegression(tol=...)``): lbfgs stops once the largest
+        projected-gradient component falls below it.
     random_state : int, default=0
         Seeds the CV fold shuffle.
 

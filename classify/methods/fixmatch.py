@@ -77,13 +77,22 @@ class FixMatchHead(FewShotClassifier):
         Unlabeled rows per labeled row in a step (FixMatch's mu; the paper uses 7).
     lambda_u : float, default=1.0
         Weight of the unlabeled consistency loss; 0 trains on the labeled rows (and their weak views) only.
-    lr, weight_decay : float, default=5e-2, 5e-4
-        AdamW with a cosine schedule (the paper: SGD with Nesterov momentum for 2^20 steps; a head on fixed
-        features converges in a few hundred AdamW steps).
+    lr : float, default=5e-2
+        Peak learning rate of the AdamW optimiser of the head, annealed to 0 by a cosine schedule over all
+        training steps (the paper: SGD with Nesterov momentum for 2^20 steps; a head on fixed features converges
+        in a few hundred AdamW steps).
+    weight_decay : float, default=5e-4
+        AdamW's decoupled weight decay on every weight and bias of the head (each step shrinks them by
+        ``lr * weight_decay``); 0 disables it.
     threshold : float, default=0.95
         Initial class-aware threshold (FixMatch's fixed tau).
-    ema, eps : float, default=0.9, 0.001
-        :class:`~classify.thresholds.ClassAwareThresholds` momentum and per-step threshold change.
+    ema : float in [0, 1), default=0.9
+        Momentum of the :class:`~classify.thresholds.ClassAwareThresholds` moving average of each class's share
+        of the pseudo-labels (``share = ema * share + (1 - ema) * batch share``); higher reacts more slowly.
+    eps : float, default=0.001
+        How far every class threshold moves at each training step: up by ``eps`` while its class is
+        over-represented among the pseudo-labels relative to ``target``, down by ``eps`` while under-represented
+        (clipped to [0, 1]); 0 keeps the thresholds at ``threshold``.
     target : {"labeled", "uniform"}, default="labeled"
         Target class shares of the pseudo-labels: the labeled class prior, or uniform.
     random_state : int, default=0

@@ -55,14 +55,26 @@ class LinearProbe(FewShotClassifier):
     text_embeddings : array-like of shape (C, T, D), default=None
         CLIP text embeddings (see ``zeroshot``); enables the zero-shot interpolation. Labels must then be
         class indices into its first axis and ``classes_`` is ``arange(C)``.
-    templates, template_subset, logit_scale
-        As for ``zeroshot``.
+    templates : list of str of length T, default=None
+        The template strings of ``text_embeddings``' T axis (the pipeline takes them from the store); needed only
+        to name templates by string in ``template_subset``.
+    template_subset : list of str or int, default=None
+        Templates (strings or indices into the T axis) averaged into the zero-shot class embeddings (CLIP's prompt
+        ensembling); None uses all T.
+    logit_scale : float, default=100.0
+        Multiplies the zero-shot head's cosines, ``zeroshot_logits = logit_scale * cos(x, class_text)``, before
+        the mix with the probe (CLIP's learned temperature is 100). Ignored without text embeddings.
     alpha : float in [0, 1], default=None
         Mixing weight of the probe; None chooses it by CV from ``alphas``. Ignored without text embeddings
         (then alpha is 1).
     alphas : sequence of float, default=None
         Grid for alpha; None uses ``DEFAULT_ALPHAS``.
-    max_iter, tol : LogisticRegression's.
+    max_iter : int, default=1000
+        Maximum iterations of the lbfgs solver of :class:`~sklearn.linear_model.LogisticRegression`, in every CV
+        fit and the final probe fit; a fit that hits it stops unconverged (sklearn warns).
+    tol : float, default=1e-4
+        Stopping tolerance of that solver (``LogisticRegression(tol=...)``): lbfgs stops once the largest
+        projected-gradient component falls below it.
     random_state : int, default=0
         Seeds the CV fold shuffle.
 

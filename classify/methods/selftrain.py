@@ -58,8 +58,12 @@ class LogisticHead(FewShotClassifier):
     n_components : int or None, default=256
         PCA dimensions (not whitened); None keeps every dimension. 256 halves the fit time on 1280-d features at
         the same dev accuracy.
-    max_iter, tol
-        Passed to LogisticRegression.
+    max_iter : int, default=300
+        Maximum iterations of the lbfgs solver of :class:`~sklearn.linear_model.LogisticRegression`; a fit that
+        hits it stops unconverged (sklearn warns).
+    tol : float, default=1e-4
+        Stopping tolerance of that solver (``LogisticRegression(tol=...)``): lbfgs stops once the largest
+        projected-gradient component falls below it.
 
     Attributes
     ----------
@@ -162,8 +166,14 @@ class SelfTraining(FewShotClassifier):
         Initial class-aware thresholds; None uses ``threshold``. Sets the size of the class-aware selection
         (see ``selection``): 0.5 was chosen on dev seeds with the labelprop teacher (0.98 and 0.7 kept a few rows
         per class, 0.5 and 0.3 thousands).
-    ema, eps : float, default=0.9, 0.001
-        Class-aware EMA momentum and threshold step.
+    ema : float in [0, 1), default=0.9
+        ``selection="classaware"`` only: momentum of the :class:`~classify.thresholds.ClassAwareThresholds` moving
+        average of each class's share of the pseudo-labels (``share = ema * share + (1 - ema) * step share``). It
+        also sets the window of recent thresholds a row may pass, ``ceil(1 / (1 - ema))`` steps (10 for 0.9).
+    eps : float, default=0.001
+        ``selection="classaware"`` only: how far every class threshold moves per class-aware step, up while its
+        class is over-represented among the pseudo-labels relative to ``target``, down while under-represented
+        (clipped to [0, 1]); 0 keeps the thresholds at ``tau0``.
     classaware_steps : int, default=1000
         Class-aware updates per round (each on the whole unlabeled pool). 1000 steps of 0.001 let a threshold
         cross the whole [0, 1] range in one round.

@@ -85,17 +85,33 @@ class TipAdapter(FewShotClassifier):
     text_embeddings : array-like of shape (C, T, D), default=None
         CLIP text embeddings (see ``zeroshot``); the prior is ``logit_scale * cos(x, class text)``. Labels are
         class indices into the first axis and ``classes_`` is ``arange(C)``.
-    templates, template_subset, logit_scale
-        As for ``zeroshot``.
+    templates : list of str of length T, default=None
+        The template strings of ``text_embeddings``' T axis (the pipeline takes them from the store); needed only
+        to name templates by string in ``template_subset``. Ignored with ``base``.
+    template_subset : list of str or int, default=None
+        Templates (strings or indices into the T axis) averaged into the zero-shot class embeddings (CLIP's prompt
+        ensembling); None uses all T. Ignored with ``base``.
+    logit_scale : float, default=100.0
+        Multiplies the cosines of the CLIP prior, ``logit_scale * cos(x, class text)`` (CLIP's learned temperature
+        is 100); it sets how much a given ``alpha`` of cache logits weighs against the prior. Ignored with ``base``.
     base : estimator or str, default=None
         A label-free prior used instead of the text embeddings (e.g. ``"conse"``); its log-probabilities are the
         zero-shot logits and its ``classes_`` are ours. Cloned and fitted on every row (a registered method) or
         on the labeled rows (any other estimator). It is not refitted per CV fold, so a prior that learns from
         the labels makes the choice of alpha and beta optimistic.
-    alpha, beta : float, default=None
-        Cache weight and affinity sharpness; None chooses each by CV from ``alphas`` / ``betas``.
-    alphas, betas : sequence of float, default=None
-        Grids; None uses ``DEFAULT_ALPHAS`` / ``DEFAULT_BETAS``.
+    alpha : float >= 0, default=None
+        Tip-Adapter's residual ratio: the weight of the cache logits added to the prior, ``prior + alpha * A L``
+        (0 is the prior alone). None chooses it by CV from ``alphas``; 1 when CV is impossible.
+    beta : float >= 0, default=None
+        Tip-Adapter's sharpness ratio in the affinity ``exp(-beta * (1 - cos(x, key)))``: larger values let only
+        the nearest cached rows vote, 0 gives every cached row weight 1. None chooses it by CV from ``betas``; 1
+        when CV is impossible.
+    alphas : sequence of float, default=None
+        Candidate values of ``alpha`` for the CV search; None uses ``DEFAULT_ALPHAS`` (0 to 10). Ignored when
+        ``alpha`` is given.
+    betas : sequence of float, default=None
+        Candidate values of ``beta`` for the CV search (searched jointly with ``alphas``); None uses
+        ``DEFAULT_BETAS`` (0.5 to 10). Ignored when ``beta`` is given.
     cv : int, default=5
         Maximum number of stratified folds (``min(cv, smallest class count)``). With a class of a single labeled
         row CV is impossible: alpha and beta fall back to 1 and 1 (a warning is logged).
@@ -103,8 +119,17 @@ class TipAdapter(FewShotClassifier):
         Tip-Adapter-F: fine-tune the keys (AdamW, cosine schedule, cross-entropy of the blended logits on the
         labeled rows). Without augmented training views each query's own key is left out of its cache logits,
         otherwise the exact self-match (affinity 1) would make the loss trivial.
-    epochs, lr, batch_size, weight_decay : default=20, 1e-3, 256, 0.01
-        Fine-tuning schedule (the paper's: 20 epochs, AdamW lr 0.001, eps 1e-4, batch 256).
+    epochs : int, default=20
+        ``finetune_keys`` only: passes over the labeled rows when fine-tuning the keys (the paper's 20), for every
+        CV fold and the final cache; 0 leaves the keys as the labeled features.
+    lr : float, default=1e-3
+        ``finetune_keys`` only: peak learning rate of the keys' AdamW optimiser (``eps=1e-4``, as in the paper),
+        annealed to 0 by a cosine schedule over all steps.
+    batch_size : int, default=256
+        ``finetune_keys`` only: labeled rows (queries) per fine-tuning step, at most all of them (the paper's 256).
+    weight_decay : float, default=0.01
+        ``finetune_keys`` only: AdamW's decoupled weight decay on the keys (each step shrinks them by
+        ``lr * weight_decay``).
     random_state : int, default=0
         Seeds the CV folds and the fine-tuning batch order.
 
