@@ -303,11 +303,12 @@ def plot(records: list[dict], path: Path, columns: int = 3) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}\n{backbone.replace('+', ' + ')}", fontsize=9, wrap=True)
         ax.grid(alpha=0.3)
+    fig.tight_layout(h_pad=1.5)
+    # below the panels, as wide as they are; the tight bounding box grows the image to hold it
     fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
-               loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
-    legend_rows = -(-len(handles) // min(4, max(1, len(handles))))
-    fig.tight_layout(rect=(0, 0.035 * legend_rows / n_rows + 0.02, 1, 1), h_pad=1.5)  # room for the legend below
-    fig.savefig(path, dpi=110)
+               loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(2 * n_cols, 4, max(1, len(handles))),
+               fontsize=8, frameon=False)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
