@@ -173,6 +173,18 @@ def test_list_params_shows_each_parameter_with_default_and_meaning(capsys):
     assert list(entries)[:2] == ["--teacher", "--head"]  # the signature's order
 
 
+
+@pytest.mark.parametrize("method", sorted(classify.registry.available()))
+def test_every_method_parameter_has_a_meaning_of_its_own(method):
+    # moe's --unlabeled printed an empty line, and --gate / --expert one shared text, before this test
+    text = classify.cli.method_parameters(method)
+    entries = flag_entries(text)
+    defaults = classify.registry.get(method)().get_params(deep=False)
+    assert set(entries) == {flag_name(n) for n in defaults}
+    assert all(entries.values()) and "(not documented)" not in text, [f for f, t in entries.items() if not t]
+    shared = [f for f in entries if list(entries.values()).count(entries[f]) > 1]
+    assert not shared, f"{method}: flags with the same description: {shared}"
+
 def test_list_params_of_an_unknown_method_suggests(capsys):
     with pytest.raises(SystemExit) as exit_info:
         classify.cli.main(["list", "--params", "selftrian"])
