@@ -203,3 +203,16 @@ def test_pseudo_labels_are_class_balanced_and_train_gate_and_experts(digits_few)
     labeled_only = MixtureOfExperts(pseudo_share=0.5, unlabeled="ignore").fit(X, y_semi)
     assert labeled_only.pseudo_counts_.sum() == 0
     assert not np.allclose(moe.gate_.predict_proba(X[test]), labeled_only.gate_.predict_proba(X[test]))
+
+
+def test_a_gate_that_cannot_take_unlabeled_rows_is_refused_in_gate_mode():
+    X, y = _overlapping_superclasses([30, 30, 30, 30], seed=2, sep=3.0)
+    y_semi = y.copy()
+    y_semi[::3] = -1
+    sc = {"A": [0, 1], "B": [2, 3]}
+    from classify.methods.selftrain import LogisticHead
+
+    with pytest.raises(ValueError, match="would learn -1 as a superclass"):
+        MixtureOfExperts(superclasses=sc, gate=LogisticHead(), unlabeled="gate").fit(X, y_semi)
+    moe = MixtureOfExperts(superclasses=sc, unlabeled="gate").fit(X, y_semi)  # default gate: skips -1 rows
+    assert list(moe.gate_.classes_) == [0, 1]

@@ -31,7 +31,7 @@ from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validat
 from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, cv_splits
 from classify.methods.linear import LinearProbe
-from classify.methods.selftrain import LogisticHead, SelfTraining
+from classify.methods.selftrain import LogisticHead, SelfTraining, _accepts_unlabeled
 from classify.registry import register_method
 from classify.thresholds import balanced_topk_mask
 from store.validation import UserError
@@ -72,8 +72,9 @@ class MixtureOfExperts(FewShotClassifier):
     n_superclasses : int, default=None
         Number of superclasses to discover; None chooses it with ``confusion_threshold``.
     gate : estimator or registered name, default=None
-        Classifier over superclasses (cloned); None = selftrain's ``LogisticHead()``. A single superclass gets a
-        trivial gate (``DummyClassifier``).
+        Classifier over superclasses (cloned); None = selftrain's ``LogisticHead()`` (``LinearProbe()``, which
+        skips unlabeled rows, with ``unlabeled="gate"``). A single superclass gets a trivial gate
+        (``DummyClassifier``).
     expert : estimator or registered name, default=None
         Classifier within one superclass, cloned for each; None = selftrain's ``LogisticHead()`` (each expert
         fits its own feature transform on its superclass's rows). A superclass of one class gets a trivial expert.
@@ -223,7 +224,11 @@ class MixtureOfExperts(FewShotClassifier):
     def _fit_gate(self, X, mask, Xt, s_idx, groups):
         if len(groups) == 1:
             return DummyClassifier(strategy="prior").fit(Xt, s_idx)  # P(gate = 0) = 1
-        gate = resolve_estimator(self.gate, LogisticHead)
+        gate = resolve_estimator(self.gate, LinearProbe if self.unlabeled == "gate" else LogisticHead)
+        if self.unlabeled == "gate" and not _accepts_unlabeled(gate):
+            raise UserError(f"unlabeled='gate' passes unlabeled rows (y = -1) to the gate, and "
+                             f"{type(gate).__name__} would learn -1 as a superclass; use a gate that takes them "
+                             "(a registered method such as 'selftrain' or 'labelprop') or unlabeled='pseudo'")
         fit_params = {}
         if self.class_weight is not None:
             rows = np.bincount(s_idx, minlength=len(groups)).astype(np.float64)  # training rows per superclass
@@ -245,7 +250,7 @@ class MixtureOfExperts(FewShotClassifier):
             s_all = np.full(X.shape[0], -1, dtype=np.intp)
             s_all[mask] = s_idx
             if "sample_weight" in fit_params:
-                fit_params["sample_weight"] = np.where(mask, 0.0, 1.0)
+                fit_params["sample_weight"] = np.ones(X.shape[0])  # unlabeled rows weigh one
                 fit_params["sample_weight"][mask] = w[s_idx]
             return gate.fit(X, s_all, **fit_params)
         return gate.fit(Xt, s_idx, **fit_params)
