@@ -94,6 +94,16 @@ def check_class_indices(y, n_classes: int, source: str) -> None:
         raise UserError(f"labels must be class indices in [0, {n_classes}) (rows of {source}) or -1 for unlabeled")
 
 
+def accepts_unlabeled(estimator) -> bool:
+    """Whether ``estimator.fit(X, y)`` treats ``y == -1`` as unlabeled rows: this suite's registered methods (they
+    carry ``method_name``) and scikit-learn's semi-supervised estimators. Any other estimator would learn -1 as a class.
+    """
+    from sklearn.semi_supervised import LabelPropagation, LabelSpreading, SelfTrainingClassifier
+
+    return getattr(type(estimator), "method_name", None) is not None or isinstance(
+        estimator, (LabelSpreading, LabelPropagation, SelfTrainingClassifier))
+
+
 def resolve_estimator(spec, default=None):
     """A fresh estimator from a nested-method parameter (``teacher``, ``head``, ``base``, ``gate``, ...).
 

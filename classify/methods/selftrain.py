@@ -23,11 +23,11 @@ import time
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.semi_supervised import LabelPropagation, LabelSpreading, SelfTrainingClassifier
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
-from classify.base import BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
+from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled,
+                           resolve_estimator)
 from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import KNNLabelPropagation
 from classify.registry import persistable, register_method
@@ -112,12 +112,6 @@ class LogisticHead(FewShotClassifier):
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
         with single_threaded_blas():
             return self.lr_.predict_proba(self.transform_.transform(X))
-
-
-def _accepts_unlabeled(estimator) -> bool:
-    """Whether ``fit(X, y)`` treats ``y == -1`` as unlabeled (this suite's and sklearn's semi-supervised methods)."""
-    return getattr(type(estimator), "method_name", None) is not None or isinstance(
-        estimator, (LabelSpreading, LabelPropagation, SelfTrainingClassifier))
 
 
 def _fit_weighted(estimator, X, y, weight):
@@ -346,7 +340,7 @@ class SelfTraining(FewShotClassifier):
         if not labeled.any() and not label_free:
             raise UserError("selftrain needs at least one labeled row (y != -1), or a teacher that needs none "
                              "(teacher='zeroshot' or 'conse')")
-        transductive = _accepts_unlabeled(teacher) or label_free
+        transductive = accepts_unlabeled(teacher) or label_free
         if transductive:
             teacher.fit(X, y)
         else:

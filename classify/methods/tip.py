@@ -24,8 +24,8 @@ from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, NotApplicable, Real, resolve_estimator,
-                           text_class_weights)
+from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, NotApplicable, Real, accepts_unlabeled,
+                           resolve_estimator, text_class_weights)
 from classify.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.registry import register_method
 from store.validation import UserError
@@ -67,11 +67,6 @@ def cache_logits(queries: np.ndarray, keys: np.ndarray, values: np.ndarray, beta
     if exclude_self:
         np.fill_diagonal(affinity, 0.0)
     return affinity @ values  # (n, C)
-
-
-def _accepts_unlabeled(estimator) -> bool:
-    """This suite's methods take ``y == -1`` rows in ``fit`` (registered methods carry ``method_name``)."""
-    return getattr(type(estimator), "method_name", None) is not None
 
 
 @register_method("tip")
@@ -188,7 +183,7 @@ class TipAdapter(FewShotClassifier):
         """Set ``classes_`` and the zero-shot prior (class weights or a fitted ``base``)."""
         if self.base is not None:
             base = resolve_estimator(self.base)
-            if _accepts_unlabeled(base):
+            if accepts_unlabeled(base):
                 base.fit(X, y)
             else:
                 base.fit(X[labeled], y[labeled])
