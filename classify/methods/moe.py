@@ -28,10 +28,10 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
-from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, resolve_estimator
+from classify.base import METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled, resolve_estimator
 from classify.features import align_proba, checked_labeled_mask, cv_splits
 from classify.methods.linear import LinearProbe
-from classify.methods.selftrain import LogisticHead, SelfTraining, _accepts_unlabeled
+from classify.methods.selftrain import LogisticHead, SelfTraining
 from classify.registry import register_method
 from classify.thresholds import balanced_topk_mask
 from store.validation import UserError
@@ -168,14 +168,14 @@ class MixtureOfExperts(FewShotClassifier):
             raise UserError(f"moe needs labeled rows of at least 2 classes, got {len(self.classes_)} class; "
                              "label more rows (y = -1 marks unlabeled)")
         self.flat_ = self._fit_flat(X, y)
-        Xt, yt = self._training_rows(X, y, mask)  # labeled rows, then pseudo-labeled ones
+        Xt, yt, pseudo_proba = self._training_rows(X, y, mask)  # labeled rows, then pseudo-labeled ones
         n_labeled = int(mask.sum())
 
         self.confusion_ = None
         if self.superclasses is not None:
             groups, names = self._given_groups()
         else:
-            groups = self._discover(Xt[:n_labeled], yt[:n_labeled], Xt[n_labeled:], yt[n_labeled:])
+            groups = self._discover(Xt[:n_labeled], yt[:n_labeled], pseudo_proba)
             names = [f"superclass_{i}" for i in range(len(groups))]
         self.superclass_of_ = np.empty(len(self.classes_), dtype=np.intp)
         for s, g in enumerate(groups):
@@ -209,23 +209,24 @@ class MixtureOfExperts(FewShotClassifier):
         return F / F.sum(axis=1, keepdims=True)
 
     def _training_rows(self, X, y, mask):
-        """Labeled rows followed by the flat model's class-balanced pseudo-labeled rows: X (n_t, D), y (n_t,)."""
+        """Labeled rows followed by the flat model's class-balanced pseudo-labeled rows: X (n_t, D), y (n_t,), and
+        the flat model's probabilities of the pseudo-labeled rows (n_t - n_labeled, C)."""
         self.pseudo_counts_ = np.zeros(len(self.classes_), dtype=np.int64)
         if self.unlabeled != "pseudo" or mask.all():
-            return X[mask], y[mask]
+            return X[mask], y[mask], np.zeros((0, len(self.classes_)))
         Xu = X[~mask]
         proba = self._flat_proba(Xu)  # (n_u, C)
         k = max(1, int(round(self.pseudo_share * len(Xu) / len(self.classes_))))
         keep = balanced_topk_mask(proba, k)  # (n_u,)
         pseudo = proba[keep].argmax(axis=1)  # class indices
         self.pseudo_counts_ = np.bincount(pseudo, minlength=len(self.classes_))
-        return np.concatenate([X[mask], Xu[keep]]), np.concatenate([y[mask], self.classes_[pseudo]])
+        return np.concatenate([X[mask], Xu[keep]]), np.concatenate([y[mask], self.classes_[pseudo]]), proba[keep]
 
     def _fit_gate(self, X, mask, Xt, s_idx, groups):
         if len(groups) == 1:
             return DummyClassifier(strategy="prior").fit(Xt, s_idx)  # P(gate = 0) = 1
         gate = resolve_estimator(self.gate, LinearProbe if self.unlabeled == "gate" else LogisticHead)
-        if self.unlabeled == "gate" and not _accepts_unlabeled(gate):
+        if self.unlabeled == "gate" and not accepts_unlabeled(gate):
             raise UserError(f"unlabeled='gate' passes unlabeled rows (y = -1) to the gate, and "
                              f"{type(gate).__name__} would learn -1 as a superclass; use a gate that takes them "
                              "(a registered method such as 'selftrain' or 'labelprop') or unlabeled='pseudo'")
@@ -298,8 +299,9 @@ class MixtureOfExperts(FewShotClassifier):
             raise UserError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
         return groups, kept_names
 
-    def _discover(self, Xl, yl, Xp, yp) -> list[list[int]]:
-        """Superclass groups (class indices) from the confusions on labeled rows and pseudo-labeled rows ``Xp``."""
+    def _discover(self, Xl, yl, pseudo_proba) -> list[list[int]]:
+        """Superclass groups (class indices) from the confusions on the labeled rows and, with ``pseudo_proba`` (the
+        flat model's probabilities (n_p, C) of the pseudo-labeled rows), on the rows it pseudo-labels."""
         n_classes = len(self.classes_)
         n_super = self.n_superclasses
         if n_super is not None:
@@ -324,13 +326,13 @@ class MixtureOfExperts(FewShotClassifier):
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
         pred = cross_val_predict(base, Xl, yl, cv=folds)  # (n_l,) out-of-fold predictions
         R = confusion_matrix(yl, pred, labels=self.classes_, normalize="true")  # (C, C) rate of i predicted as j
-        if len(Xp):
+        if len(pseudo_proba):
             # The flat model's confusions on the rows it pseudo-labels: its mean probability of class j on the
             # rows labelled i (their truth is unknown, so its doubt stands in for an error rate).
-            P, idx = self._flat_proba(Xp), np.searchsorted(self.classes_, yp)  # (n_p, C), (n_p,)
+            idx = pseudo_proba.argmax(axis=1)  # (n_p,) the pseudo-label of each row
             counts = np.bincount(idx, minlength=n_classes)
             soft = np.zeros((n_classes, n_classes))
-            np.add.at(soft, idx, P)
+            np.add.at(soft, idx, pseudo_proba)
             has = counts > 0
             R[has] = (R[has] + soft[has] / counts[has, None]) / 2.0
         self.confusion_ = R
