@@ -22,8 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from classify import evaluation, pipeline
-from classify.active import STRATEGIES, suggest_arrays
-from classify.features import UNLABELED
+from classify.labeling.suggest import STRATEGIES, suggest_arrays
+from classify.methods.features import UNLABELED
 from store import FeatureStore
 from store.validation import UserError
 
@@ -49,7 +49,7 @@ def load(dataset: str, cache: Path, backbone: str = BACKBONE):
     """
     from benchmarks import datasets as ds
     from embed import sources
-    from embed.runner import embed
+    from embed.engines.local import embed
 
     try:
         folder = ds.prepare(dataset, cache)
@@ -81,7 +81,7 @@ def simulate(data: pipeline.Data, context: dict, strategies: Sequence[str], seed
     context : dict
         Store context for the methods.
     strategies : sequence of str
-        Entries of :data:`classify.active.STRATEGIES`.
+        Entries of :data:`classify.labeling.suggest.STRATEGIES`.
     seed : int
         Seeds the starting labels and the strategies.
     start, rounds, per_round : int

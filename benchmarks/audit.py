@@ -23,8 +23,8 @@ import numpy as np
 
 from benchmarks.active import BACKBONE, cache_folder, default_datasets, load
 from classify import evaluation, pipeline
-from classify.audit import audit_arrays
-from classify.features import UNLABELED
+from classify.labeling.audit import audit_arrays
+from classify.methods.features import UNLABELED
 from store.validation import UserError
 
 log = logging.getLogger(__name__)

@@ -91,7 +91,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     from classify.pipeline import as_list
     from embed import sources
     from embed.cli import demo_folder
-    from embed.runner import embed as embed_images
+    from embed.engines.local import embed as embed_images
 
     names, tables = as_list(datasets), as_list(backbones)
     specs = list(dict.fromkeys(part for spec in tables for part in spec.split("+")))  # each backbone embedded once

@@ -17,7 +17,7 @@ from benchmarks.datasets import fashion_mnist_arrays
 from embed import sources
 from embed.backbones import load_backbone
 from embed.images import load_image
-from embed.runner import embed
+from embed.engines.local import embed
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def measure_ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 1000, bat
     """
     import ray
 
-    from embed.ray_engine import embed_shards
+    from embed.engines.ray import embed_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         root = write_images(Path(tmp) / "data", n, file_size)

@@ -22,7 +22,7 @@ import numpy as np
 from classify import pipeline
 from embed import sources
 from embed.backbones import parse_spec
-from embed.runner import embed, resolve_device
+from embed.engines.local import embed, resolve_device
 from store import FeatureStore
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from sklearn.preprocessing import Normalizer
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify.methods.selftrain import LogisticHead
-from classify.registry import create
+from classify.methods.registry import create
 
 log = logging.getLogger("benchmarks.quality_bar")
 

@@ -31,10 +31,10 @@ from sklearn.preprocessing import Normalizer
 from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify import evaluation, pipeline
-from classify.base import NotApplicable
+from classify.methods.base import NotApplicable
 from classify.evaluation import draw_labels  # noqa: F401  (re-exported: the protocol's label draw)
-from classify.features import UNLABELED
-from classify.registry import get
+from classify.methods.features import UNLABELED
+from classify.methods.registry import get
 from store import FeatureStore
 from store.validation import UserError
 

@@ -30,7 +30,7 @@ from sklearn.model_selection import StratifiedKFold
 from benchmarks.run import RESULTS, load_task
 from classify import pipeline
 from classify.evaluation import draw_labels
-from classify.features import UNLABELED
+from classify.methods.features import UNLABELED
 
 log = logging.getLogger("benchmarks.sweep")
 

@@ -1,9 +1,9 @@
 """Light classifiers on cached features: every method is an sklearn estimator, registered by name.
 
-The registry (:mod:`classify.registry`) is a leaf that imports no method; the methods register themselves when
+The registry (:mod:`classify.methods.registry`) is a leaf that imports no method; the methods register themselves when
 :mod:`classify.methods` is imported, which importing this package does.
 """
-from classify.registry import available, create, get, register_method
+from classify.methods.registry import available, create, get, register_method
 
 import classify.methods  # noqa: E402,F401,I001  (registers every built-in method)
 

@@ -17,7 +17,7 @@ from sklearn.base import clone
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, top_k_accuracy_score
 from sklearn.model_selection import StratifiedKFold
 
-from classify.features import UNLABELED, align_proba, single_threaded_blas
+from classify.methods.features import UNLABELED, align_proba, single_threaded_blas
 from classify.pipeline import Data, build_for_store, fit_rows, load_data, uses_views
 from store import FeatureStore
 from store.validation import NONE, Int, UserError, check_params
@@ -139,7 +139,7 @@ def few_shot_labels(data: Data, shots: int, seed: int) -> tuple[np.ndarray, np.n
 
 def fit_predict(estimator, X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Fit ``estimator`` on ``(X, y)`` and predict ``X_test`` with one BLAS thread (see
-    :func:`classify.features.single_threaded_blas`), as evaluations and benchmarks run every method.
+    :func:`classify.methods.features.single_threaded_blas`), as evaluations and benchmarks run every method.
 
     Returns
     -------

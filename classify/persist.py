@@ -5,7 +5,7 @@ code a crafted file names *before* a format check could look at the result, so t
 stores an object tree as JSON plus ``.npy`` arrays (read with ``allow_pickle=False``) in a zip file, and refuses to
 build any type not on an allow-list. Its default list covers scikit-learn, numpy and scipy types; we add exactly the
 classes of this package that fitted methods hold (registered methods and the helpers marked with
-:func:`classify.registry.persistable`), and refuse a file naming anything else, listing the types.
+:func:`classify.methods.registry.persistable`), and refuse a file naming anything else, listing the types.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from classify.registry import trusted_types
+from classify.methods.registry import trusted_types
 from store.atomic import atomic_write
 from store.validation import UserError
 

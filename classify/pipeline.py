@@ -17,9 +17,9 @@ import numpy as np
 import sklearn
 
 from classify import persist
-from classify.base import NotApplicable
-from classify.features import UNLABELED
-from classify.registry import create, get
+from classify.methods.base import NotApplicable
+from classify.methods.features import UNLABELED
+from classify.methods.registry import create, get
 from store import FeatureStore
 from store.clitools import as_list  # noqa: F401  (re-exported: the benchmarks use pipeline.as_list)
 from store.validation import UserError

@@ -131,7 +131,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
             raise UserError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"
     from embed.backbones import offline_env  # torch, timm, open_clip: only once the inputs are known to be good
-    from embed.runner import embed
+    from embed.engines.local import embed
     from embed.templates import load_templates
 
     check_backbones(specs, offline=True if offline else None)  # before the store exists
@@ -153,8 +153,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
 def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,
              templates, views, dtype, progress):
     """Each backbone on Ray into its shard folder (raw features in ``dtype`` and probabilities), then into the store."""
-    from embed.ray_engine import embed_shards
-    from embed.runner import RunSummary
+    from embed.engines.ray import embed_shards
+    from embed.engines.local import RunSummary
     from store import FeatureStore
     from store.shards import import_shards
 

@@ -1,7 +1,8 @@
 """Parameter rules shared by every command-line flag and every method parameter: one way to say what a value may be.
 
 The CLIs (``python -m embed``, ``classify``, ``store``) check their flags with :func:`check_flags`; the methods list
-``_parameter_constraints`` and check them with :func:`check_params` (see :mod:`classify.base`). It lives in ``store``
+``_parameter_constraints`` and check them with :func:`check_params` (see :mod:`classify.methods.base`).
+It lives in ``store``
 because every package imports ``store`` and no other package.
 
 The rules are hand-written rather than sklearn's ``_parameter_constraints`` machinery because that lives in a private

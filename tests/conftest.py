@@ -1,9 +1,18 @@
-"""Shared fixtures. Backbone fixtures: tiny random-weight checkpoints (helpers live in ``tinymodels.py``)."""
+"""Shared fixtures. Backbone fixtures: tiny random-weight checkpoints.
+
+The tests mirror the packages (``tests/store/``, ``tests/embed/``, ``tests/classify/``, ``tests/classify/methods/``,
+``tests/classify/labeling/``, ``tests/cli/``, ``tests/benchmarks/``); what they share to make images, stores, models
+and hostile files lives in ``tests/support/``, importable by bare name (``from synthstore import make_store``).
+"""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
 
 # Weights download by default (as timm / open_clip do) and CI has a network: no test may reach a model hub. Tests of
 # the download decision clear this and fake the hub (test_downloads.py).

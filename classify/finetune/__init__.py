@@ -5,7 +5,7 @@ What one run does
 1. Reads the labeled images of a challenge-layout folder (``train/<class>/*``) and holds out a stratified
    validation split (``val_fraction``). With ``pseudo=`` it adds the confident predictions of a fitted classify model
    (``selftrain``, ``labelprop``, ...) on the store's unlabeled rows, selected by
-   :class:`classify.thresholds.ClassAwareThresholds` exactly as ``selftrain``'s "classaware" selection does.
+   :class:`classify.methods.thresholds.ClassAwareThresholds` exactly as ``selftrain``'s "classaware" selection does.
 2. Builds ``backbone → L2-normalise → linear``. The linear head comes from a fitted feature-level model (``init=``:
    a saved ``linear`` probe, its WiSE blend with zero-shot included, or ``zeroshot``); without ``init`` a linear probe
    is fitted here on the frozen features of the training split (LP-FT: Kumar et al., ICLR 2022). Before the first

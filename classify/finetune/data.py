@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from embed.images import load_image
-from embed.runner import seeded
+from embed.engines.local import seeded
 
 
 # -------------------------------------------------------------------------------------------------------------- data

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from classify import pipeline
 from classify.finetune.data import ImageViews, collate_views
 from classify.methods.linear import LinearProbe
-from classify.thresholds import ClassAwareThresholds, classaware_pool_mask
+from classify.methods.thresholds import ClassAwareThresholds, classaware_pool_mask
 from embed.backbones import Backbone
 from embed.sources import ImageSet
 from store import FeatureStore
@@ -77,7 +77,8 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     """Confident predictions of a fitted classify model on the store's unlabeled rows, as image rows of ``images``.
 
     Selection is ``selftrain``'s "classaware" rule, the same function
-    (:func:`~classify.thresholds.classaware_pool_mask`): thresholds starting at ``threshold`` with the labeled class
+    (:func:`~classify.methods.thresholds.classaware_pool_mask`)
+   : thresholds starting at ``threshold`` with the labeled class
     prior as target, stepped ``steps`` times on the pool, each class keeping the most lenient threshold of the EMA
     window.
 

@@ -37,7 +37,7 @@ from classify.finetune.state import (
 from classify.finetune.trainer import Trainer, score_key
 from classify.methods.linear import FineTunedHead
 from embed.backbones import Backbone, load_backbone, parse_spec
-from embed.runner import default_workers, resolve_device
+from embed.engines.local import default_workers, resolve_device
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
 from store.clitools import as_list

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from classify.finetune.data import ImageViews, collate_views, item_seed
 from classify.finetune.network import FineTuneNet
-from classify.thresholds import ClassAwareThresholds
+from classify.methods.thresholds import ClassAwareThresholds
 from embed.backbones import Backbone
 from embed.sources import ImageSet
 

@@ -18,11 +18,11 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import DICT, NONE, FewShotClassifier, Int, ListOf, NotApplicable, Options, Real, text_class_weights
-from classify.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
+from classify.methods.base import DICT, NONE, FewShotClassifier, Int, ListOf, NotApplicable, Options, Real
+from classify.methods.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.linear import DEFAULT_CS
-from classify.methods.zeroshot import zeroshot_class_weights
-from classify.registry import register_method
+from classify.methods.text import text_class_weights, zeroshot_class_weights
+from classify.methods.registry import register_method
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 def text_samples(text_embeddings, templates=None, template_subset=None) -> tuple[np.ndarray, np.ndarray]:
     """One unit-norm training sample per (class, template): ``(X_text (C*T', D), y_text (C*T',))``, class-major.
 
-    Uses :func:`~classify.methods.zeroshot.zeroshot_class_weights` on one template at a time, so the template
+    Uses :func:`~classify.methods.text.zeroshot_class_weights` on one template at a time, so the template
     selection and checks are zero-shot's.
     """
     zeroshot_class_weights(text_embeddings, templates, template_subset)  # validates shapes, values and the subset

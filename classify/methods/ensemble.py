@@ -6,9 +6,9 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import FewShotClassifier, resolve_estimator
-from classify.features import align_proba, checked_labeled_mask
-from classify.registry import register_method
+from classify.methods.base import FewShotClassifier, resolve_estimator
+from classify.methods.features import align_proba, checked_labeled_mask
+from classify.methods.registry import register_method
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ or a small MLP on centred, L2-normalised features) is trained with
          + lambda_u * mean over unlabeled rows of  mask * CE(head(strong view), argmax head(weak view))
 
 where ``mask`` keeps the weak predictions that pass the class-aware thresholds of
-:class:`classify.thresholds.ClassAwareThresholds` (Lucas et al. 2022; the same rule as ``selftrain``'s
+:class:`classify.methods.thresholds.ClassAwareThresholds` (Lucas et al. 2022; the same rule as ``selftrain``'s
 ``selection="classaware"``), stepped once per mini-batch as in the paper. Seconds on a CPU instead of GPU hours.
 
 Input contract (see ``classify.pipeline.load_data``): the capability ``uses_views=True``, declared at registration,
@@ -24,10 +24,10 @@ from contextlib import contextmanager
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
-from classify.features import checked_labeled_mask, l2_normalize
-from classify.registry import register_method
-from classify.thresholds import ClassAwareThresholds
+from classify.methods.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.features import checked_labeled_mask, l2_normalize
+from classify.methods.registry import register_method
+from classify.methods.thresholds import ClassAwareThresholds
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _torch_threads(n: int):
 
     The head's matrices are tiny (a batch of a few hundred rows × D × C); on 2 shared cores torch's default
     thread pool was measured ~10x slower on such steps than one thread (oversubscription), as for BLAS in
-    ``classify.features.single_threaded_blas``.
+    ``classify.methods.features.single_threaded_blas``.
     """
     import torch
 
@@ -87,7 +87,7 @@ class FixMatchHead(FewShotClassifier):
     threshold : float, default=0.95
         Initial class-aware threshold (FixMatch's fixed tau).
     ema : float in [0, 1), default=0.9
-        Momentum of the :class:`~classify.thresholds.ClassAwareThresholds` moving average of each class's share
+        Momentum of the :class:`~classify.methods.thresholds.ClassAwareThresholds` moving average of each class's share
         of the pseudo-labels (``share = ema * share + (1 - ema) * batch share``); higher reacts more slowly.
     eps : float, default=0.001
         How far every class threshold moves at each training step: up by ``eps`` while its class is

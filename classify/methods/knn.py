@@ -7,9 +7,9 @@ import faiss
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import FewShotClassifier, Int, Options, Real
-from classify.features import checked_labeled_mask, l2_normalize
-from classify.registry import register_method
+from classify.methods.base import FewShotClassifier, Int, Options, Real
+from classify.methods.features import checked_labeled_mask, l2_normalize
+from classify.methods.registry import register_method
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)

@@ -22,12 +22,12 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import BOOL, DICT, NONE, FewShotClassifier, Int, Options, Real
-from classify.features import checked_labeled_mask, l2_normalize, single_threaded_blas
-from classify.graph import (EXACT_MAX_ROWS, faiss_build, faiss_use_gpu, knn_graph, knn_search,  # noqa: F401
+from classify.methods.base import BOOL, DICT, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.features import checked_labeled_mask, l2_normalize, single_threaded_blas
+from classify.methods.graph import (EXACT_MAX_ROWS, faiss_build, faiss_use_gpu, knn_graph, knn_search,  # noqa: F401
                             normalized_graph)
-from classify.registry import register_method
-from classify.transform import PCA_MAX_ROWS, FeatureTransform  # noqa: F401  (re-exported for selftrain, ptmap)
+from classify.methods.registry import register_method
+from classify.methods.transform import PCA_MAX_ROWS, FeatureTransform  # noqa: F401  (re-exported for selftrain, ptmap)
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class KNNLabelPropagation(FewShotClassifier):
         """
         self._check_params()
         X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
-        with single_threaded_blas():  # see classify.features.single_threaded_blas; faiss keeps its OpenMP threads
+        with single_threaded_blas():  # faiss keeps its OpenMP threads (see features.single_threaded_blas)
             self.transform_ = FeatureTransform(self.feature_power, self.center, self.n_components, self.whiten)
             Z = self.transform_.fit_transform(X).astype(np.float32, copy=False)  # (n, d), faiss needs float32
             return self._fit(Z, y)

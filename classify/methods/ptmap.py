@@ -21,12 +21,12 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
-from classify.features import checked_labeled_mask, single_threaded_blas
-from classify.graph import knn_search
+from classify.methods.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.features import checked_labeled_mask, single_threaded_blas
+from classify.methods.graph import knn_search
 from classify.methods.labelprop import DUPLICATE_COS
-from classify.transform import FeatureTransform
-from classify.registry import register_method
+from classify.methods.transform import FeatureTransform
+from classify.methods.registry import register_method
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)

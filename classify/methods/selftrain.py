@@ -6,7 +6,7 @@ logistic head with C=3 on 256 PCA dims) were chosen on development seeds, never 
 
 Round 1 takes the teacher's class probabilities of the unlabeled rows (a transductive teacher such as
 ``labelprop`` gives its transductive ``label_distributions_``); round r > 1 takes the previous round's head.
-Each round selects pseudo-labels (``classify.thresholds``) and fits a fresh head on the labeled rows (weight 1)
+Each round selects pseudo-labels (``classify.methods.thresholds``) and fits a fresh head on the labeled rows (weight 1)
 plus the selected rows (weight ``pseudo_weight``, hard arg-max labels or the soft distribution). ``rounds=0`` is
 the teacher alone.
 
@@ -26,13 +26,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
-from classify.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled,
+from classify.methods.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled,
                            resolve_estimator)
-from classify.features import align_proba, checked_labeled_mask, single_threaded_blas
+from classify.methods.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import KNNLabelPropagation
-from classify.registry import persistable, register_method
-from classify.thresholds import ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask, fixed_threshold_mask
-from classify.transform import FeatureTransform
+from classify.methods.registry import persistable, register_method
+from classify.methods.thresholds import (ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask,
+                                         fixed_threshold_mask)
+from classify.methods.transform import FeatureTransform
 from store.validation import UserError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ class SelfTraining(FewShotClassifier):
         does). Cloned each round.
     selection : {"fixed", "classaware", "balanced", "all"}, default="balanced"
         "fixed": top probability >= ``threshold`` (starves classes the teacher is unsure about);
-        "classaware": per-class thresholds adapted by :class:`~classify.thresholds.ClassAwareThresholds`
+        "classaware": per-class thresholds adapted by :class:`~classify.methods.thresholds.ClassAwareThresholds`
         (``classaware_steps`` updates on the whole pool per round, starting from ``tau0``; the state carries over
         between rounds). On a static pool the rule oscillates by ``eps`` around its equilibrium, so a row is kept
         when it passes its class's *lowest* threshold of the last ``ceil(1 / (1 - ema))`` steps (the EMA's
@@ -161,7 +162,8 @@ class SelfTraining(FewShotClassifier):
         (see ``selection``): 0.5 was chosen on dev seeds with the labelprop teacher (0.98 and 0.7 kept a few rows
         per class, 0.5 and 0.3 thousands).
     ema : float in [0, 1), default=0.9
-        ``selection="classaware"`` only: momentum of the :class:`~classify.thresholds.ClassAwareThresholds` moving
+        ``selection="classaware"`` only: momentum of the
+        :class:`~classify.methods.thresholds.ClassAwareThresholds` moving
         average of each class's share of the pseudo-labels (``share = ema * share + (1 - ema) * step share``). It
         also sets the window of recent thresholds a row may pass, ``ceil(1 / (1 - ema))`` steps (10 for 0.9).
     eps : float, default=0.001
@@ -240,7 +242,7 @@ class SelfTraining(FewShotClassifier):
         """False when the teacher needs no labels (zeroshot, conse): self-training then starts from none."""
         teacher = self.teacher
         if isinstance(teacher, str):
-            from classify.registry import get
+            from classify.methods.registry import get
 
             teacher = get(teacher)
         return teacher is None or getattr(teacher, "needs_labels", True) is not False

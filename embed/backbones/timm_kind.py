@@ -30,7 +30,8 @@ from embed.backbones.weights import (
     WeightsResolver,
     offline_refusal,
 )
-from embed.lite_weights import LITE_PACKAGES, convert_lite_state_dict, load_package_weights, package_checkpoint
+from embed.backbones.lite_weights import (LITE_PACKAGES, convert_lite_state_dict, load_package_weights,
+                                         package_checkpoint)
 from store.validation import UserError
 
 __all__ = ["TimmBackbone", "TimmKind"]

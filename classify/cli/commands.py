@@ -1,0 +1,382 @@
+"""``python -m classify fit|predict|evaluate|report|list``: the front ends of the model commands (parse, call the
+library, print)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import difflib
+import inspect
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from classify import evaluation, pipeline
+from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
+from classify.methods.registry import available, get
+from store import SPLITS, FeatureStore, display_id
+from store.clitools import parse_numpydoc, plain, wrap_paragraph
+from store.validation import BOOL, NONE, Int, Options, UserError, check_flags
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------- flag checking
+#: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules
+FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "proba": [BOOL], "json_output": [BOOL],
+         "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)], "seed": [Int(0)],
+         "pairs": [Int(0)], "per_pair": [Int(0)], "id_format": [Options(*ID_FORMATS)], "shots": [Int(1), NONE],
+         "draws": [Int(1)]}
+
+
+def _check_params(method: str, params: dict) -> None:
+    """Each method parameter given on the command line is one the method takes (else a did-you-mean) and passes the
+    method's own rules (``_parameter_constraints``, see :mod:`classify.methods.base`), before any reading; else one line
+    naming the flag."""
+    cls = get(method)
+    accepted = sorted(cls().get_params(deep=False))
+    for name in params:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, accepted, n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join('--' + c.replace('_', '-') for c in close)}? " if close else ""
+            raise UserError(f"method {method!r} has no parameter --{name.replace('_', '-')}: {hint}see `python -m "
+                             f"classify list --params {method}`")
+    constraints = getattr(cls, "_parameter_constraints", {})
+    for name, value in params.items():
+        rules = constraints.get(name)
+        if rules and not any(rule.accepts(value) for rule in rules):
+            forms = [str(rule) for rule in rules]
+            allowed = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+            raise UserError(f"--{name.replace('_', '-')} must be {allowed} for method {method!r}, got {value!r}")
+
+
+def _unchecked_params(method: str, params: dict) -> list[str]:
+    """The parameters given on the command line that the method's rules do not check (where a TypeError inside a
+    fit can come from), as ``--flag value``."""
+    constraints = getattr(get(method), "_parameter_constraints", {})
+    return [f"--{n.replace('_', '-')} {v!r}" for n, v in params.items() if n not in constraints]
+
+
+def _no_downloads(offline: bool):
+    """``--offline``: a method that builds a backbone (CoOp's text tower) refuses to download its weights."""
+    if not offline:
+        return contextlib.nullcontext()
+    from embed.backbones import offline_env  # embed only for the methods with a text tower, as they do
+
+    return offline_env()
+
+
+def _fitting(method: str, params: dict, run, offline: bool = False):
+    """``run()`` (downloads off with ``offline``), where a TypeError caused by a parameter of the wrong type becomes
+    one line naming it."""
+    try:
+        with _no_downloads(offline):
+            return run()
+    except TypeError as err:
+        suspects = _unchecked_params(method, params)
+        if not suspects:  # every parameter passed the method's rules: a bug, not the user's value
+            raise
+        log.debug("fit of %s failed", method, exc_info=True)
+        raise UserError(f"method {method!r} cannot use {', '.join(suspects)} ({err}); see the method's docstring "
+                         "for its parameter types") from None
+
+
+def _backbones(store: FeatureStore, backbone) -> list[str]:
+    specs = pipeline.as_list(backbone)
+    if not specs:
+        have = store.backbones
+        if len(have) != 1:
+            raise UserError(f"pass --backbone SPEC; {store.path} has {', '.join(have) or 'no backbones'}")
+        specs = have
+    return specs
+
+
+def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat", transductive: bool = True,
+        stream: bool | None = None, offline: bool = False, **params) -> None:
+    """Fit a method on a store and save the model.
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5) written by ``python -m embed run``.
+    method : str
+        A registered method (``python -m classify list``).
+    out : str
+        Where to save the model (a skops file, e.g. model.skops: loading it runs no code).
+    backbone : str
+        Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
+    combine : str
+        With several backbones: concat (one model on concatenated features) or ensemble (one per backbone).
+    transductive : bool
+        Also pass the test rows, without labels, to the fit (label propagation and self-training use them).
+    stream : bool
+        Read the features chunk by chunk instead of loading them (labelprop; default: when they exceed 4 GiB).
+    offline : bool
+        Methods that build a backbone (coop's text tower) never download its weights (as ``HF_HUB_OFFLINE=1``).
+    **params : method parameters
+        Any parameter of the method as a flag (--k 20, --teacher labelprop); ``python -m classify list --params
+        METHOD`` lists them with their defaults and meaning.
+
+    Examples
+    --------
+    python -m classify fit --store feats.h5 --method selftrain --out st.skops
+    python -m classify fit --store feats.h5 --backbone timm:resnet50 --method labelprop --k 20 --out lp.skops
+    python -m classify fit --store feats.h5 --backbone a,b --combine ensemble --method linear --out probe.skops
+    """
+    get(method)  # an unknown method fails before any reading
+    check_flags(dict(transductive=transductive, offline=offline, stream=stream), FLAGS)
+    _check_params(method, params)
+    with FeatureStore(store) as fs:
+        specs = _backbones(fs, backbone)
+        model = _fitting(method, params, lambda: pipeline.fit(fs, specs, method, params, combine, transductive,
+                                                              stream), offline)
+    model.save(out)
+    print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
+    report = getattr(model.estimator, "fit_report_", None)
+    if report is not None:
+        print(json.dumps(report, indent=1, default=pipeline.jsonable))
+
+
+def predict(model: str, store: str, out: str = "predictions.csv", split: str = "test", proba: bool = False,
+            label_format: str = "name", id_format: str = "relpath", order: str | None = None) -> None:
+    """Predict a split of a store with a saved model; write a Kaggle-style CSV ``id,label``.
+
+    Parameters
+    ----------
+    model : str
+        The saved model (``python -m classify fit --out``).
+    store : str
+        The feature store the model was fitted on.
+    out : str
+        The CSV to write.
+    split : str
+        train, unlabeled or test.
+    proba : bool
+        Add one probability column per class (p_<class name>).
+    label_format : str
+        name (class name) or index (class index).
+    id_format : str
+        How images are named in the id column: relpath (the path under the data folder, test/0001.png), name
+        (the file name, 0001.png) or stem (the name without extension, 0001, as Kaggle submissions want).
+    order : str
+        A CSV such as Kaggle's sample_submission.csv: rows follow the ids of its first column (after its header
+        row), in its order, and its first two column names head the id and label columns. Ids missing from the
+        split are refused, naming a few.
+
+    Examples
+    --------
+    python -m classify predict --model lp.skops --store feats.h5 --out predictions.csv
+    python -m classify predict --model lp.skops --store feats.h5 --id-format stem --order sample_submission.csv
+    python -m classify predict --model lp.skops --store feats.h5 --split unlabeled --proba --out pool.csv
+    """
+    check_flags(dict(label_format=label_format, split=split, proba=proba, id_format=id_format), FLAGS)
+    order = None if order is None else str(order)
+    fitted = pipeline.load_model(model)
+    with FeatureStore(store) as fs:
+        fitted.check_store(fs)
+        data = pipeline.load_data(fs, fitted.backbones, split, views=fitted.views)
+    if not len(data.ids):
+        raise UserError(f"the {split} split of {store} has no decoded images")
+    ids = format_ids(data.ids, id_format)
+    header = ["id", "label"]
+    rows = np.arange(len(ids))
+    if order is not None:
+        wanted, header = read_order(order, header)
+        rows = rows_in_order(ids, wanted, order, split, store)
+    probabilities = fitted.estimator.predict_proba(data.X[rows])  # (n, C') columns follow classes_
+    classes_ = np.asarray(fitted.estimator.classes_)
+    predicted = classes_[probabilities.argmax(axis=1)]
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    # ids are file names: surrogateescape writes a name that is not UTF-8 as its original bytes, so it matches the file
+    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header + ([f"p_{fitted.classes[c]}" for c in classes_] if proba else []))
+        for i, (row, label) in enumerate(zip(rows, predicted)):
+            shown = fitted.classes[label] if label_format == "name" else int(label)
+            writer.writerow([ids[row], shown] + ([f"{p:.6f}" for p in probabilities[i]] if proba else []))
+    print(f"wrote {len(rows)} predictions of the {split} split to {out}")
+
+
+def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
+             folds: int = 5, seed: int = 0, shots: int | None = None, draws: int = 3, json_output: bool = False,
+             out: str | None = None, offline: bool = False, **params) -> None:
+    """Score a method: on the labeled test split, or by stratified CV on the labeled train rows.
+
+    Metrics as CLIP_benchmark names them: acc1 (top-1 accuracy, also `accuracy`), acc5 (top-5, with 5 classes or
+    more), mean_per_class_recall (balanced accuracy) and macro_f1; with fit and predict seconds and the run's
+    provenance (store fingerprint, backbones' weights, method, parameters, seed, versions). With --shots, the
+    few-shot protocol of `python -m benchmarks run` (its numbers to the digit): each metric as mean ± std over the
+    label draws, and each draw's result.
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5) written by ``python -m embed run``.
+    method : str
+        A registered method (``python -m classify list``).
+    backbone : str
+        Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
+    combine : str
+        With several backbones: concat (one model on concatenated features) or ensemble (one per backbone).
+    transductive : bool
+        Also pass the test rows, without labels, to the fit (label propagation and self-training use them).
+    folds : int
+        Cross-validation folds, when the store has no labeled test split (fewer when a class has fewer labels).
+    seed : int
+        Seed of the cross-validation folds, or with --shots of the first label draw (the method's own seed is its
+        random_state parameter).
+    shots : int
+        Labels per class drawn from the labeled train rows, as `python -m benchmarks run --shots` draws them; the
+        other train rows join the unlabeled pool with their labels hidden from the fit. Scores on the labeled test
+        split (or the validation/ folder); a store without one is refused (default: fit on every train label).
+    draws : int
+        With --shots: how many label draws (seeds SEED .. SEED+DRAWS-1, as the benchmarks' --seeds); metrics are the
+        mean and std over them.
+    json_output : bool
+        Also print the result as one JSON object on the last line of stdout.
+    out : str
+        Write the result, with its provenance, to this JSON file (the object --json prints).
+    offline : bool
+        Methods that build a backbone (coop's text tower) never download its weights (as ``HF_HUB_OFFLINE=1``).
+    **params : method parameters
+        Any parameter of the method as a flag (--k 20, --teacher labelprop); ``python -m classify list --params
+        METHOD`` lists them with their defaults and meaning.
+
+    Examples
+    --------
+    python -m classify evaluate --store feats.h5 --method labelprop --k 20 --out results/labelprop-k20.json
+    python -m classify evaluate --store feats.h5 --backbone a,b --combine concat --method linear --folds 3
+    python -m classify evaluate --store feats.h5 --method selftrain --shots 10 --draws 3 --json
+    """
+    get(method)
+    check_flags(dict(transductive=transductive, offline=offline, folds=folds, seed=seed, shots=shots, draws=draws,
+                     json_output=json_output), FLAGS)
+    if shots is None and draws != 3:
+        raise UserError("--draws counts the label draws of --shots; add --shots N (labels per class) or drop --draws")
+    _check_params(method, params)
+    with FeatureStore(store) as fs:
+        specs = _backbones(fs, backbone)
+        result = _fitting(method, params, lambda: evaluation.evaluate(fs, specs, method, params, combine, transductive,
+                                                                    folds, seed, shots, draws), offline)
+
+    def shown(name: str, digits: int = 4) -> str:
+        std = result.get(f"{name}_std")
+        return f"{result[name]:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+    per_draw = " per draw" if shots is not None else ""
+    print(f"{method} on {', '.join(result['backbones'])} ({result['protocol']}, n={result['n_test']}): "
+          f"accuracy {shown('accuracy')}" + (f", top-5 {shown('acc5')}" if "acc5" in result else "")
+          + f", mean per-class recall {shown('mean_per_class_recall')}, macro-F1 {shown('macro_f1')}, "
+          f"fit {result['fit_seconds']:.2f} s{per_draw}, predict {result['predict_seconds']:.3f} s{per_draw}")
+    text = json.dumps(result, default=pipeline.jsonable)
+    if out is not None:
+        target = Path(str(out)).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(json.loads(text), indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {target}")
+    if json_output:
+        print(text)
+
+
+def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0, pairs: int = 6,
+           per_pair: int = 8) -> None:
+    """Failure analysis as a static web page: confusion heatmap, per-class precision and recall, most-confused pairs.
+
+    Writes OUT/index.html (open it in a browser; no server, no suite needed) with thumbnails of the misclassified
+    images of the most confused pairs (read from the image files the store lists, under its data folder), and the
+    same numbers as confusion.png, per_class.csv, confused_pairs.csv and report.json. Uses the labeled test split
+    when the store has one; else cross-validated predictions of the same method on the labeled train rows.
+
+    Parameters
+    ----------
+    model : str
+        The saved model (``python -m classify fit --out``).
+    store : str
+        The feature store the model was fitted on.
+    out : str
+        The folder to write the report into.
+    folds : int
+        Cross-validation folds, when the store has no labeled test split.
+    seed : int
+        Seed of the cross-validation folds.
+    pairs : int
+        How many of the most confused class pairs the page shows with thumbnails.
+    per_pair : int
+        Thumbnails of misclassified images per pair.
+
+    Examples
+    --------
+    python -m classify report --model lp.skops --store feats.h5 --out report/
+    python -m classify report --model st.skops --store feats.h5 --out report-cv/ --folds 3
+    """
+    from classify.report import write_report
+
+    check_flags(dict(folds=folds, seed=seed, pairs=pairs, per_pair=per_pair), FLAGS)
+    fitted = pipeline.load_model(model)
+    with FeatureStore(store) as fs:
+        fitted.check_store(fs)
+        root = Path(fs.root)
+        data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
+        test = (data.splits == "test") & (data.y >= 0)
+        if test.any():  # not validation/ rows as evaluate does: a fitted model has seen their labels
+            y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))
+            ids = data.ids[test]
+            protocol = "labeled test split"
+        else:
+            ids = data.ids[(data.splits == "train") & (data.y >= 0)]  # the order of cross_val_predictions
+            y_true, y_pred, *_, k = evaluation.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
+                                                                   fitted.params, fitted.combine, folds=folds,
+                                                                   seed=seed)
+            protocol = f"{k}-fold CV on the labeled train rows"
+    title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
+    extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None)}
+    extra = json.loads(json.dumps(extra, default=pipeline.jsonable))  # plain JSON types for report.json
+    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=[root / i for i in ids],
+                           captions=[display_id(i) for i in ids], pairs_shown=pairs, per_pair=per_pair)
+    print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
+    worst = sorted(summary["per_class"], key=lambda row: row["accuracy"])[:5]
+    print("weakest classes: " + ", ".join(f"{row['class']} {row['accuracy']:.2f}" for row in worst))
+    for pair in summary["confused_pairs"][:5]:
+        print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['share_of_true']:.0%} of the class)")
+    print(f"wrote {Path(out) / 'index.html'} (open it in a browser), confusion.png, per_class.csv, "
+          "confused_pairs.csv, report.json")
+
+
+def list_methods(params: str | None = None) -> None:
+    """The registered methods, one line each; or one method's parameters.
+
+    Parameters
+    ----------
+    params : str
+        A method name: list its parameters (the flags fit and evaluate take for it), each with its default and
+        meaning from the method's docstring.
+
+    Examples
+    --------
+    python -m classify list
+    python -m classify list --params selftrain
+    """
+    if params is None:
+        for name in available():
+            print(f"{name:12s} {plain(parse_numpydoc(get(name).__doc__).summary)}")
+        return
+    print(method_parameters(str(params)), end="")
+
+
+def method_parameters(method: str) -> str:
+    """The text of ``classify list --params METHOD``: each parameter as a flag, its default (from the estimator)
+    and its type and meaning (from the estimator's numpydoc docstring)."""
+    cls = get(method)
+    doc = parse_numpydoc(cls.__doc__)
+    defaults = cls().get_params(deep=False)
+    order = [name for name in inspect.signature(cls.__init__).parameters if name in defaults]
+    lines = [f"{method}: {plain(doc.summary)}", "", f"parameters (flags of python -m classify fit|evaluate --method "
+                                                 f"{method}):"]
+    for name in order + sorted(set(defaults) - set(order)):
+        default = defaults[name]
+        entry = doc.params.get(name)
+        kind = f"{entry.type.split(', default')[0]}; " if entry and entry.type else ""
+        lines.append(f"  --{name.replace('_', '-')}  ({kind}default: {default!r})")
+        lines.append(wrap_paragraph(entry.text if entry else "(not documented)", 6))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""``python -m classify suggest|audit``: which images to label next, which labels look wrong; each writes a CSV and
+an HTML contact sheet beside it (the report's page code, :mod:`classify.pages`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from classify.labeling import audit as audit_module, suggest as suggest_module
+from classify.pages import Group, contact_sheet, page
+from store.validation import BOOL, Int, Options, check_flags
+
+FLAGS = {"budget": [Int(1)], "seed": [Int(0)], "folds": [Int(2)], "strategy": [Options(*suggest_module.STRATEGIES)],
+         "all_rows": [BOOL], "html": [BOOL]}
+
+
+def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path) -> Path:
+    """The contact sheet of ``groups`` (``[(title, [(image path, caption), ...]), ...]``) as ``<csv stem>.html``
+    beside the CSV, thumbnails under ``thumbs/`` there: static, opens without the suite."""
+    csv_path = Path(csv_path)
+    out = csv_path.parent
+    out.mkdir(parents=True, exist_ok=True)
+    sheet = contact_sheet([Group(name, [p for p, _ in items], [c for _, c in items]) for name, items in groups], out)
+    target = csv_path.with_suffix(".html")
+    target.write_text(page(title, sheet, subtitle), encoding="utf-8")
+    return target
+
+
+def suggest(store: str, backbone: str | None = None, method: str = "labelprop", budget: int = 20,
+            out: str = "to_label.csv", seed: int = 0, strategy: str = "diverse", html: bool = True,
+            **params) -> None:
+    """The unlabeled images whose labels would help most: informative, diverse and class-balanced.
+
+    Failed images and duplicates (same sha256) of labeled images are never suggested.
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5) written by `python -m embed run`.
+    backbone : str
+        Backbone spec in the store (default: the store's only backbone).
+    method : str
+        The method whose transductive probabilities measure uncertainty (default labelprop).
+    budget : int
+        How many images to suggest (at most the size of the unlabeled pool).
+    out : str
+        The CSV to write: id, path, predicted, score, reason (most useful first).
+    seed : int
+        The same store and seed give the same suggestions.
+    strategy : str
+        diverse (uncertain images clustered into budget groups, one central image each, class-balanced; default),
+        margin (uncertainty alone), typiclust (coverage alone) or random.
+    html : bool
+        Also write OUT with .html: the suggestions' thumbnails grouped by predicted class.
+    **params
+        The method's parameters, e.g. --k 20.
+
+    Examples
+    --------
+    python -m classify suggest --store feats.h5 --budget 40 --out to_label.csv
+    python -m classify suggest --store feats.h5 --backbone timm:tf_efficientnet_lite0 --strategy typiclust
+    """
+    check_flags(dict(budget=budget, seed=seed, strategy=strategy, html=html), FLAGS)
+    rows = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
+    if html:
+        sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
+                            suggest_module.sheet_groups(rows), out)
+        print(f"wrote {sheet} (open it in a browser)")
+
+
+def audit(store: str, backbone: str | None = None, method: str = "labelprop", out: str = "suspects.csv",
+          folds: int = 5, seed: int = 0, all_rows: bool = False, html: bool = True, **params) -> None:
+    """Labeled images ranked by how likely their given label is wrong (out-of-fold confident learning, cleanlab).
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5) written by `python -m embed run`.
+    backbone : str
+        Backbone spec in the store (default: the store's only backbone).
+    method : str
+        The method giving the out-of-fold probabilities (default labelprop).
+    out : str
+        The CSV to write: id, path, given, suggested, score (most suspect first).
+    folds : int
+        Stratified folds over the labeled images (each class needs at least 2 labels).
+    seed : int
+        Seeds the folds.
+    all_rows : bool
+        Write every labeled image, ranked, instead of only those confident learning flags.
+    html : bool
+        Also write OUT with .html: the suspects' thumbnails in rank order with given and suggested labels.
+    **params
+        The method's parameters.
+
+    Examples
+    --------
+    python -m classify audit --store feats.h5 --out suspects.csv
+    python -m classify audit --store feats.h5 --method linear --folds 3 --all-rows
+    """
+    check_flags(dict(folds=folds, seed=seed, all_rows=all_rows, html=html), FLAGS)
+    rows = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
+    if html:
+        sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method})",
+                            audit_module.sheet_groups(rows), out)
+        print(f"wrote {sheet} (open it in a browser)")

@@ -1,0 +1,198 @@
+"""The benchmark runner on a tiny synthetic store: protocol, tables, JSON and plot; reproducible to the digit."""
+import gzip
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmarks.datasets import _read_idx, write_digits
+from benchmarks.run import ANCHORS, PeakRSS, draw_labels, load_task, plot, run_task, write_results
+from synthstore import A, make_store
+
+
+def test_draw_labels_is_seeded_stratified_and_from_train_only():
+    y = np.repeat(np.arange(3), 10)
+    first = draw_labels(y, 4, seed=0)
+    assert np.array_equal(first, draw_labels(y, 4, seed=0))
+    assert not np.array_equal(first, draw_labels(y, 4, seed=1))
+    assert np.bincount(y[first]).tolist() == [4, 4, 4]
+    assert np.bincount(y[draw_labels(y, 15, seed=0)]).tolist() == [10, 10, 10]  # a small class gives all it has
+
+
+@pytest.fixture
+def task(tmp_path):
+    path, _ = make_store(tmp_path / "s.h5")
+    return load_task("synthetic", path, A)
+
+
+def test_run_task_protocol(task):
+    records = run_task(task, ["knn", "labelprop"], shots=[1, 3], seeds=2, anchors=list(ANCHORS),
+                       progress=lambda _: None)
+    methods = {r["method"] for r in records}
+    assert methods == {"knn", "labelprop", *ANCHORS}
+    assert len(records) == len(methods) * 2 * 2
+    for r in records:
+        assert 0 <= r["accuracy"] <= 1 and r["fit_seconds"] >= 0 and r["peak_mb"] >= 0
+        assert r["anchor"] == r["method"].startswith("sklearn")
+    # The test split's 60 images are scored; no test label reached a fit (labels are drawn from train rows only).
+    best = max(r["accuracy"] for r in records if r["method"] == "labelprop" and r["shots"] == 3)
+    assert best > 0.8
+
+
+def test_peak_rss_sees_numpy_allocations():
+    with PeakRSS() as memory:
+        block = np.ones((200, 2**20 // 8))  # 200 MiB, every page touched
+        del block
+    assert 150 < memory.peak_mb < 400
+
+
+def test_results_files_and_reproducibility(task, tmp_path):
+    runs = [run_task(task, ["knn"], shots=[1, 5], seeds=2, anchors=["sklearn LogisticRegression"],
+                     progress=lambda _: None) for _ in range(2)]
+    strip = [[{k: v for k, v in r.items() if "seconds" not in k and k != "peak_mb"} for r in rs] for rs in runs]
+    assert strip[0] == strip[1]
+    result = write_results(runs[0], [task], tmp_path / "out", "python -m benchmarks run --quick", name="t")
+    table = (tmp_path / "out" / "t.md").read_text()
+    assert "| knn |" in table and "| sklearn LogisticRegression |" in table and "1-shot | 5-shot" in table
+    assert "python -m benchmarks run --quick" in table
+    raw = json.loads((tmp_path / "out" / "t.json").read_text())
+    assert raw["provenance"]["stores"]["synthetic|timm:a"] == task.fingerprint and len(raw["records"]) == 8
+    knn5 = raw["summary"]["synthetic|timm:a|knn|5"]
+    accs = [r["accuracy"] for r in raw["records"] if r["method"] == "knn" and r["shots"] == 5]
+    assert knn5["accuracy_mean"] == pytest.approx(np.mean(accs)) and knn5["seeds"] == 2
+    with Image.open(tmp_path / "out" / "t.png") as image:
+        assert image.size[0] > 300
+    assert result["tables"] in table
+
+
+def test_dataset_adapters(tmp_path):
+    folder = write_digits(tmp_path / "digits", test_per_class=5)
+    assert len(list((folder / "test").rglob("*.png"))) == 50
+    assert len(list((folder / "train").rglob("*.png"))) == 1797 - 50
+    idx = tmp_path / "x.gz"
+    with gzip.open(idx, "wb") as handle:  # idx header: magic 0x00000803, dims 2 x 2 x 3, then uint8 data
+        handle.write(bytes([0, 0, 8, 3]) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + (3).to_bytes(4, "big")
+                     + bytes(range(12)))
+    np.testing.assert_array_equal(_read_idx(idx), np.arange(12).reshape(2, 2, 3))
+
+
+def test_a_bug_stops_the_run_and_only_not_applicable_is_recorded(task, monkeypatch):
+    from classify.methods.base import NotApplicable
+    from classify.methods.knn import KNNClassifier
+
+    def bug(self, X, y):
+        raise ValueError("a bug in a method")
+
+    monkeypatch.setattr(KNNClassifier, "fit", bug)
+    with pytest.raises(ValueError, match="a bug in a method"):
+        run_task(task, ["knn"], shots=[1], seeds=1, anchors=[], progress=lambda _: None)
+
+    def not_here(self, X, y):
+        raise NotApplicable("knn needs something this store lacks")
+
+    monkeypatch.setattr(KNNClassifier, "fit", not_here)
+    records = run_task(task, ["knn"], shots=[1], seeds=1, anchors=[], progress=lambda _: None)
+    assert records == [{"dataset": "synthetic", "backbone": A, "method": "knn", "shots": 1,
+                        "skipped": "knn needs something this store lacks"}]
+
+
+def _fake_openclipart(root, n_per=24):
+    """An openclipart-png-like tree: every folder of CLIPART_CLASSES with coloured drawings, plus grey ones."""
+    from benchmarks.datasets import CLIPART_CLASSES
+
+    for c, patterns in enumerate(CLIPART_CLASSES.values()):
+        folder = root / patterns[0].removesuffix("/**")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n_per):
+            rgba = np.zeros((20, 30, 4), np.uint8)  # transparent background
+            rgba[4:16, 5:25, :3] = (230, 4 * i, 10 * c)  # a distinct saturated colour per file
+            rgba[4:16, 5:25, 3] = 255
+            Image.fromarray(rgba).save(folder / f"d{c}_{i}.png")
+        Image.fromarray(np.full((8, 8), 128, np.uint8)).save(folder / "grey.png")
+    return root
+
+
+def test_clipart_adapter_writes_colour_drawings_on_white(tmp_path, monkeypatch):
+    from benchmarks import datasets as ds
+
+    monkeypatch.setattr(ds, "OPENCLIPART_DIR", _fake_openclipart(tmp_path / "png"))
+    folder = ds.prepare("clipart", tmp_path / "cache")
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    assert classes == sorted(ds.CLIPART_CLASSES) and len(classes) >= 20
+    for name in classes:
+        assert len(list((folder / "test" / name).glob("*.png"))) == 8
+        train = sorted((folder / "train" / name).glob("*.png"))
+        assert len(train) == 24 - 8 and all("grey" not in p.name for p in train)
+    with Image.open(train[0]) as image:
+        assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    monkeypatch.setattr(ds, "OPENCLIPART_DIR", tmp_path / "missing")
+    with pytest.raises(ds.DatasetUnavailable, match="apt-get install openclipart-png"):
+        ds.write_clipart(tmp_path / "other")
+
+
+def test_fair_anchors_self_train_and_tune_k(task):
+    from benchmarks.run import CVLabelSpreading, KBestSelfTraining
+
+    data = task.data
+    train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
+    labeled = train[draw_labels(data.y[train], 3, 0)]
+    y = np.full(len(data.y), -1)
+    y[labeled] = data.y[labeled]
+    selftrain = KBestSelfTraining().fit(data.X, y)
+    assert (selftrain.model_[-1].labeled_iter_ > 0).sum() == (y == -1).sum()  # every unlabeled row was added
+    spreading = CVLabelSpreading(ks=(3, 5)).fit(data.X, y)
+    assert spreading.k_ in (3, 5) and spreading.cv_scores_.shape == (2,)
+    assert np.mean(spreading.predict(data.X[labeled]) == y[labeled]) > 0.9
+
+
+def test_joined_backbones_are_one_concatenated_task(tmp_path):
+    from synthstore import B
+
+    path, _ = make_store(tmp_path / "s.h5")
+    joined = load_task("synthetic", path, f"{A}+{B}")
+    single = load_task("synthetic", path, A)
+    assert joined.backbone == f"{A}+{B}" and joined.context == {}
+    assert joined.data.X.shape[1] > single.data.X.shape[1] and len(joined.data.slices) == 2
+
+
+def test_results_go_to_the_working_directory_not_the_package():
+    from pathlib import Path
+
+    import benchmarks
+    from benchmarks.run import RESULTS
+
+    assert RESULTS == Path("benchmarks-results")
+    assert Path(benchmarks.__file__).resolve().parent not in (Path.cwd() / RESULTS).resolve().parents
+
+
+def test_plot_lays_many_panels_out_in_rows_with_one_legend(tmp_path, monkeypatch):
+    # six dataset x backbone panels were once one 36-inch strip (8:1) with a legend over each panel's lines
+    import matplotlib.figure
+
+    methods = ("linear", "selftrain", "sklearn KNeighbors")
+    records = [{"dataset": f"set{d}", "backbone": "timm:a+timm:b" if b else "timm:a", "method": m, "shots": s,
+                "seed": 0, "accuracy": 0.5 + 0.01 * s, "macro_f1": 0.5, "fit_seconds": 0.1, "predict_seconds": 0.0,
+                "peak_mb": 0.0}
+               for d in range(3) for b in range(2) for m in methods for s in (5, 10)]
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    plot(records, tmp_path / "p.png")
+    with Image.open(tmp_path / "p.png") as image:
+        width, height = image.size
+    assert width / height < 2.5  # 3 panels a row, 2 rows, the legend below
+    fig = figures[0]
+    assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(methods)
+    colours = {}  # a method keeps its colour in every panel
+    for ax in fig.axes:
+        for bars in ax.containers:
+            colours.setdefault(bars.get_label(), set()).add(tuple(bars.lines[0].get_color()))
+    assert set(colours) == set(methods) and all(len(c) == 1 for c in colours.values())
+    assert len({next(iter(c)) for c in colours.values()}) == 3

@@ -1,0 +1,36 @@
+"""A small store for the labeling commands (suggest, audit): three separated classes, a pool with one failed image
+and one copy of a labeled image, labeled test rows."""
+import numpy as np
+
+from store import ERROR, OK, FeatureStore
+
+SPEC = "timm:a"
+
+
+def make_store(path, unlabeled=True):
+    """Three separated classes, 3 labeled images each; pool row 0 failed to decode, pool row 1 has the same bytes
+    (sha256) as a labeled image; test rows have labels (they must never be suggested)."""
+    rng = np.random.default_rng(0)
+    classes = ["cat", "dog", "fox"]
+    ids, splits, labels, truth = [], [], [], []
+    for split, per_class in (("train", 3), ("unlabeled", 10 if unlabeled else 0), ("test", 4)):
+        for c, name in enumerate(classes):
+            for k in range(per_class):
+                ids.append(f"{split}/{name}/{k}.png")
+                splits.append(split)
+                labels.append(-1 if split == "unlabeled" else c)
+                truth.append(c)
+    truth = np.array(truth)
+    feats = np.eye(3, 6)[truth] * 10 + rng.normal(size=(len(ids), 6))
+    sha = [f"{i:064x}" for i in range(len(ids))]
+    status = np.full(len(ids), OK)
+    if unlabeled:
+        pool = [i for i, s in enumerate(splits) if s == "unlabeled"]
+        status[pool[0]] = ERROR
+        sha[pool[1]] = sha[0]  # a copy of train/cat/0.png
+    with FeatureStore.create(path, ids, splits, labels, classes, root="/data") as fs:
+        fs.begin_backbone({"spec": SPEC, "weights_sha256": "w", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, 6)
+        errors = [("broken" if s == ERROR else None) for s in status]
+        fs.write_rows(SPEC, np.arange(len(ids)), status, sha, errors, features=feats[status == OK])
+    return path, ids, splits, status
