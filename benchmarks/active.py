@@ -24,6 +24,7 @@ import numpy as np
 from classify import evaluation, pipeline
 from classify.labeling.suggest import STRATEGIES, suggest_arrays
 from classify.methods.features import UNLABELED
+from store.clitools import as_list
 from store import FeatureStore
 from store.validation import UserError
 
@@ -225,8 +226,8 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     """
     from benchmarks.run import RESULTS
 
-    names = pipeline.as_list(datasets) or default_datasets()
-    chosen = pipeline.as_list(strategies)
+    names = as_list(datasets) or default_datasets()
+    chosen = as_list(strategies)
     unknown = sorted(set(chosen) - set(STRATEGIES))
     if unknown:
         raise UserError(f"unknown strategies {unknown}; choose from {', '.join(STRATEGIES)}")

@@ -25,6 +25,7 @@ from benchmarks.active import BACKBONE, cache_folder, default_datasets, load
 from classify import evaluation, pipeline
 from classify.labeling.audit import audit_arrays
 from classify.methods.features import UNLABELED
+from store.clitools import as_list
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
 
     if not 0 < noise < 1:
         raise UserError(f"--noise must be a fraction in (0, 1), got {noise!r}")
-    names = pipeline.as_list(datasets) or default_datasets()
+    names = as_list(datasets) or default_datasets()
     cache_dir = cache_folder(cache)
     trials, results = {}, {}
     for dataset in names:

@@ -23,6 +23,7 @@ from classify import pipeline
 from embed import sources
 from embed.backbones import parse_spec
 from embed.engines.local import embed, resolve_device
+from store.clitools import as_list
 from store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
     from embed.cli import demo_folder
 
     settings = {**(QUICK if quick else FULL), **options}
-    method_list = pipeline.as_list(methods)
+    method_list = as_list(methods)
     cache_dir = Path(cache).expanduser() if cache else demo_folder().parent / "benchmarks"
     folder = sources.write_demo(cache_dir / f"digits-{shots}shot", shots=shots)
     store_path = cache_dir / f"digits-{shots}shot-{image_size or 'default'}.h5"

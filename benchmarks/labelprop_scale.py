@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from classify.methods.labelprop import KNNLabelPropagation, knn_search
+from classify.methods.graph import knn_search
+from classify.methods.labelprop import KNNLabelPropagation
 
 log = logging.getLogger(__name__)
 

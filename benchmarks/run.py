@@ -32,7 +32,6 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify import evaluation, pipeline
 from classify.methods.base import NotApplicable
-from classify.evaluation import draw_labels  # noqa: F401  (re-exported: the protocol's label draw)
 from classify.methods.features import UNLABELED
 from classify.methods.registry import get
 from store import FeatureStore

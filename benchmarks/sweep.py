@@ -29,6 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from benchmarks.run import RESULTS, load_task
 from classify import pipeline
+from store.clitools import as_list
 from classify.evaluation import draw_labels
 from classify.methods.features import UNLABELED
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
 
     size = NATIVE_SIZE.get(args.dataset)
     store = Path(args.store) if args.store else Path(args.cache) / f"{args.dataset}-{size or 'native'}px.h5"
-    methods = (GRIDS[args.grid] if args.grid else []) + pipeline.as_list(args.methods)
+    methods = (GRIDS[args.grid] if args.grid else []) + as_list(args.methods)
     if not methods:
         parser.error("give --grid or --methods")
     task = load_task(args.dataset, store, args.backbone)

@@ -21,7 +21,7 @@ from classify.methods.base import NotApplicable
 from classify.methods.features import UNLABELED
 from classify.methods.registry import create, get
 from store import FeatureStore
-from store.clitools import as_list  # noqa: F401  (re-exported: the benchmarks use pipeline.as_list)
+from store.clitools import as_list
 from store.validation import UserError
 
 log = logging.getLogger(__name__)

@@ -51,10 +51,10 @@ import numpy as np
 from store.atomic import atomic_write
 from store.integrity import DAMAGE_ERRORS, damaged_error, open_error, reads
 from store.layout import (ERROR, ERROR_BYTES, FORMAT, FORMAT_VERSION, OK, PENDING, SPLITS, Rows,
-                          create_rows_dataset, display_id, id_bytes, image_list_sha256, one_line, short)
+                          create_rows_dataset, display_id, id_bytes, image_list_sha256, short)
 from store.reading import RowChunks, StoreReading
 from store.writing import StoreWriting
-from store.validation import UserError
+from store.validation import UserError, one_line
 
 __all__ = ["ERROR", "OK", "PENDING", "SPLITS", "FeatureStore", "Rows", "RowChunks", "display_id", "image_list_sha256",
            "open_for_images"]

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from store.layout import one_line
-from store.validation import UserError
+from store.validation import UserError, one_line
 
 log = logging.getLogger(__name__)
 

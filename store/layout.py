@@ -87,18 +87,13 @@ def clip_message(message: str) -> bytes:
     return data[:ERROR_BYTES].decode("utf-8", "ignore").encode("utf-8")
 
 
-def plain(value):
+def attr_value(value):
     """h5py attribute values as plain Python objects, for comparisons and JSON."""
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-def one_line(err: BaseException) -> str:
-    """An exception's message on one line."""
-    return " ".join(str(err).split())
 
 
 def short(value, limit: int = 60) -> str:

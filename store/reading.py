@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 
 from store.integrity import reads, sane_rows
-from store.layout import ERROR, JSON_ATTRS, OK, PENDING, SPLITS, Rows, display_id, group_name, plain
+from store.layout import ERROR, JSON_ATTRS, OK, PENDING, SPLITS, Rows, attr_value, display_id, group_name
 from store.validation import UserError
 
 
@@ -53,7 +53,7 @@ class StoreReading:
     @reads
     def provenance(self, spec: str) -> dict:
         """Every provenance attribute of a backbone group, JSON values decoded."""
-        return {key: json.loads(value) if key in JSON_ATTRS else plain(value)
+        return {key: json.loads(value) if key in JSON_ATTRS else attr_value(value)
                 for key, value in self._group(spec).attrs.items()}
 
     @reads

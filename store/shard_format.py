@@ -12,9 +12,9 @@ from typing import Sequence
 import numpy as np
 
 from store.atomic import atomic_write
-from store.layout import ERROR, OK, SPLITS, display_id, id_bytes, one_line
+from store.layout import ERROR, OK, SPLITS, display_id, id_bytes
 from store.writers import Batch
-from store.validation import UserError
+from store.validation import UserError, one_line
 
 SHARDS_FORMAT = "fewshot-feature-shards/2"
 #: format 1: features always L2-normalised float16, no probabilities

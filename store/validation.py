@@ -12,6 +12,7 @@ needed, and their messages name the parameter and what it accepts.
 from __future__ import annotations
 
 import numbers
+import re
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -22,6 +23,13 @@ class UserError(ValueError):
     """A mistake the user can fix (a flag, a file, the data), with the fix in its message. The CLIs print it as one
     line and exit 2; any other exception is a bug and keeps its traceback. A ValueError, so sklearn's conventions for
     bad parameters hold."""
+
+
+def one_line(err: BaseException, limit: int = 800) -> str:
+    """An exception's message as one bounded line for a user message: whitespace (torch lists every mismatched key
+    on a line of its own) collapsed, terminal colour codes dropped, cut at ``limit`` characters."""
+    msg = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
+    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 class Rule(ABC):

@@ -13,8 +13,8 @@ import h5py
 import numpy as np
 
 from store.integrity import sane_rows, writes
-from store.layout import (ERROR_BYTES, IDENTITY_ATTRS, OK, STAGING, clip_message, create_rows_dataset, display_id,
-                          group_name, plain, selector, short)
+from store.layout import (ERROR_BYTES, IDENTITY_ATTRS, OK, STAGING, attr_value, clip_message, create_rows_dataset,
+                          display_id, group_name, selector, short)
 from store.reading import RowChunks
 from store.validation import UserError
 
@@ -89,12 +89,12 @@ class StoreWriting:
         """Refuse to write features of another origin into an existing group; warn about other library versions."""
         spec = attrs["spec"]
         for key in IDENTITY_ATTRS + ("dim",):
-            old, new = plain(g.attrs.get(key)), plain(attrs.get(key))
+            old, new = attr_value(g.attrs.get(key)), attr_value(attrs.get(key))
             if old != new:
                 raise UserError(f"store {self.path} already holds features of {spec!r} with a different {key} "
                                  f"({short(old)} != {short(new)}); refusing to mix origins -- write to a new "
                                  "--store, or use a different backbone spec")
-        if plain(g.attrs["versions"]) != attrs["versions"]:
+        if attr_value(g.attrs["versions"]) != attrs["versions"]:
             log.warning("library versions differ from the run that started %s: %s (was %s)", spec,
                         attrs["versions"], g.attrs["versions"])
 

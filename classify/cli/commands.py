@@ -16,7 +16,7 @@ from classify import evaluation, pipeline
 from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
 from classify.methods.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.clitools import parse_numpydoc, plain, wrap_paragraph
+from store.clitools import as_list, parse_numpydoc, plain, wrap_paragraph
 from store.validation import BOOL, NONE, Int, Options, UserError, check_flags
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _fitting(method: str, params: dict, run, offline: bool = False):
 
 
 def _backbones(store: FeatureStore, backbone) -> list[str]:
-    specs = pipeline.as_list(backbone)
+    specs = as_list(backbone)
     if not specs:
         have = store.backbones
         if len(have) != 1:

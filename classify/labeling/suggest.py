@@ -37,7 +37,7 @@ import numpy as np
 
 from classify import pipeline
 from classify.methods.features import UNLABELED, align_proba
-from classify.labeling.selection import (STRATEGIES, Selection, check_budget, duplicate_free,  # noqa: F401 (STRATEGIES: API)
+from classify.labeling.selection import (STRATEGIES, Selection, check_budget, duplicate_free,
                                 feature_keys, select)
 from store import FeatureStore, display_id
 from store.validation import UserError

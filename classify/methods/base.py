@@ -5,8 +5,7 @@ A method subclasses :class:`FewShotClassifier`, lists its parameter rules in ``_
 their softmax) or ``predict_proba`` itself (methods whose output is a distribution: votes, propagated mass).
 ``predict`` is written once, here.
 
-The parameter rules (``Int``, ``Real``, ``Options``, ...) are :mod:`store.validation`'s, shared with the CLIs' flags;
-they are re-exported here for the methods.
+The parameter rules (``Int``, ``Real``, ``Options``, ...) are :mod:`store.validation`'s, shared with the CLIs' flags.
 """
 from __future__ import annotations
 
@@ -18,8 +17,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.utils.validation import check_is_fitted
 
 from classify.methods.features import labeled_mask
-from store.validation import (BOOL, DICT, NONE, Int, Interval, Is, ListOf, Options, Real, Rule, UserError,  # noqa: F401
-                              check_params)
+from store.validation import Is, Rule, UserError, check_params
 
 
 class NotApplicable(UserError):

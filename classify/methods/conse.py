@@ -25,11 +25,11 @@ import numpy as np
 from scipy.special import softmax
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import BOOL, FewShotClassifier, Int, NotApplicable, Real, check_class_indices
+from classify.methods.base import FewShotClassifier, NotApplicable, check_class_indices
 from store.atomic import atomic_write
 from classify.methods.features import l2_normalize
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import BOOL, Int, Real, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ from types import SimpleNamespace
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import NONE, FewShotClassifier, Int, Is, Options, Real, check_class_indices
+from classify.methods.base import FewShotClassifier, check_class_indices
 from classify.methods.features import checked_labeled_mask, l2_normalize
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import NONE, Int, Is, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

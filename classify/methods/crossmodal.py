@@ -18,12 +18,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import DICT, NONE, FewShotClassifier, Int, ListOf, NotApplicable, Options, Real
+from classify.methods.base import FewShotClassifier, NotApplicable
 from classify.methods.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.linear import DEFAULT_CS
 from classify.methods.text import text_class_weights, zeroshot_class_weights
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import DICT, NONE, Int, ListOf, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

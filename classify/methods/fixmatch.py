@@ -24,11 +24,11 @@ from contextlib import contextmanager
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import checked_labeled_mask, l2_normalize
 from classify.methods.registry import register_method
 from classify.methods.thresholds import ClassAwareThresholds
-from store.validation import UserError
+from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

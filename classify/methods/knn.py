@@ -7,10 +7,10 @@ import faiss
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import FewShotClassifier, Int, Options, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import checked_labeled_mask, l2_normalize
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

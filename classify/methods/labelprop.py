@@ -22,13 +22,12 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import cg
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import BOOL, DICT, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import checked_labeled_mask, l2_normalize, single_threaded_blas
-from classify.methods.graph import (EXACT_MAX_ROWS, faiss_build, faiss_use_gpu, knn_graph, knn_search,  # noqa: F401
-                            normalized_graph)
+from classify.methods.graph import EXACT_MAX_ROWS, faiss_use_gpu, knn_graph, knn_search, normalized_graph
 from classify.methods.registry import register_method
-from classify.methods.transform import PCA_MAX_ROWS, FeatureTransform  # noqa: F401  (re-exported for selftrain, ptmap)
-from store.validation import UserError
+from classify.methods.transform import FeatureTransform
+from store.validation import BOOL, DICT, NONE, Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import DICT, NONE, FewShotClassifier, Int, ListOf, Options, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.text import text_class_weights
 from classify.methods.registry import persistable, register_method
-from store.validation import UserError
+from store.validation import DICT, NONE, Int, ListOf, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

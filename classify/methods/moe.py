@@ -28,14 +28,13 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
-from classify.methods.base import (METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled,
-                                   resolve_estimator)
+from classify.methods.base import METHOD, FewShotClassifier, accepts_unlabeled, resolve_estimator
 from classify.methods.features import align_proba, checked_labeled_mask, cv_splits
 from classify.methods.linear import LinearProbe
 from classify.methods.selftrain import LogisticHead, SelfTraining
 from classify.methods.registry import register_method
 from classify.methods.thresholds import balanced_topk_mask
-from store.validation import UserError
+from store.validation import NONE, Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -21,13 +21,13 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import BOOL, NONE, FewShotClassifier, Int, Options, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import checked_labeled_mask, single_threaded_blas
 from classify.methods.graph import knn_search
 from classify.methods.labelprop import DUPLICATE_COS
 from classify.methods.transform import FeatureTransform
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -26,15 +26,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, has_fit_parameter, validate_data
 
-from classify.methods.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, Options, Real, accepts_unlabeled,
-                           resolve_estimator)
+from classify.methods.base import METHOD, FewShotClassifier, accepts_unlabeled, resolve_estimator
 from classify.methods.features import align_proba, checked_labeled_mask, single_threaded_blas
 from classify.methods.labelprop import KNNLabelPropagation
 from classify.methods.registry import persistable, register_method
 from classify.methods.thresholds import (ClassAwareThresholds, balanced_topk_mask, classaware_pool_mask,
                                          fixed_threshold_mask)
 from classify.methods.transform import FeatureTransform
-from store.validation import UserError
+from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ SELECTIONS = ("fixed", "classaware", "balanced", "all")
 class LogisticHead(FewShotClassifier):
     """Multinomial logistic regression on transformed, L2-normalised features; accepts ``sample_weight``.
 
-    The default head of ``selftrain``. Features go through :class:`~classify.methods.labelprop.FeatureTransform`
+    The default head of ``selftrain``. Features go through :class:`~classify.methods.transform.FeatureTransform`
     (signed power, centring, optional PCA) fitted on the training rows, then L2 normalisation.
 
     Parameters

@@ -24,12 +24,11 @@ from scipy.special import log_softmax
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import (BOOL, METHOD, NONE, FewShotClassifier, Int, NotApplicable, Real, accepts_unlabeled,
-                           resolve_estimator)
+from classify.methods.base import METHOD, FewShotClassifier, NotApplicable, accepts_unlabeled, resolve_estimator
 from classify.methods.features import align_proba, checked_labeled_mask, cv_splits, l2_normalize, single_threaded_blas
 from classify.methods.text import text_class_weights
 from classify.methods.registry import register_method
-from store.validation import UserError
+from store.validation import BOOL, NONE, Int, Real, UserError
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ import logging
 import numpy as np
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from classify.methods.base import FewShotClassifier, Real
+from classify.methods.base import FewShotClassifier
 from classify.methods.features import l2_normalize
 from classify.methods.registry import register_method
+from store.validation import Real
 from classify.methods.text import text_class_weights
 
 logger = logging.getLogger(__name__)

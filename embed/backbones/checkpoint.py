@@ -11,18 +11,12 @@ import re
 import zipfile
 
 import torch
-from store.validation import UserError
+from store.validation import UserError, one_line
 
-__all__ = ["load_weights_only", "one_line", "read_state_dict", "require_file", "weights_sha256"]
+__all__ = ["load_weights_only", "read_state_dict", "require_file", "weights_sha256"]
 
 _UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 _SAVE_HINT = "save it with torch.save(model.state_dict(), path) (tensors only) or as .safetensors"
-
-
-def one_line(err: Exception, limit: int = 800) -> str:
-    """A load error (torch lists every mismatched key, one per line) as one bounded line for a user message."""
-    msg = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())  # no terminal colour codes either
-    return msg if len(msg) <= limit else msg[:limit] + "..."
 
 
 def require_file(path: str, spec: str) -> None:

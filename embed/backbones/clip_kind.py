@@ -18,7 +18,6 @@ import open_clip
 import torch
 
 from embed.backbones.base import Backbone, finish
-from embed.backbones.checkpoint import one_line
 from embed.backbones.preprocess import ClipPreprocessConfig
 from embed.backbones.spec import BackboneSpec, did_you_mean, register_backbone, short_list
 from embed.backbones.weights import (
@@ -31,7 +30,7 @@ from embed.backbones.weights import (
     offline_refusal,
 )
 from embed.templates import check_template
-from store.validation import UserError
+from store.validation import UserError, one_line
 
 __all__ = ["ClipBackbone", "ClipKind"]
 

@@ -18,7 +18,7 @@ import torch
 from timm.data import ImageNetInfo, infer_imagenet_subset, resolve_model_data_config
 
 from embed.backbones.base import Backbone, finish
-from embed.backbones.checkpoint import one_line, read_state_dict
+from embed.backbones.checkpoint import read_state_dict
 from embed.backbones.preprocess import TimmPreprocessConfig
 from embed.backbones.spec import BackboneSpec, did_you_mean, register_backbone, short_list
 from embed.backbones.weights import (
@@ -32,7 +32,7 @@ from embed.backbones.weights import (
 )
 from embed.backbones.lite_weights import (LITE_PACKAGES, convert_lite_state_dict, load_package_weights,
                                          package_checkpoint)
-from store.validation import UserError
+from store.validation import UserError, one_line
 
 __all__ = ["TimmBackbone", "TimmKind"]
 

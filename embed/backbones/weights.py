@@ -18,8 +18,9 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from embed.backbones.checkpoint import load_weights_only, one_line, require_file
+from embed.backbones.checkpoint import load_weights_only, require_file
 from embed.backbones.spec import BackboneSpec
+from store.validation import one_line
 
 __all__ = ["Source", "WeightsPlan", "WeightsUnavailableError", "checkpoint_source", "download_failed", "downloads_off",
            "first_plan", "offline_env", "offline_refusal", "WeightsResolver"]

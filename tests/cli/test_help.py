@@ -94,8 +94,8 @@ def test_finetune_help_lists_its_further_options_with_the_recipes_defaults(capsy
     text = capsys.readouterr().out
     further = flag_entries(text.split("further options:")[1].split("\n\n")[0])
     for name, param in inspect.signature(recipe).parameters.items():
-        if param.kind is param.KEYWORD_ONLY and name not in inspect.signature(classify.cli.COMMANDS["finetune"]).parameters \
-                and name != "callback":
+        command = inspect.signature(classify.cli.COMMANDS["finetune"]).parameters
+        if param.kind is param.KEYWORD_ONLY and name not in command and name != "callback":
             assert flag_name(name) in further and further[flag_name(name)], name
     assert f"--patience PATIENCE  (default: {inspect.signature(recipe).parameters['patience'].default})" in text
 

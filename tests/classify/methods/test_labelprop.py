@@ -11,7 +11,8 @@ from sklearn.semi_supervised import LabelSpreading
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from classify.methods.features import l2_normalize
-from classify.methods.labelprop import KNNLabelPropagation, knn_graph, normalized_graph
+from classify.methods.graph import knn_graph, normalized_graph
+from classify.methods.labelprop import KNNLabelPropagation
 from classify.methods.registry import create
 
 EXACT = dict(feature_power=None, center=False, n_components=None)  # only L2 normalisation: the raw geometry
@@ -218,17 +219,17 @@ def test_cg_residual_is_recorded_and_a_truncated_solve_warns(caplog):
 def test_faiss_build_is_reported_and_two_distributions_warned(monkeypatch, caplog):
     import importlib.metadata
 
-    from classify.methods import graph as labelprop  # where faiss_build lives (labelprop re-exports it)
+    from classify.methods import graph
 
     caplog.set_level("INFO", logger="classify.methods.graph")
-    labelprop.faiss_build.cache_clear()
-    build = labelprop.faiss_build()
+    graph.faiss_build.cache_clear()
+    build = graph.faiss_build()
     assert any(d.startswith("faiss-cpu ") for d in build["distributions"]) and build["gpus"] == 0
     assert "faiss" in caplog.text and "GPU(s) visible" in caplog.text
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version",
                         lambda name: "1.14.1" if name == "faiss-gpu-cu12" else real(name))
-    labelprop.faiss_build.cache_clear()
-    labelprop.faiss_build()
+    graph.faiss_build.cache_clear()
+    graph.faiss_build()
     assert "overwrite each other's faiss module" in caplog.text
-    labelprop.faiss_build.cache_clear()
+    graph.faiss_build.cache_clear()
