@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU check of end-to-end fine-tuning (classify/finetune.py) with a real backbone, fully offline, sized for < 5 min on
+# GPU check of end-to-end fine-tuning (classify/finetune/) with a real backbone, fully offline, sized for < 5 min on
 # one large GPU (H200: the training itself is well under a minute; most of the time is start-up and decoding):
 #
 #   scikit-learn digits in the challenge layout (SHOTS labeled/class, 36 test/class, the rest unlabeled)

@@ -178,7 +178,7 @@ class StoreReading:
 
     @reads
     def info(self) -> dict:
-        """The JSON summary of ``python -m store info`` (keys documented in DESIGN.md).
+        """The JSON summary of ``python -m store info`` (images, ok, errors, splits, classes, backbones, ...).
 
         Ids in ``failed`` and ``duplicates`` are shown with :func:`display_id` (valid UTF-8 whatever the names)."""
         status, splits = self.status, self.splits

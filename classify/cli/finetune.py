@@ -26,7 +26,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
              **options) -> None:
     """Fine-tune a timm model or a CLIP image tower end to end; the result is a new backbone spec for `embed run`.
 
-    Rerun the same command to resume after a crash (state in OUT.state). See classify/finetune.py for the recipe.
+    Rerun the same command to resume after a crash (state in OUT.state). See classify/finetune/recipe.py for the recipe.
 
     Parameters
     ----------
