@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
@@ -214,7 +214,7 @@ def load_image(
             image = _decode(data, target_size=target_size, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     except Exception as exc:  # noqa: BLE001 - every per-file failure becomes `error`, by contract
         expected = isinstance(exc, (_BombError, _AspectError, *_DECODE_ERRORS))
-        logger.log(logging.DEBUG if expected else logging.WARNING, "decoding %s failed", path, exc_info=True)
+        log.log(logging.DEBUG if expected else logging.WARNING, "decoding %s failed", path, exc_info=True)
         return _failed(path, sha256, _describe(exc))
     return LoadedImage(image=image, sha256=sha256, error=None)
 
@@ -271,7 +271,7 @@ def _read_regular_file(path: str | bytes, max_bytes: int) -> bytes:
 
 def _failed(path: str | bytes, sha256: str | None, message: str) -> LoadedImage:
     message = " ".join(message.split())  # one line, whatever the exception text held
-    logger.debug("cannot load %s: %s", path, message)
+    log.debug("cannot load %s: %s", path, message)
     return LoadedImage(image=None, sha256=sha256, error=message)
 
 
@@ -313,7 +313,7 @@ def _decode(data: bytes, *, target_size: int | None, max_pixels: int, max_aspect
     try:
         ImageOps.exif_transpose(img, in_place=True)  # in place: no second full-size copy of the pixels
     except Exception:  # noqa: BLE001 - a damaged EXIF block should not cost us intact pixels
-        logger.warning("ignoring unreadable EXIF orientation", exc_info=True)
+        log.warning("ignoring unreadable EXIF orientation", exc_info=True)
     factor = min(img.size) // (REDUCING_GAP * target_size) if target_size is not None else 1
     if factor < 2:
         return to_rgb8(img)

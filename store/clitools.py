@@ -5,7 +5,6 @@ every package imports ``store`` and no other package."""
 from __future__ import annotations
 
 import contextlib
-import difflib
 import inspect
 import logging
 import os
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import fire
-from store.validation import UserError
+from store.validation import UserError, did_you_mean
 
 
 def as_list(value) -> list[str]:
@@ -214,8 +213,7 @@ def check_known_flags(fn: Callable, args: list[str], title: str) -> None:
         if name in known or name.startswith("no") and name[2:] in known:
             continue
         typed = {flag_name(k)[2:].replace("-", "_"): k for k in known}  # json -> json_output
-        close = difflib.get_close_matches(name, list(typed), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(flag_name(typed[c]) for c in close)}? " if close else ""
+        hint = did_you_mean(name, list(typed), show=lambda c: flag_name(typed[c]))
         raise UserError(f"{title} has no flag {arg.partition('=')[0]}: {hint}see `{title} --help`")
 
 

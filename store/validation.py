@@ -11,6 +11,7 @@ needed, and their messages name the parameter and what it accepts.
 """
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from abc import ABC, abstractmethod
@@ -30,6 +31,21 @@ def one_line(err: BaseException, limit: int = 800) -> str:
     on a line of its own) collapsed, terminal colour codes dropped, cut at ``limit`` characters."""
     msg = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
     return msg if len(msg) <= limit else msg[:limit] + "..."
+
+
+def close_matches(word: str, choices, n: int = 3, cutoff: float = 0.5) -> list[str]:
+    """Close matches of ``word`` among ``choices`` (difflib), case-insensitively, in their original spelling."""
+    by_lower: dict[str, str] = {}
+    for choice in choices:
+        by_lower.setdefault(str(choice).lower(), str(choice))
+    return [by_lower[m] for m in difflib.get_close_matches(str(word).lower(), list(by_lower), n=n, cutoff=cutoff)]
+
+
+def did_you_mean(word: str, choices, show=str, joiner: str = ", ", **kw) -> str:
+    """``"did you mean a, b? "`` for the close matches of ``word`` (each written by ``show``), or ``""``: the one
+    did-you-mean of every error message (flags, methods, parameters, backbones, templates)."""
+    close = close_matches(word, choices, **kw)
+    return f"did you mean {joiner.join(show(c) for c in close)}? " if close else ""
 
 
 class Rule(ABC):

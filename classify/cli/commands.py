@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import difflib
 import inspect
 import json
 import logging
@@ -16,8 +15,8 @@ from classify import evaluation, pipeline
 from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
 from classify.methods.registry import available, get
 from store import SPLITS, FeatureStore, display_id
-from store.clitools import as_list, parse_numpydoc, plain, wrap_paragraph
-from store.validation import BOOL, NONE, Int, Options, UserError, check_flags
+from store.clitools import as_list, flag_name, parse_numpydoc, plain, wrap_paragraph
+from store.validation import BOOL, NONE, Int, Options, UserError, check_flags, did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,7 @@ def _check_params(method: str, params: dict) -> None:
     accepted = sorted(cls().get_params(deep=False))
     for name in params:
         if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=3, cutoff=0.5)
-            hint = f"did you mean {', '.join('--' + c.replace('_', '-') for c in close)}? " if close else ""
+            hint = did_you_mean(name, accepted, show=flag_name)
             raise UserError(f"method {method!r} has no parameter --{name.replace('_', '-')}: {hint}see `python -m "
                              f"classify list --params {method}`")
     constraints = getattr(cls, "_parameter_constraints", {})

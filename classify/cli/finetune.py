@@ -2,13 +2,12 @@
 :mod:`classify.finetune`)."""
 from __future__ import annotations
 
-import difflib
 import inspect
 import json
 
 from classify import pipeline
-from store.clitools import progress_bars
-from store.validation import BOOL, NONE, Int, Real, UserError, check_flags
+from store.clitools import flag_name, progress_bars
+from store.validation import BOOL, NONE, Int, Real, UserError, check_flags, did_you_mean
 
 #: the type and range of finetune's flags (a confidence threshold above 1 would turn FixMatch off silently)
 FLAGS = {"progress": [BOOL], "json_output": [BOOL], "offline": [BOOL], "bn_train": [BOOL], "seed": [Int(0)],
@@ -114,8 +113,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     accepted = set(inspect.signature(ft.finetune).parameters) - {"callback"}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        close = difflib.get_close_matches(unknown[0], sorted(accepted), n=1)
-        hint = f"did you mean --{close[0].replace('_', '-')}? " if close else ""
+        hint = did_you_mean(unknown[0], sorted(accepted), show=flag_name, n=1)
         raise UserError(f"unknown option --{unknown[0].replace('_', '-')}: {hint}see `python -m classify finetune "
                          "--help`")
     ft.parse_unfreeze(unfreeze)

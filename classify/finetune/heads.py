@@ -20,7 +20,7 @@ from embed.sources import ImageSet
 from store import FeatureStore
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 INIT_METHODS = ("linear", "zeroshot")
 
@@ -118,7 +118,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
     report = {"model": fitted.method, "n_pool": int(len(data.ids)), "n_selected": int(mask.sum()),
               "per_class": np.bincount(labels, minlength=len(images.classes)).tolist(),
               **details}
-    logger.info("pseudo-labels from %s: %d of %d unlabeled rows kept, per class %s", fitted.method, mask.sum(),
+    log.info("pseudo-labels from %s: %d of %d unlabeled rows kept, per class %s", fitted.method, mask.sum(),
                 len(mask), report["per_class"])
     return rows, labels, report
 
@@ -146,5 +146,5 @@ def probe_head(images: ImageSet, backbone: Backbone, rows: np.ndarray, device: t
     if missing:
         raise UserError(f"classes {[images.classes[c] for c in missing]} have no decodable training image")
     probe = LinearProbe(random_state=seed).fit(X, y)
-    logger.info("initial head: linear probe (C=%g) on %d frozen training features", probe.C_, len(y))
+    log.info("initial head: linear probe (C=%g) on %d frozen training features", probe.C_, len(y))
     return probe.linear_head()

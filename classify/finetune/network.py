@@ -14,7 +14,7 @@ from torch import nn
 from embed.backbones import Backbone, ClipBackbone, TimmBackbone
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Layer groups of open_clip image towers, in timm's group_matcher format (open_clip defines none). Same grouping as
 # timm's ViT / ResNet matchers; the (99999,) suffix merges the final norm / projection / pooling into the last block.
@@ -40,7 +40,7 @@ def _trunk_layer_map(trunk: nn.Module) -> dict[str, int]:
         inner = group_parameters(trunk.trunk, trunk.trunk.group_matcher(coarse=False), reverse=True)
         top = max(inner.values()) + 1
         return {n: inner.get(n.removeprefix("trunk."), top) for n, _ in trunk.named_parameters()}
-    logger.warning("%s has no known layer grouping: one layer group (no layer-wise lr decay, no last-N unfreezing)",
+    log.warning("%s has no known layer grouping: one layer group (no layer-wise lr decay, no last-N unfreezing)",
                    type(trunk).__name__)
     return {n: 0 for n, _ in trunk.named_parameters()}
 
@@ -161,7 +161,7 @@ def apply_unfreeze(net: FineTuneNet, unfreeze) -> int:
     """
     mode, n = parse_unfreeze(unfreeze)
     if mode == "last" and n > net.n_layers:
-        logger.info("--unfreeze last-%d: the trunk has only %d layer groups; all of them train", n, net.n_layers)
+        log.info("--unfreeze last-%d: the trunk has only %d layer groups; all of them train", n, net.n_layers)
     first = {"all": 0, "none": net.n_layers, "last": max(0, net.n_layers - n)}[mode]
     for name, p in net.named_parameters():
         p.requires_grad = net.layer_of(name) >= first

@@ -43,7 +43,7 @@ from store import FeatureStore, image_list_sha256
 from store.clitools import as_list
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_WISE_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 #: images per step by device when --batch-size / --mu are not given: a step holds batch_size * (1 + 2 * mu) images
@@ -146,7 +146,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     state_path = out.with_name(out.name + ".state")
     state = previous_state(state_path, cfg, out)
     if state is not None and state.get("finished"):
-        logger.info("%s: this run already finished (delete %s to fine-tune again)", out, state_path)
+        log.info("%s: this run already finished (delete %s to fine-tune again)", out, state_path)
         return FinetuneResult(**state["result"])
 
     loaded = load_backbone(parsed, device=str(torch_device), image_size=image_size)
@@ -162,7 +162,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     pool_rows = np.setdiff1d(pool_rows, pseudo_rows)
 
     net = _network(state, fitted_init, images, loaded, train_rows, torch_device, workers, seed, bn_train, unfreeze)
-    logger.info("%s: %d labeled train + %d pseudo-labeled + %d validation images, %d unlabeled pool", loaded.spec,
+    log.info("%s: %d labeled train + %d pseudo-labeled + %d validation images, %d unlabeled pool", loaded.spec,
                 len(train_rows), len(pseudo_rows), len(val_rows), len(pool_rows))
     trainer = Trainer(images, loaded, net, torch_device, cfg, np.concatenate([train_rows, pseudo_rows]), train_y,
                       val_rows, pool_rows, workers, progress)
@@ -174,7 +174,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
                                   warmup_lr_init=float(lr) * 0.01, t_in_epochs=False)
     if state is not None:
         run = Progress.resume(state, net, optimizer, scheduler, trainer.thresholds)
-        logger.info("resuming %s after epoch %d of %d", state_path, run.epoch, epochs)
+        log.info("resuming %s after epoch %d of %d", state_path, run.epoch, epochs)
     else:
         run = Progress.start(net, trainer.evaluate(), contaminated)
     resumed_from = run.epoch
@@ -191,7 +191,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
                      resumed_from, pseudo_report)
     # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
     atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
-    logger.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
+    log.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
                 result.head_model, result.seconds)
     return result
 
@@ -260,7 +260,7 @@ def _init_store_preprocessing(fitted_init, images: ImageSet, store, image_size):
         if image_size is None:
             image_size = store_pp.get("image_size_override")
     elif fitted_init is not None:
-        logger.info("--init without --store: the image size is not checked against the init model's features "
+        log.info("--init without --store: the image size is not checked against the init model's features "
                     "(pass --store or the same --image-size as when embedding)")
     return store_pp, image_size
 
@@ -323,7 +323,7 @@ def _network(state, fitted_init, images: ImageSet, loaded: Backbone, train_rows,
         net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     trainable_layers = apply_unfreeze(net, unfreeze)
-    logger.info("%d of %d trunk layer groups train (%d parameters)", trainable_layers, net.n_layers,
+    log.info("%d of %d trunk layer groups train (%d parameters)", trainable_layers, net.n_layers,
                 sum(p.numel() for p in net.parameters() if p.requires_grad))
     return net
 
@@ -335,7 +335,7 @@ def _train_epochs(run: Progress, trainer: Trainer, optimizer, scheduler, cfg: di
     stale = run.epoch - run.best_epoch  # epochs since the best one
     for epoch in range(run.epoch, epochs):
         if validated and run.best_score is not None and stale >= patience:
-            logger.info("early stop: no validation improvement for %d epochs (best: epoch %d)", stale, run.best_epoch)
+            log.info("early stop: no validation improvement for %d epochs (best: epoch %d)", stale, run.best_epoch)
             break
         t0 = time.perf_counter()
         stats, run.num_updates = trainer.train_epoch(epoch, optimizer, scheduler, run.num_updates)
@@ -351,7 +351,7 @@ def _train_epochs(run: Progress, trainer: Trainer, optimizer, scheduler, cfg: di
             run.best, run.best_epoch, run.best_score, stale = cpu_state(trainer.net), epoch + 1, score, 0
         else:
             stale += 1
-        logger.info("epoch %d/%d: loss %.4f (labeled %.4f, unlabeled %.4f, mask %.2f), lr %.2e%s, %.1f s", epoch + 1,
+        log.info("epoch %d/%d: loss %.4f (labeled %.4f, unlabeled %.4f, mask %.2f), lr %.2e%s, %.1f s", epoch + 1,
                     epochs, stats["loss"], stats["loss_labeled"], stats["loss_unlabeled"], stats["mask_rate"],
                     stats["lr"], "" if score is None else f", val acc {score['accuracy']:.4f} loss {score['loss']:.4f}",
                     stats["seconds"])
@@ -371,16 +371,16 @@ def _choose_alpha(run: Progress, alphas: list[float], validated: bool, contamina
     if len(alphas) == 1:
         return alphas[0], "fixed"
     if not validated:
-        logger.info("no validation rows: WiSE alpha = 1 (the fine-tuned weights)")
+        log.info("no validation rows: WiSE alpha = 1 (the fine-tuned weights)")
         return 1.0, "no validation"
     if contaminated:
         alpha = min(alphas, key=lambda a: (abs(a - 0.5), -a))
-        logger.info("WiSE alpha = %.2f (WiSE-FT's default without a clean validation split; pass one value in "
+        log.info("WiSE alpha = %.2f (WiSE-FT's default without a clean validation split; pass one value in "
                     "wise_alphas to choose another)", alpha)
         return alpha, "init saw the validation rows"
     scored = []
     for a in alphas:
         net.load_state_dict(wise_interpolate(run.initial, run.best, a))
         scored.append((score_key(trainer.evaluate()), a))
-        logger.info("WiSE alpha %.2f: validation accuracy %.4f, loss %.4f", a, scored[-1][0][0], -scored[-1][0][1])
+        log.info("WiSE alpha %.2f: validation accuracy %.4f, loss %.4f", a, scored[-1][0][0], -scored[-1][0][1])
     return max(scored)[1], "validation"  # best accuracy, then lowest loss, then the larger alpha

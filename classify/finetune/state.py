@@ -12,7 +12,7 @@ from classify.finetune.network import cpu_state
 from store.atomic import atomic_write
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 STATE_FORMAT = "fewshot-finetune-state/1"
 
@@ -113,11 +113,11 @@ class Progress:
         initial = cpu_state(net)
         best = best_score = None
         if score0 is not None:
-            logger.info("initial network: validation accuracy %.4f, loss %.4f", score0["accuracy"], score0["loss"])
+            log.info("initial network: validation accuracy %.4f, loss %.4f", score0["accuracy"], score0["loss"])
             if not contaminated:  # the initial head never saw the validation rows: epoch 0 is a candidate
                 best, best_score = initial, score0
             else:
-                logger.warning("the --init model was fitted on every labeled row, the validation rows included, so "
+                log.warning("the --init model was fitted on every labeled row, the validation rows included, so "
                                "the initial network's validation score is optimistic: early stopping chooses among "
                                "fine-tuned epochs only, and WiSE alpha is not chosen by validation (it would pick 0)")
         return cls(initial, best, 0, best_score, score0)

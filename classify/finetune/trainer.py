@@ -17,7 +17,7 @@ from classify.methods.thresholds import ClassAwareThresholds
 from embed.backbones import Backbone
 from embed.sources import ImageSet
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def score_key(score: dict) -> tuple[float, float]:

@@ -31,7 +31,7 @@ from classify.methods.features import l2_normalize
 from classify.methods.registry import register_method
 from store.validation import BOOL, Int, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -179,7 +179,7 @@ class ConSE(FewShotClassifier):
                 with atomic_write(path, suffix=".npy") as tmp:  # concurrent fits never read half a file
                     np.save(tmp, E)
             except OSError as err:  # a read-only home only costs speed
-                logger.warning("conse: cannot cache sentence embeddings in %s (%s)", path.parent, err)
+                log.warning("conse: cannot cache sentence embeddings in %s (%s)", path.parent, err)
         return _mean_by_owner(E, owner, len(names))
 
     # ------------------------------------------------------------------ fit / predict

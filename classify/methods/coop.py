@@ -30,7 +30,7 @@ from classify.methods.features import checked_labeled_mask, l2_normalize
 from classify.methods.registry import register_method
 from store.validation import NONE, Int, Is, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _PLACEHOLDER = "X"  # one BPE token in CLIP's vocabulary; its positions are overwritten by the context vectors
 
@@ -334,7 +334,7 @@ class CoOp(FewShotClassifier):
                 sched.step()
                 total += float(loss.detach()) * len(rows)
             self.loss_curve_.append(total / n)
-            logger.debug("coop epoch %d: loss %.4f", epoch + 1, self.loss_curve_[-1])
+            log.debug("coop epoch %d: loss %.4f", epoch + 1, self.loss_curve_[-1])
         with torch.no_grad():
             text = torch.nn.functional.normalize(learner().float(), dim=-1)  # (C, D)
         self.class_embeddings_ = text.cpu().numpy().astype(np.float32)
@@ -342,7 +342,7 @@ class CoOp(FewShotClassifier):
         self.logit_scale_ = scale
         self.classes_ = np.arange(n_classes)
         if self.loss_curve_:
-            logger.info("coop: %d context vectors, loss %.4f -> %.4f over %d epochs", self.ctx_.shape[0],
+            log.info("coop: %d context vectors, loss %.4f -> %.4f over %d epochs", self.ctx_.shape[0],
                         self.loss_curve_[0], self.loss_curve_[-1], self.epochs)
         return self
 

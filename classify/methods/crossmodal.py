@@ -25,7 +25,7 @@ from classify.methods.text import text_class_weights, zeroshot_class_weights
 from classify.methods.registry import register_method
 from store.validation import DICT, NONE, Int, ListOf, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def text_samples(text_embeddings, templates=None, template_subset=None) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +152,7 @@ class CrossModalProbe(FewShotClassifier):
             if Cs.size == 1 or n_splits < 2:
                 self.C_ = float(Cs[0] if Cs.size == 1 else np.median(Cs))
                 if Cs.size > 1:
-                    logger.warning("crossmodal: too few labeled images per class to cross-validate C; using C=%g",
+                    log.warning("crossmodal: too few labeled images per class to cross-validate C; using C=%g",
                                    self.C_)
                 self.probe_ = lr.set_params(C=self.C_).fit(X_all, y_all, sample_weight=w_all)
             else:
@@ -164,7 +164,7 @@ class CrossModalProbe(FewShotClassifier):
                 self.C_, self.probe_ = float(search.best_params_["C"]), search.best_estimator_
                 self.cv_results_ = search.cv_results_
         assert np.array_equal(self.probe_.classes_, self.classes_)  # text samples cover every class
-        logger.info("crossmodal: C=%g on %d labeled images + %d text samples", self.C_, len(yl), len(y_text))
+        log.info("crossmodal: C=%g on %d labeled images + %d text samples", self.C_, len(yl), len(y_text))
         return self
 
     def _logits(self, X) -> np.ndarray:

@@ -11,7 +11,7 @@ from classify.methods.features import align_proba, checked_labeled_mask
 from classify.methods.registry import register_method
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @register_method("ensemble")

@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 from threadpoolctl import threadpool_limits
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 UNLABELED = -1
 

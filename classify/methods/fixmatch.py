@@ -30,7 +30,7 @@ from classify.methods.registry import register_method
 from classify.methods.thresholds import ClassAwareThresholds
 from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 VIEW_KINDS = ("weak", "strong")
 
@@ -217,7 +217,7 @@ class FixMatchHead(FewShotClassifier):
         use_unlabeled = bool(strong) and len(Xu) > 0
         consistency = use_unlabeled and self.lambda_u > 0
         if not strong and kinds:
-            logger.warning("fixmatch: no strong view among %s; training on the labeled rows only", kinds)
+            log.warning("fixmatch: no strong view among %s; training on the labeled rows only", kinds)
 
         thresholds = None
         if consistency:
@@ -279,7 +279,7 @@ class FixMatchHead(FewShotClassifier):
                 sums["loss_x"] += float(loss_x.detach()) / steps_per_epoch
                 sums["loss_u"] += float(loss_u.detach()) / steps_per_epoch
             report.append({"epoch": epoch + 1, **{k: round(v, 5) for k, v in sums.items()}})
-            logger.debug("fixmatch epoch %d: %s", epoch + 1, report[-1])
+            log.debug("fixmatch epoch %d: %s", epoch + 1, report[-1])
         return report
 
     # ------------------------------------------------------------------ predict

@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: ``index="auto"`` searches exactly up to this many rows, approximately (IVF) above.
 EXACT_MAX_ROWS = 50000
@@ -40,10 +40,10 @@ def faiss_build() -> dict:
     gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
     build = {"distributions": installed, "version": getattr(faiss, "__version__", "?"),
              "gpu_support": hasattr(faiss, "StandardGpuResources"), "gpus": int(gpus)}
-    logger.info("faiss %s (%s): %s, %d GPU(s) visible", build["version"], ", ".join(installed) or "source build",
+    log.info("faiss %s (%s): %s, %d GPU(s) visible", build["version"], ", ".join(installed) or "source build",
                 "GPU build" if build["gpu_support"] else "CPU build", build["gpus"])
     if len(installed) > 1:
-        logger.warning("%s are all installed and overwrite each other's faiss module; keep one: pip uninstall -y %s "
+        log.warning("%s are all installed and overwrite each other's faiss module; keep one: pip uninstall -y %s "
                        "&& pip install faiss-gpu-cu12 (or faiss-cpu)", " and ".join(installed),
                        " ".join(n.split()[0] for n in installed))
     return build

@@ -12,7 +12,7 @@ from classify.methods.features import checked_labeled_mask, l2_normalize
 from classify.methods.registry import register_method
 from store.validation import Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _DISTANCE_EPS = 1e-6
 

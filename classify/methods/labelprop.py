@@ -29,7 +29,7 @@ from classify.methods.registry import register_method
 from classify.methods.transform import FeatureTransform
 from store.validation import BOOL, DICT, NONE, Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Cosine similarity from which a query counts as a duplicate of a fitted row in ``predict_proba``.
 DUPLICATE_COS = 1.0 - 1e-5
@@ -42,9 +42,9 @@ CG_WARN_RESIDUAL = 1e-2
 
 
 def _progress_log(n_rows: int):
-    """``logger.info`` for fits of more than :data:`PROGRESS_ROWS` rows (their stages take minutes), else
-    ``logger.debug``."""
-    return logger.info if n_rows > PROGRESS_ROWS else logger.debug
+    """``log.info`` for fits of more than :data:`PROGRESS_ROWS` rows (their stages take minutes), else
+    ``log.debug``."""
+    return log.info if n_rows > PROGRESS_ROWS else log.debug
 
 
 @register_method("labelprop")
@@ -270,7 +270,7 @@ class KNNLabelPropagation(FewShotClassifier):
             if c + 1 == n_classes or (c + 1) % max(1, n_classes // 10) == 0:
                 say("labelprop: solved %d of %d classes (%.1f s)", c + 1, n_classes, time.perf_counter() - t_solve)
         if self.cg_residual_.max() > CG_WARN_RESIDUAL:
-            logger.warning("labelprop: conjugate gradient stopped after %d iterations with a relative residual of "
+            log.warning("labelprop: conjugate gradient stopped after %d iterations with a relative residual of "
                            "%.2g (above %g); raise max_iter for a converged propagation", int(self.n_iter_.max()),
                            float(self.cg_residual_.max()), CG_WARN_RESIDUAL)
         F = np.maximum(F, 0.0)
@@ -282,7 +282,7 @@ class KNNLabelPropagation(FewShotClassifier):
         self.n_isolated_ = int(isolated.sum())
         self.label_distributions_ = F
         self.transduction_ = self.classes_[F.argmax(axis=1)]
-        logger.info("labelprop: %d rows (%d labeled, %d isolated, %d without graph edges), d=%d, k=%d, "
+        log.info("labelprop: %d rows (%d labeled, %d isolated, %d without graph edges), d=%d, k=%d, "
                     "CG iterations %s, %.2fs", n, labeled.sum(), self.n_isolated_, int((degree == 0).sum()),
                     Z.shape[1], self.k, self.n_iter_.tolist(), time.perf_counter() - t0)
         return self

@@ -16,7 +16,7 @@ from classify.methods.text import text_class_weights
 from classify.methods.registry import persistable, register_method
 from store.validation import DICT, NONE, Int, ListOf, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Default grid of inverse regularisation strengths. On unit-norm features a useful probe needs weight
 #: norms of ~10-100, so the grid reaches far into weak regularisation.
@@ -140,7 +140,7 @@ class LinearProbe(FewShotClassifier):
                 alphas = np.asarray(DEFAULT_ALPHAS if self.alphas is None else self.alphas, dtype=np.float64).ravel()
             missing = np.setdiff1d(self.classes_, probe_classes)
             if missing.size:
-                logger.warning("%d classes have no labeled rows; the probe ranks them last, only zero-shot can "
+                log.warning("%d classes have no labeled rows; the probe ranks them last, only zero-shot can "
                                "predict them", missing.size)
         else:
             self.class_weights_ = None
@@ -157,13 +157,13 @@ class LinearProbe(FewShotClassifier):
                 self.C_, self.alpha_ = float(Cs[0]), float(alphas[0])
             elif n_splits < 2:
                 self.C_, self.alpha_ = float(np.median(Cs)), float(alphas[np.argmin(np.abs(alphas - 0.5))])
-                logger.warning("a class has a single labeled row, so C and alpha cannot be cross-validated; "
+                log.warning("a class has a single labeled row, so C and alpha cannot be cross-validated; "
                                "using C=%g, alpha=%g", self.C_, self.alpha_)
             else:
                 self._select(Xl, yl, y_idx, zs_logits, Cs, alphas, n_splits)
             self.probe_ = self._make_lr(self.C_).fit(Xl, yl)
         self.n_iter_ = self.probe_.n_iter_
-        logger.info("linear probe: C=%g alpha=%g on %d labeled rows", self.C_, self.alpha_, len(yl))
+        log.info("linear probe: C=%g alpha=%g on %d labeled rows", self.C_, self.alpha_, len(yl))
         return self
 
     def _make_lr(self, C: float) -> LogisticRegression:

@@ -36,7 +36,7 @@ from classify.methods.registry import register_method
 from classify.methods.thresholds import balanced_topk_mask
 from store.validation import NONE, Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _UNLABELED = ("pseudo", "ignore", "gate")
 
@@ -184,7 +184,7 @@ class MixtureOfExperts(FewShotClassifier):
         self.superclasses_ = [[labels[i] for i in g] for g in groups]
         self.superclass_names_ = names
         s_idx = self.superclass_of_[np.searchsorted(self.classes_, yt)]  # (n_t,) superclass of each training row
-        logger.info("moe: %d classes in %d superclasses: %s", len(self.classes_), len(groups), self.superclasses_)
+        log.info("moe: %d classes in %d superclasses: %s", len(self.classes_), len(groups), self.superclasses_)
 
         self.gate_ = self._fit_gate(X, mask, Xt, s_idx, groups)
         self.experts_ = []
@@ -293,7 +293,7 @@ class MixtureOfExperts(FewShotClassifier):
                 groups.append(sorted(g))
                 kept_names.append(name)
         if dropped:
-            logger.warning("superclasses list classes without labeled rows, ignored: %s", dropped)
+            log.warning("superclasses list classes without labeled rows, ignored: %s", dropped)
         missing = [labels[i] for i in range(len(labels)) if i not in seen]
         if missing:
             raise UserError(f"labeled classes {missing} are in no superclass; add them to the superclasses mapping")
@@ -314,7 +314,7 @@ class MixtureOfExperts(FewShotClassifier):
                 return [[i] for i in range(n_classes)]
         n_splits = cv_splits(yl, self.cv)
         if n_splits < 2:
-            logger.warning("a class has a single labeled row, so confusions cannot be cross-validated; "
+            log.warning("a class has a single labeled row, so confusions cannot be cross-validated; "
                            "using one superclass (the expert alone)")
             return [list(range(n_classes))]
         if self.base is None:

@@ -29,7 +29,7 @@ from classify.methods.transform import FeatureTransform
 from classify.methods.registry import register_method
 from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def sinkhorn(P: np.ndarray, col_mass: np.ndarray, n_iter: int = 50, tol: float = 1e-6) -> np.ndarray:
@@ -165,7 +165,7 @@ class PTMap(FewShotClassifier):
         F[labeled] = onehot
         F[~labeled] = Pu
         self.label_distributions_ = F
-        logger.info("ptmap: %d labeled, %d unlabeled rows, %d classes, d=%d; unlabeled class shares %.3f-%.3f",
+        log.info("ptmap: %d labeled, %d unlabeled rows, %d classes, d=%d; unlabeled class shares %.3f-%.3f",
                     len(Zl), len(Zu), n_classes, Z.shape[1], prior.min(), prior.max())
         return self
 

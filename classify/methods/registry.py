@@ -4,9 +4,8 @@ A leaf module: it imports no method (methods import it to register themselves; `
 """
 from __future__ import annotations
 
-import difflib
 from typing import Callable
-from store.validation import UserError
+from store.validation import UserError, did_you_mean
 
 _METHODS: dict[str, type] = {}
 
@@ -48,8 +47,7 @@ def get(name: str) -> type:
     try:
         return _METHODS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _METHODS, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(name, _METHODS)
         raise UserError(f"unknown method {name!r}: {hint}known methods: {', '.join(sorted(_METHODS))}") from None
 
 
@@ -66,8 +64,7 @@ def create(name: str, **params):
     accepted = sorted(cls().get_params(deep=False)) if hasattr(cls, "get_params") else None
     unknown = [key for key in params if accepted is not None and key not in accepted]
     if unknown:
-        close = difflib.get_close_matches(unknown[0], accepted, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
+        hint = did_you_mean(unknown[0], accepted)
         raise UserError(f"method {name!r} has no parameter {unknown[0]!r}: {hint}its parameters: "
                          f"{', '.join(accepted) or 'none'} (python -m classify list --params {name})")
     try:

@@ -35,7 +35,7 @@ from classify.methods.thresholds import (ClassAwareThresholds, balanced_topk_mas
 from classify.methods.transform import FeatureTransform
 from store.validation import BOOL, NONE, Int, Options, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 SELECTIONS = ("fixed", "classaware", "balanced", "all")
 
@@ -364,7 +364,7 @@ class SelfTraining(FewShotClassifier):
             if np.all(counts > 0):
                 target = counts
             else:
-                logger.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
+                log.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
                                int((counts == 0).sum()))
         tau0 = self.threshold if self.tau0 is None else self.tau0
         return ClassAwareThresholds(len(self.classes_), tau0=tau0, ema=self.ema, eps=self.eps, target=target)
@@ -383,7 +383,7 @@ class SelfTraining(FewShotClassifier):
                    "balanced": "; the teacher predicts none of the pool as these classes",
                    "all": "; the teacher predicts none of the pool as these classes"}[self.selection]
             msg = f"round {r + 1}: no pseudo-labels for class(es) {starved} under selection={self.selection!r}{why}"
-            logger.warning("selftrain: %s", msg)
+            log.warning("selftrain: %s", msg)
             report["warnings"].append(msg)
         head = self._build(self.head, LogisticHead)
         _fit_weighted(head, *self._training_set(Xl, yl, Xu, proba, mask))
@@ -393,7 +393,7 @@ class SelfTraining(FewShotClassifier):
                                     "n_selected": int(mask.sum()),
                                     "counts": {str(c): int(n) for c, n in zip(report["classes"], counts)},
                                     "starved": starved, **details})
-        logger.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
+        log.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
                     int(mask.sum()), n_u, self.selection, counts.tolist())
         return head
 

@@ -2,13 +2,12 @@
 probe): prompt-ensembled class weights from the store's per-class x per-template text embeddings."""
 from __future__ import annotations
 
-import difflib
 
 import numpy as np
 
 from classify.methods.base import NotApplicable, check_class_indices
 from classify.methods.features import l2_normalize
-from store.validation import UserError
+from store.validation import UserError, did_you_mean
 
 _NO_TEXT = (
     "the store has no text embeddings for this backbone: zero-shot needs a CLIP backbone "
@@ -67,9 +66,8 @@ def _template_index(t, templates, n_templates: int) -> int:
                          "template strings) or select by integer index")
     templates = list(templates)
     if t not in templates:
-        close = difflib.get_close_matches(str(t), [str(s) for s in templates], n=3)
-        hint = f" did you mean {close}?" if close else ""
-        raise UserError(f"unknown template {t!r}.{hint} known templates: {templates}")
+        hint = did_you_mean(str(t), templates, show=repr, cutoff=0.6)
+        raise UserError(f"unknown template {t!r}: {hint}known templates: {templates}")
     return templates.index(t)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from store.validation import UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 __all__ = ["fixed_threshold_mask", "ClassAwareThresholds", "balanced_topk_mask", "class_counts"]
 

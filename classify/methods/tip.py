@@ -30,7 +30,7 @@ from classify.methods.text import text_class_weights
 from classify.methods.registry import register_method
 from store.validation import BOOL, NONE, Int, Real, UserError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Default grid of cache weights (0 = zero-shot alone). The paper searches [0, 3] for logits at CLIP's scale 100;
 #: a prior given as log-probabilities of another temperature needs a wider range.
@@ -246,7 +246,7 @@ class TipAdapter(FewShotClassifier):
             elif n_splits < 2:
                 self.alpha_ = float(self.alpha if self.alpha is not None else FALLBACK_ALPHA)
                 self.beta_ = float(self.beta if self.beta is not None else FALLBACK_BETA)
-                logger.warning("tip: a class has a single labeled row, so alpha and beta cannot be cross-validated; "
+                log.warning("tip: a class has a single labeled row, so alpha and beta cannot be cross-validated; "
                                "using alpha=%g, beta=%g", self.alpha_, self.beta_)
             else:
                 self._select(Xl, y_idx, values, prior, alphas, betas, n_splits)
@@ -255,7 +255,7 @@ class TipAdapter(FewShotClassifier):
                 keys = self._finetune(Xl, values, y_idx, prior, Xl, self.alpha_, self.beta_)
         self.keys_ = np.asarray(keys, dtype=np.float32)
         self.values_ = values.astype(np.float32)
-        logger.info("tip%s: alpha=%g beta=%g, cache of %d labeled rows", "-F" if self.finetune_keys else "",
+        log.info("tip%s: alpha=%g beta=%g, cache of %d labeled rows", "-F" if self.finetune_keys else "",
                     self.alpha_, self.beta_, len(yl))
         return self
 

@@ -12,7 +12,7 @@ from classify.methods.registry import register_method
 from store.validation import Real
 from classify.methods.text import text_class_weights
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 @register_method("zeroshot", needs_labels=False, needs_text=True)
 class ZeroShotClassifier(FewShotClassifier):

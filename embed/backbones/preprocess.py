@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 __all__ = ["STRONG_AUGMENT", "ClipPreprocessConfig", "PreprocessConfig", "TimmPreprocessConfig"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: timm auto-augment policy used for the "strong" augmentation.
 STRONG_AUGMENT = "rand-m9-mstd0.5"
@@ -24,7 +24,7 @@ STRONG_AUGMENT = "rand-m9-mstd0.5"
 def _square_side(size: tuple[int, int], spec: str) -> int:
     """The side recorded for an input of ``size`` (h, w): the larger one, with a warning when they differ."""
     if size[0] != size[1]:
-        logger.warning("%s has a non-square input size %sx%s; recording the larger side", spec, size[0], size[1])
+        log.warning("%s has a non-square input size %sx%s; recording the larger side", spec, size[0], size[1])
     return max(size)
 
 

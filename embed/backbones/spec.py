@@ -5,10 +5,10 @@ A kind registers itself with :func:`register_backbone` (see :mod:`embed.backbone
 """
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from store import validation
 from store.validation import UserError
 
 __all__ = ["BackboneSpec", "available_kinds", "did_you_mean", "kind_of", "parse_spec", "register_backbone",
@@ -79,14 +79,6 @@ def kind_of(spec: BackboneSpec) -> type:
     return _KINDS[spec.kind]
 
 
-def _suggest(word: str, choices, n: int = 5, cutoff: float = 0.6) -> list[str]:
-    """Close matches of ``word`` among ``choices``, case-insensitively, returned in their original spelling."""
-    by_lower: dict[str, str] = {}
-    for c in choices:
-        by_lower.setdefault(c.lower(), c)
-    return [by_lower[m] for m in difflib.get_close_matches(word.lower(), list(by_lower), n=n, cutoff=cutoff)]
-
-
 def short_list(items, limit: int = 8) -> str:
     """``"a, b, c, ... (n more)"``: the first ``limit`` items of a long list, for an error message."""
     items = list(items)
@@ -94,10 +86,9 @@ def short_list(items, limit: int = 8) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def did_you_mean(word: str, choices, **kw) -> str:
-    """``"did you mean 'x' or 'y'? "`` for the close matches of ``word``, or ``""`` when there are none."""
-    close = _suggest(word, choices, **kw)
-    return f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+def did_you_mean(word: str, choices, n: int = 5, cutoff: float = 0.6) -> str:
+    """``"did you mean 'x' or 'y'? "`` for a backbone name, tag or kind (store.validation.did_you_mean)."""
+    return validation.did_you_mean(word, choices, show=repr, joiner=" or ", n=n, cutoff=cutoff)
 
 
 _SPEC_HELP = (

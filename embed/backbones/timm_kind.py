@@ -36,7 +36,7 @@ from store.validation import UserError, one_line
 
 __all__ = ["TimmBackbone", "TimmKind"]
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -74,7 +74,7 @@ def _timm_cached_weights(pcfg, cache_dir: str | None = None) -> str | None:
             try:
                 found = try_to_load_from_cache(pcfg.hf_hub_id, filename, cache_dir=cache_dir)
             except Exception as err:  # malformed repo id etc.: treat as "not cached", but say so
-                logger.debug("HF cache lookup for %s/%s failed: %s", pcfg.hf_hub_id, filename, err)
+                log.debug("HF cache lookup for %s/%s failed: %s", pcfg.hf_hub_id, filename, err)
                 continue
             if isinstance(found, str) and os.path.isfile(found):
                 return found
@@ -212,15 +212,15 @@ class TimmKind(WeightsResolver):
         if plan.source == "checkpoint":
             return cls._from_checkpoint(spec, image_size), spec.path
         if plan.source == "cache":
-            logger.info("timm:%s weights from local cache %s", name, plan.location)
+            log.info("timm:%s weights from local cache %s", name, plan.location)
             return cls._create(spec, image_size, pretrained=True, pretrained_cfg_overlay={"file": plan.location}), \
                 "timm-cache"
         if plan.source == "package":
             model = cls._create(spec, image_size, pretrained=False)
             load_package_weights(model, timm.models.get_arch_name(name))
-            logger.info("timm:%s weights from package:%s (not in timm's cache)", name, plan.location)
+            log.info("timm:%s weights from package:%s (not in timm's cache)", name, plan.location)
             return model, f"package:{plan.location}"
-        logger.info("timm:%s: downloading weights from %s", name, plan.location)
+        log.info("timm:%s: downloading weights from %s", name, plan.location)
         try:
             model = cls._create(spec, image_size, pretrained=True)  # timm's own download into its cache
         except (ImportError, ValueError):
