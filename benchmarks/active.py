@@ -259,14 +259,3 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     plot(records, out_dir / f"{name}.png")
     print(tables)
     print(f"wrote {out_dir}/{name}.md, {name}.json, {name}.png")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.active [flags]``."""
-    from benchmarks.cli import run_one
-
-    run_one("active", active, argv)
-
-
-if __name__ == "__main__":
-    main()

@@ -171,14 +171,3 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
                                                       "results": results, "trials": trials}, indent=1))
     print(table)
     print(f"wrote {out_dir}/{name}.md, {name}.json")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.audit [flags]``."""
-    from benchmarks.cli import run_one
-
-    run_one("audit", audit, argv)
-
-
-if __name__ == "__main__":
-    main()

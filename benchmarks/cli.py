@@ -88,7 +88,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
 
     from benchmarks import datasets as ds
     from benchmarks.run import ANCHORS, DEFAULT_METHODS, RESULTS, load_task, run_task, write_results
-    from classify.pipeline import as_list
+    from store.clitools import as_list
     from embed import sources
     from embed.cli import demo_folder
     from embed.engines.local import embed as embed_images
@@ -157,18 +157,10 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
     print(json.dumps(result))
 
 
-def run_one(name: str, command, argv: list[str] | None = None) -> None:
-    """``python -m benchmarks.<name> [flags]``: one benchmark command run on its own, as ``python -m benchmarks``
-    runs it (help, logging, one-line errors)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    run_cli({name: command}, [name] + list(sys.argv[1:] if argv is None else argv), name="python -m benchmarks")
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from benchmarks.active import active
+    from benchmarks.active import active  # imported here: both load classify, which the other commands' --help skip
     from benchmarks.audit import audit
 
     run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale,
