@@ -119,7 +119,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
               "per_class": np.bincount(labels, minlength=len(images.classes)).tolist(),
               **details}
     log.info("pseudo-labels from %s: %d of %d unlabeled rows kept, per class %s", fitted.method, mask.sum(),
-                len(mask), report["per_class"])
+             len(mask), report["per_class"])
     return rows, labels, report
 
 

@@ -41,7 +41,7 @@ def _trunk_layer_map(trunk: nn.Module) -> dict[str, int]:
         top = max(inner.values()) + 1
         return {n: inner.get(n.removeprefix("trunk."), top) for n, _ in trunk.named_parameters()}
     log.warning("%s has no known layer grouping: one layer group (no layer-wise lr decay, no last-N unfreezing)",
-                   type(trunk).__name__)
+                type(trunk).__name__)
     return {n: 0 for n, _ in trunk.named_parameters()}
 
 

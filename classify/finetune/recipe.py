@@ -163,7 +163,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
 
     net = _network(state, fitted_init, images, loaded, train_rows, torch_device, workers, seed, bn_train, unfreeze)
     log.info("%s: %d labeled train + %d pseudo-labeled + %d validation images, %d unlabeled pool", loaded.spec,
-                len(train_rows), len(pseudo_rows), len(val_rows), len(pool_rows))
+             len(train_rows), len(pseudo_rows), len(val_rows), len(pool_rows))
     trainer = Trainer(images, loaded, net, torch_device, cfg, np.concatenate([train_rows, pseudo_rows]), train_y,
                       val_rows, pool_rows, workers, progress)
     optimizer = create_optimizer_v2(net, opt="adamw", lr=float(lr), weight_decay=float(weight_decay),
@@ -192,7 +192,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
     atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
     log.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
-                result.head_model, result.seconds)
+             result.head_model, result.seconds)
     return result
 
 
@@ -261,7 +261,7 @@ def _init_store_preprocessing(fitted_init, images: ImageSet, store, image_size):
             image_size = store_pp.get("image_size_override")
     elif fitted_init is not None:
         log.info("--init without --store: the image size is not checked against the init model's features "
-                    "(pass --store or the same --image-size as when embedding)")
+                 "(pass --store or the same --image-size as when embedding)")
     return store_pp, image_size
 
 
@@ -324,7 +324,7 @@ def _network(state, fitted_init, images: ImageSet, loaded: Backbone, train_rows,
         torch.backends.cudnn.benchmark = True
     trainable_layers = apply_unfreeze(net, unfreeze)
     log.info("%d of %d trunk layer groups train (%d parameters)", trainable_layers, net.n_layers,
-                sum(p.numel() for p in net.parameters() if p.requires_grad))
+             sum(p.numel() for p in net.parameters() if p.requires_grad))
     return net
 
 
@@ -352,9 +352,9 @@ def _train_epochs(run: Progress, trainer: Trainer, optimizer, scheduler, cfg: di
         else:
             stale += 1
         log.info("epoch %d/%d: loss %.4f (labeled %.4f, unlabeled %.4f, mask %.2f), lr %.2e%s, %.1f s", epoch + 1,
-                    epochs, stats["loss"], stats["loss_labeled"], stats["loss_unlabeled"], stats["mask_rate"],
-                    stats["lr"], "" if score is None else f", val acc {score['accuracy']:.4f} loss {score['loss']:.4f}",
-                    stats["seconds"])
+                 epochs, stats["loss"], stats["loss_labeled"], stats["loss_unlabeled"], stats["mask_rate"],
+                 stats["lr"], "" if score is None else f", val acc {score['accuracy']:.4f} loss {score['loss']:.4f}",
+                 stats["seconds"])
         run.epoch = epoch + 1
         save_state()
         if callback is not None:
@@ -376,7 +376,7 @@ def _choose_alpha(run: Progress, alphas: list[float], validated: bool, contamina
     if contaminated:
         alpha = min(alphas, key=lambda a: (abs(a - 0.5), -a))
         log.info("WiSE alpha = %.2f (WiSE-FT's default without a clean validation split; pass one value in "
-                    "wise_alphas to choose another)", alpha)
+                 "wise_alphas to choose another)", alpha)
         return alpha, "init saw the validation rows"
     scored = []
     for a in alphas:

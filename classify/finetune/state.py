@@ -118,8 +118,8 @@ class Progress:
                 best, best_score = initial, score0
             else:
                 log.warning("the --init model was fitted on every labeled row, the validation rows included, so "
-                               "the initial network's validation score is optimistic: early stopping chooses among "
-                               "fine-tuned epochs only, and WiSE alpha is not chosen by validation (it would pick 0)")
+                            "the initial network's validation score is optimistic: early stopping chooses among "
+                            "fine-tuned epochs only, and WiSE alpha is not chosen by validation (it would pick 0)")
         return cls(initial, best, 0, best_score, score0)
 
     @classmethod

@@ -343,7 +343,7 @@ class CoOp(FewShotClassifier):
         self.classes_ = np.arange(n_classes)
         if self.loss_curve_:
             log.info("coop: %d context vectors, loss %.4f -> %.4f over %d epochs", self.ctx_.shape[0],
-                        self.loss_curve_[0], self.loss_curve_[-1], self.epochs)
+                     self.loss_curve_[0], self.loss_curve_[-1], self.epochs)
         return self
 
     def _logits(self, X) -> np.ndarray:

@@ -153,7 +153,7 @@ class CrossModalProbe(FewShotClassifier):
                 self.C_ = float(Cs[0] if Cs.size == 1 else np.median(Cs))
                 if Cs.size > 1:
                     log.warning("crossmodal: too few labeled images per class to cross-validate C; using C=%g",
-                                   self.C_)
+                                self.C_)
                 self.probe_ = lr.set_params(C=self.C_).fit(X_all, y_all, sample_weight=w_all)
             else:
                 # every fold trains on its images plus all texts and scores held-out images only

@@ -41,11 +41,11 @@ def faiss_build() -> dict:
     build = {"distributions": installed, "version": getattr(faiss, "__version__", "?"),
              "gpu_support": hasattr(faiss, "StandardGpuResources"), "gpus": int(gpus)}
     log.info("faiss %s (%s): %s, %d GPU(s) visible", build["version"], ", ".join(installed) or "source build",
-                "GPU build" if build["gpu_support"] else "CPU build", build["gpus"])
+             "GPU build" if build["gpu_support"] else "CPU build", build["gpus"])
     if len(installed) > 1:
         log.warning("%s are all installed and overwrite each other's faiss module; keep one: pip uninstall -y %s "
-                       "&& pip install faiss-gpu-cu12 (or faiss-cpu)", " and ".join(installed),
-                       " ".join(n.split()[0] for n in installed))
+                    "&& pip install faiss-gpu-cu12 (or faiss-cpu)", " and ".join(installed),
+                    " ".join(n.split()[0] for n in installed))
     return build
 
 

@@ -271,8 +271,8 @@ class KNNLabelPropagation(FewShotClassifier):
                 say("labelprop: solved %d of %d classes (%.1f s)", c + 1, n_classes, time.perf_counter() - t_solve)
         if self.cg_residual_.max() > CG_WARN_RESIDUAL:
             log.warning("labelprop: conjugate gradient stopped after %d iterations with a relative residual of "
-                           "%.2g (above %g); raise max_iter for a converged propagation", int(self.n_iter_.max()),
-                           float(self.cg_residual_.max()), CG_WARN_RESIDUAL)
+                        "%.2g (above %g); raise max_iter for a converged propagation", int(self.n_iter_.max()),
+                        float(self.cg_residual_.max()), CG_WARN_RESIDUAL)
         F = np.maximum(F, 0.0)
         mass = F.sum(axis=1)  # (n,)
         isolated = ~(mass > 1e-12 * max(1.0, mass.max(initial=0.0)))
@@ -283,8 +283,8 @@ class KNNLabelPropagation(FewShotClassifier):
         self.label_distributions_ = F
         self.transduction_ = self.classes_[F.argmax(axis=1)]
         log.info("labelprop: %d rows (%d labeled, %d isolated, %d without graph edges), d=%d, k=%d, "
-                    "CG iterations %s, %.2fs", n, labeled.sum(), self.n_isolated_, int((degree == 0).sum()),
-                    Z.shape[1], self.k, self.n_iter_.tolist(), time.perf_counter() - t0)
+                 "CG iterations %s, %.2fs", n, labeled.sum(), self.n_isolated_, int((degree == 0).sum()),
+                 Z.shape[1], self.k, self.n_iter_.tolist(), time.perf_counter() - t0)
         return self
 
     def _prototype_proba(self, Z: np.ndarray) -> np.ndarray:

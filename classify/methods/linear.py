@@ -141,7 +141,7 @@ class LinearProbe(FewShotClassifier):
             missing = np.setdiff1d(self.classes_, probe_classes)
             if missing.size:
                 log.warning("%d classes have no labeled rows; the probe ranks them last, only zero-shot can "
-                               "predict them", missing.size)
+                            "predict them", missing.size)
         else:
             self.class_weights_ = None
             self.classes_ = probe_classes
@@ -158,7 +158,7 @@ class LinearProbe(FewShotClassifier):
             elif n_splits < 2:
                 self.C_, self.alpha_ = float(np.median(Cs)), float(alphas[np.argmin(np.abs(alphas - 0.5))])
                 log.warning("a class has a single labeled row, so C and alpha cannot be cross-validated; "
-                               "using C=%g, alpha=%g", self.C_, self.alpha_)
+                            "using C=%g, alpha=%g", self.C_, self.alpha_)
             else:
                 self._select(Xl, yl, y_idx, zs_logits, Cs, alphas, n_splits)
             self.probe_ = self._make_lr(self.C_).fit(Xl, yl)

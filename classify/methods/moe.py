@@ -315,7 +315,7 @@ class MixtureOfExperts(FewShotClassifier):
         n_splits = cv_splits(yl, self.cv)
         if n_splits < 2:
             log.warning("a class has a single labeled row, so confusions cannot be cross-validated; "
-                           "using one superclass (the expert alone)")
+                        "using one superclass (the expert alone)")
             return [list(range(n_classes))]
         if self.base is None:
             # Choose the probe's C once on all labeled rows, then cross-validate predictions at that C: the same

@@ -166,7 +166,7 @@ class PTMap(FewShotClassifier):
         F[~labeled] = Pu
         self.label_distributions_ = F
         log.info("ptmap: %d labeled, %d unlabeled rows, %d classes, d=%d; unlabeled class shares %.3f-%.3f",
-                    len(Zl), len(Zu), n_classes, Z.shape[1], prior.min(), prior.max())
+                 len(Zl), len(Zu), n_classes, Z.shape[1], prior.min(), prior.max())
         return self
 
     def _assign(self, Zu: np.ndarray, protos: np.ndarray, prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

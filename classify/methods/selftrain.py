@@ -365,7 +365,7 @@ class SelfTraining(FewShotClassifier):
                 target = counts
             else:
                 log.warning("selftrain: %d classes have no labeled row; class-aware target is uniform",
-                               int((counts == 0).sum()))
+                            int((counts == 0).sum()))
         tau0 = self.threshold if self.tau0 is None else self.tau0
         return ClassAwareThresholds(len(self.classes_), tau0=tau0, ema=self.ema, eps=self.eps, target=target)
 
@@ -394,7 +394,7 @@ class SelfTraining(FewShotClassifier):
                                     "counts": {str(c): int(n) for c, n in zip(report["classes"], counts)},
                                     "starved": starved, **details})
         log.info("selftrain round %d: %d of %d unlabeled rows selected (%s), per class %s", r + 1,
-                    int(mask.sum()), n_u, self.selection, counts.tolist())
+                 int(mask.sum()), n_u, self.selection, counts.tolist())
         return head
 
     def predict_proba(self, X) -> np.ndarray:

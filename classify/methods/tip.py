@@ -247,7 +247,7 @@ class TipAdapter(FewShotClassifier):
                 self.alpha_ = float(self.alpha if self.alpha is not None else FALLBACK_ALPHA)
                 self.beta_ = float(self.beta if self.beta is not None else FALLBACK_BETA)
                 log.warning("tip: a class has a single labeled row, so alpha and beta cannot be cross-validated; "
-                               "using alpha=%g, beta=%g", self.alpha_, self.beta_)
+                            "using alpha=%g, beta=%g", self.alpha_, self.beta_)
             else:
                 self._select(Xl, y_idx, values, prior, alphas, betas, n_splits)
             keys = Xl
@@ -256,7 +256,7 @@ class TipAdapter(FewShotClassifier):
         self.keys_ = np.asarray(keys, dtype=np.float32)
         self.values_ = values.astype(np.float32)
         log.info("tip%s: alpha=%g beta=%g, cache of %d labeled rows", "-F" if self.finetune_keys else "",
-                    self.alpha_, self.beta_, len(yl))
+                 self.alpha_, self.beta_, len(yl))
         return self
 
     def _select(self, Xl, y_idx, values, prior, alphas, betas, n_splits) -> None:
