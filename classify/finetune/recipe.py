@@ -121,9 +121,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     parsed = parse_spec(backbone)
     out = Path(out).expanduser().resolve()
     torch_device = resolve_device(device)
-    step = STEP_DEFAULTS["cuda" if torch_device.type == "cuda" else "cpu"]
-    batch_size = step["batch_size"] if batch_size is None else batch_size
-    mu = step["mu"] if mu is None else mu
+    batch_size, mu = _step_size(torch_device, batch_size, mu)
     alphas = _check_flags(parsed, out, unfreeze, epochs, batch_size, lr, val_fraction, patience, threshold,
                           pseudo_threshold, fixmatch_weight, mu, pseudo_steps, wise_alphas, pseudo, store)
     fitted_init = load_fitted(init) if init is not None else None
@@ -132,17 +130,11 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     workers = default_workers(torch_device) if workers is None else int(workers)
     train_rows, val_rows, pool_rows = _split_rows(images, val_fraction, seed)
 
-    mode, n_unfreeze = parse_unfreeze(unfreeze)
-    cfg = {"data": str(Path(images.root).resolve()), "backbone": str(parsed), "init": None if init is None else
-           str(Path(init).resolve()) if isinstance(init, (str, Path)) else "object", "unfreeze": f"{mode}-{n_unfreeze}"
-           if mode == "last" else mode, "pseudo": None if pseudo is None else str(pseudo), "epochs": int(epochs),
-           "lr": float(lr), "batch_size": int(batch_size), "image_size": image_size, "seed": int(seed),
-           "weight_decay": float(weight_decay), "layer_decay": float(layer_decay),
-           "warmup_epochs": float(warmup_epochs), "val_fraction": float(val_fraction), "patience": int(patience),
-           "fixmatch_weight": float(fixmatch_weight), "mu": int(mu), "threshold": float(threshold),
-           "pseudo_threshold": float(pseudo_threshold), "pseudo_steps": int(pseudo_steps), "wise_alphas": alphas,
-           "bn_train": bool(bn_train),
-           "fingerprint": image_list_sha256(images.ids, images.splits, images.labels, images.classes)}
+    cfg = _config(images, parsed, init, unfreeze, pseudo, alphas, image_size, epochs=epochs, lr=lr,
+                  batch_size=batch_size, seed=seed, weight_decay=weight_decay, layer_decay=layer_decay,
+                  warmup_epochs=warmup_epochs, val_fraction=val_fraction, patience=patience,
+                  fixmatch_weight=fixmatch_weight, mu=mu, threshold=threshold, pseudo_threshold=pseudo_threshold,
+                  pseudo_steps=pseudo_steps, bn_train=bn_train)
     state_path = out.with_name(out.name + ".state")
     state = previous_state(state_path, cfg, out)
     if state is not None and state.get("finished"):
@@ -156,27 +148,15 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     contaminated = fitted_init is not None and fitted_init.method != "zeroshot"
     pseudo_rows, pseudo_y, pseudo_report = _pseudo_labels(state, fitted_pseudo, store, images, train_rows,
                                                           pseudo_threshold, pseudo_steps)
-    train_y = np.full(len(images), -1, dtype=np.int64)
-    train_y[train_rows] = images.labels[train_rows]
-    train_y[pseudo_rows] = pseudo_y
-    pool_rows = np.setdiff1d(pool_rows, pseudo_rows)
+    train_y, pool_rows = _training_labels(images, train_rows, pseudo_rows, pseudo_y, pool_rows)
 
     net = _network(state, fitted_init, images, loaded, train_rows, torch_device, workers, seed, bn_train, unfreeze)
     log.info("%s: %d labeled train + %d pseudo-labeled + %d validation images, %d unlabeled pool", loaded.spec,
              len(train_rows), len(pseudo_rows), len(val_rows), len(pool_rows))
     trainer = Trainer(images, loaded, net, torch_device, cfg, np.concatenate([train_rows, pseudo_rows]), train_y,
                       val_rows, pool_rows, workers, progress)
-    optimizer = create_optimizer_v2(net, opt="adamw", lr=float(lr), weight_decay=float(weight_decay),
-                                    layer_decay=float(layer_decay) if layer_decay != 1 else None)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, int(epochs) * trainer.steps_per_epoch),
-                                  lr_min=float(lr) * 0.01,
-                                  warmup_t=int(round(float(warmup_epochs) * trainer.steps_per_epoch)),
-                                  warmup_lr_init=float(lr) * 0.01, t_in_epochs=False)
-    if state is not None:
-        run = Progress.resume(state, net, optimizer, scheduler, trainer.thresholds)
-        log.info("resuming %s after epoch %d of %d", state_path, run.epoch, epochs)
-    else:
-        run = Progress.start(net, trainer.evaluate(), contaminated)
+    optimizer, scheduler = _optimizer(net, cfg, trainer.steps_per_epoch)
+    run = _progress(state, state_path, net, optimizer, scheduler, trainer, contaminated)
     resumed_from = run.epoch
     extra = {"pseudo_rows": pseudo_rows.tolist(), "pseudo_y": pseudo_y.tolist(), "pseudo_report": pseudo_report}
 
@@ -194,6 +174,55 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
     log.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
              result.head_model, result.seconds)
     return result
+
+
+def _step_size(device: torch.device, batch_size: int | None, mu: int | None) -> tuple[int, int]:
+    """Labeled images per step and unlabeled images per labeled one: the user's, else the device's defaults."""
+    step = STEP_DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    return step["batch_size"] if batch_size is None else batch_size, step["mu"] if mu is None else mu
+
+
+def _training_labels(images: ImageSet, train_rows, pseudo_rows, pseudo_y, pool_rows):
+    """Per-image training labels (-1: none) of the labeled and pseudo-labeled rows, and the pool left unlabeled."""
+    train_y = np.full(len(images), -1, dtype=np.int64)
+    train_y[train_rows] = images.labels[train_rows]
+    train_y[pseudo_rows] = pseudo_y
+    return train_y, np.setdiff1d(pool_rows, pseudo_rows)
+
+
+def _progress(state, state_path: Path, net, optimizer, scheduler, trainer: Trainer, contaminated: bool) -> Progress:
+    """The run's progress: resumed from the state file of an interrupted run, else started from the initial network."""
+    if state is None:
+        return Progress.start(net, trainer.evaluate(), contaminated)
+    run = Progress.resume(state, net, optimizer, scheduler, trainer.thresholds)
+    log.info("resuming %s after epoch %d of %d", state_path, run.epoch, state["config"]["epochs"])
+    return run
+
+
+def _config(images: ImageSet, parsed, init, unfreeze, pseudo, alphas, image_size, **numbers) -> dict:
+    """The run's configuration as recorded in its state file: a rerun resumes only when it is the same."""
+    mode, n_unfreeze = parse_unfreeze(unfreeze)
+    kinds = {"epochs": int, "lr": float, "batch_size": int, "seed": int, "weight_decay": float, "layer_decay": float,
+             "warmup_epochs": float, "val_fraction": float, "patience": int, "fixmatch_weight": float, "mu": int,
+             "threshold": float, "pseudo_threshold": float, "pseudo_steps": int, "bn_train": bool}
+    cfg = {"data": str(Path(images.root).resolve()), "backbone": str(parsed),
+           "init": None if init is None else str(Path(init).resolve()) if isinstance(init, (str, Path)) else "object",
+           "unfreeze": f"{mode}-{n_unfreeze}" if mode == "last" else mode,
+           "pseudo": None if pseudo is None else str(pseudo), "image_size": image_size, "wise_alphas": alphas}
+    cfg.update({name: kinds[name](value) for name, value in numbers.items()})
+    cfg["fingerprint"] = image_list_sha256(images.ids, images.splits, images.labels, images.classes)
+    return cfg
+
+
+def _optimizer(net: FineTuneNet, cfg: dict, steps_per_epoch: int):
+    """AdamW with layer-wise lr decay (timm) and a per-step cosine schedule with linear warm-up."""
+    lr = cfg["lr"]
+    optimizer = create_optimizer_v2(net, opt="adamw", lr=lr, weight_decay=cfg["weight_decay"],
+                                    layer_decay=cfg["layer_decay"] if cfg["layer_decay"] != 1 else None)
+    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg["epochs"] * steps_per_epoch), lr_min=lr * 0.01,
+                                  warmup_t=int(round(cfg["warmup_epochs"] * steps_per_epoch)),
+                                  warmup_lr_init=lr * 0.01, t_in_epochs=False)
+    return optimizer, scheduler
 
 
 def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, cfg: dict, images: ImageSet,

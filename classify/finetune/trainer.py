@@ -82,25 +82,32 @@ class Trainer:
                 n += len(got)
         return {"accuracy": correct / max(n, 1), "loss": loss / max(n, 1), "n": n}
 
-    def train_epoch(self, epoch: int, optimizer, scheduler, num_updates: int) -> tuple[dict, int]:
-        """One pass over the (shuffled) training rows; returns the epoch's stats and the updated step count."""
+    def _epoch_loaders(self, epoch: int):
+        """This epoch's loaders: the shuffled training rows (weak views) in near-equal batches, and the unlabeled
+        draws (weak and strong views of each), or ``None`` per step when the pool is not used."""
         cfg = self.cfg
-        torch.manual_seed(item_seed(cfg["seed"], epoch, 0))  # dropout / drop-path of this epoch
         rng = np.random.default_rng([cfg["seed"], epoch, 1])
         order = rng.permutation(self.train_rows)
         lab_items = [(int(r), item_seed(cfg["seed"], epoch, 2, k)) for k, r in enumerate(order)]
         chunks = [c.tolist() for c in np.array_split(np.arange(len(order)), self.steps_per_epoch)]
         # near-equal batches (never a lone image, which BatchNorm cannot train on)
         lab_loader = self._loader(lab_items, [self.backbone.augment_transforms["weak"]], batch_sampler=chunks)
-        unl_loader = [None] * self.steps_per_epoch
-        if self.use_unlabeled:
-            need = self.steps_per_epoch * self.unlabeled_batch
-            picks = np.concatenate([rng.permutation(self.pool_rows)
-                                    for _ in range(math.ceil(need / len(self.pool_rows)))])[:need]
-            unl_items = [(int(r), item_seed(cfg["seed"], epoch, 3, k)) for k, r in enumerate(picks)]
-            unl_loader = self._loader(unl_items, [self.backbone.augment_transforms["weak"],
-                                                  self.backbone.augment_transforms["strong"]],
-                                      batch_size=self.unlabeled_batch)
+        if not self.use_unlabeled:
+            return lab_loader, [None] * self.steps_per_epoch
+        need = self.steps_per_epoch * self.unlabeled_batch
+        picks = np.concatenate([rng.permutation(self.pool_rows)
+                                for _ in range(math.ceil(need / len(self.pool_rows)))])[:need]
+        unl_items = [(int(r), item_seed(cfg["seed"], epoch, 3, k)) for k, r in enumerate(picks)]
+        unl_loader = self._loader(unl_items, [self.backbone.augment_transforms["weak"],
+                                              self.backbone.augment_transforms["strong"]],
+                                  batch_size=self.unlabeled_batch)
+        return lab_loader, unl_loader
+
+    def train_epoch(self, epoch: int, optimizer, scheduler, num_updates: int) -> tuple[dict, int]:
+        """One pass over the (shuffled) training rows; returns the epoch's stats and the updated step count."""
+        cfg = self.cfg
+        torch.manual_seed(item_seed(cfg["seed"], epoch, 0))  # dropout / drop-path of this epoch
+        lab_loader, unl_loader = self._epoch_loaders(epoch)
         self.net.train()
         labels = torch.as_tensor(self.train_y)
         sums = {"loss": 0.0, "loss_labeled": 0.0, "loss_unlabeled": 0.0, "mask_rate": 0.0}
