@@ -1,7 +1,6 @@
 """Choosing rows to label from features and a method's probabilities: the strategies of :mod:`classify.labeling.suggest`
 (diverse, margin, typiclust, random), with duplicate filtering and class-balanced serving.
-See :mod:`classify.labeling.suggest`
-for what each strategy does and how they were measured.
+See :mod:`classify.labeling.suggest` for what each strategy does.
 """
 from __future__ import annotations
 

@@ -11,13 +11,10 @@ The default strategy (``"diverse"``) combines three measurements on the cached f
 - class balance: suggestions are taken class by class (by predicted class), always for the class with the fewest
   labels plus suggestions so far, so a budget spreads over the classes instead of piling onto the largest one.
 
-The other strategies are the baselines the benchmark measures it against (``python -m benchmarks.active``):
-``"margin"`` (uncertainty alone), ``"typiclust"`` (coverage alone: k-means over every row with ``n_labeled + budget``
-clusters, the most typical image of each cluster no label covers yet; Hacohen et al. 2022) and ``"random"``. On
-digits (3 labels per class, 10 per round, labelprop, 3 seeds) ``diverse`` reached random's accuracy after +60 labels
-with +30, on Fashion-MNIST with +40; two other designs measured worse on digits: margin x typicality over
-TypiClust's clusters (plateaued below random), and weighting the uncertainty by density ("information density":
-+40). On the 21-class clip-art set (31-50 % accuracy) coverage alone, ``"typiclust"``, is the best of the four.
+The other strategies are the baselines ``python -m benchmarks active`` measures it against: ``"margin"``
+(uncertainty alone), ``"typiclust"`` (coverage alone: k-means over every row with ``n_labeled + budget`` clusters, the
+most typical image of each cluster no label covers yet; Hacohen et al. 2022) and ``"random"``. Which wins depends on
+how good the model already is (coverage beats uncertainty when the model is weak): see ``benchmarks/README.md``.
 
 Hand-written rather than taken from a library: the selection is a few lines of numpy around scikit-learn's KMeans,
 PCA and NearestNeighbors; the active-learning libraries (modAL, ALiPy, scikit-activeml) wrap a model and a query

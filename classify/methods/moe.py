@@ -1,19 +1,17 @@
 """Two-level mixture of experts: a gate picks the superclass, one expert per superclass picks the class.
 
 Superclasses are given, or discovered so that classes a base classifier confuses share a superclass.
-The gate is trained class-balanced: the origin project's unweighted gate collapsed onto the superclass
-holding most labeled rows, starving every other expert.
+The gate is trained class-balanced: an unweighted gate collapses onto the superclass holding most labeled rows,
+starving every other expert.
 
-With few labels a gate and experts fitted on the labeled rows alone are each weaker than one flat model (measured:
-below the linear probe on clipart, digits and Fashion-MNIST). So by default a flat semi-supervised model
-(``selftrain``) pseudo-labels the unlabeled rows, gate and experts learn from the labeled *and* pseudo-labeled rows
-of their superclass, and the prediction falls back to the flat model wherever the gate is unsure.
+With few labels a gate and experts fitted on the labeled rows alone are each weaker than one flat model. So by
+default a flat semi-supervised model (``selftrain``) pseudo-labels the unlabeled rows, gate and experts learn from
+the labeled *and* pseudo-labeled rows of their superclass, and the prediction falls back to the flat model wherever
+the gate is unsure.
 
 Defaults (pseudo-label every pooled row the flat model labels, class-balanced; gate threshold 0.7; flat weight 0.5)
-have the best mean nested-CV score on development draws of clipart, digits and Fashion-MNIST, never test rows
-(``python -m benchmarks.sweep --dataset clipart --grid moe``; ``benchmarks/results/sweep-*-moe.md``). Measured
-there, the hierarchy adds little to the flat model it learns from (within +-0.7 points); what lifts ``moe`` above
-its probe is the pseudo-labeled rows.
+were chosen by nested CV on development draws, never test rows (``python -m benchmarks.sweep --grid moe``); the
+measurements, and how much the hierarchy adds to the flat model it learns from, are in ``benchmarks/README.md``.
 """
 from __future__ import annotations
 
