@@ -30,7 +30,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     Parameters
     ----------
     data : str
-        Folder in the challenge layout: train/<class>/* labeled, unlabeled/* (FixMatch pool).
+        Data folder: train/<class>/* labeled, unlabeled/* (FixMatch pool).
     backbone : str
         timm:<name>[@ckpt], clip:<arch>/<tag> or clip:<arch>@<ckpt>.
     out : str
@@ -105,7 +105,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     """
     from classify import finetune as ft
 
-    for flag, value, hint in (("data", data, "DIR, the challenge layout (train/<class>/*, unlabeled/*)"),
+    for flag, value, hint in (("data", data, "DIR, the data folder (train/<class>/*, unlabeled/*)"),
                               ("backbone", backbone, "SPEC, e.g. timm:tf_efficientnet_lite0"),
                               ("out", out, "CKPT, the fine-tuned checkpoint to write (e.g. ft.pth)")):
         if value is None:

@@ -2,7 +2,7 @@
 
 What one run does
 -----------------
-1. Reads the labeled images of a challenge-layout folder (``train/<class>/*``) and holds out a stratified
+1. Reads the labeled images of a split-folder layout (``train/<class>/*``) and holds out a stratified
    validation split (``val_fraction``). With ``pseudo=`` it adds the confident predictions of a fitted classify model
    (``selftrain``, ``labelprop``, ...) on the store's unlabeled rows, selected by
    :class:`classify.methods.thresholds.ClassAwareThresholds` exactly as ``selftrain``'s "classaware" selection does.

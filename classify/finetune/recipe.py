@@ -61,7 +61,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
              wise_alphas: Sequence[float] = DEFAULT_WISE_ALPHAS, bn_train: bool = False, workers: int | None = None,
              progress: bool = True,
              callback: Callable[[int, dict], None] | None = None) -> FinetuneResult:
-    """Fine-tune a timm model or an open_clip image tower on a challenge-layout folder (see the module docstring).
+    """Fine-tune a timm model or an open_clip image tower on a split-folder layout (see the module docstring).
 
     Parameters
     ----------

@@ -18,13 +18,13 @@ def touch_image(path, value=0):
     Image.new("RGB", (4, 4), (value, value, value)).save(path)
 
 
-CHALLENGE_IDS = ["train/cat/c.png", "train/red_fox/a.jpg", "train/red_fox/deep/b.PNG", "unlabeled/batch2/u2.webp",
+SPLIT_IDS = ["train/cat/c.png", "train/red_fox/a.jpg", "train/red_fox/deep/b.PNG", "unlabeled/batch2/u2.webp",
                  "unlabeled/u1.png", "test/cat/t2.png", "test/t1.png", "test/unknown_folder/t3.png"]
-CHALLENGE_LABELS = [0, 1, 1, -1, -1, 0, -1, -1]
+SPLIT_LABELS = [0, 1, 1, -1, -1, 0, -1, -1]
 
 
 @pytest.fixture
-def challenge(tmp_path):
+def split_folders(tmp_path):
     for rel in ["train/red_fox/a.jpg", "train/red_fox/deep/b.PNG", "train/cat/c.png", "unlabeled/u1.png",
                 "unlabeled/batch2/u2.webp", "test/t1.png", "test/cat/t2.png", "test/unknown_folder/t3.png"]:
         touch_image(tmp_path / rel)
@@ -33,8 +33,8 @@ def challenge(tmp_path):
     return tmp_path
 
 
-def test_challenge_layout(challenge):
-    images = sources.from_folder(challenge)
+def test_split_folder_layout(split_folders):
+    images = sources.from_folder(split_folders)
     assert images.classes == ["cat", "red fox"]
     assert images.ids == ["train/cat/c.png", "train/red_fox/a.jpg", "train/red_fox/deep/b.PNG",
                           "unlabeled/batch2/u2.webp", "unlabeled/u1.png", "test/cat/t2.png", "test/t1.png",
@@ -44,22 +44,22 @@ def test_challenge_layout(challenge):
     assert all(p.is_file() for p in images.paths)
 
 
-def test_classes_txt_sets_order_and_names(challenge):
-    (challenge / "classes.txt").write_text("red_fox,Vulpes vulpes\ncat\n")
-    images = sources.from_folder(challenge)
+def test_classes_txt_sets_order_and_names(split_folders):
+    (split_folders / "classes.txt").write_text("red_fox,Vulpes vulpes\ncat\n")
+    images = sources.from_folder(split_folders)
     assert images.classes == ["Vulpes vulpes", "cat"]
     np.testing.assert_array_equal(images.labels[:3], [1, 0, 0])
 
 
-def test_classes_txt_must_cover_folders(challenge):
-    (challenge / "classes.txt").write_text("cat\n")
+def test_classes_txt_must_cover_folders(split_folders):
+    (split_folders / "classes.txt").write_text("cat\n")
     with pytest.raises(ValueError, match="missing from .*classes.txt: \\['red_fox'\\]"):
-        sources.from_folder(challenge)
+        sources.from_folder(split_folders)
 
 
-def test_broken_symlink_is_kept_for_the_decoder_to_report(challenge):
-    (challenge / "unlabeled/gone.jpg").symlink_to(challenge / "nowhere.jpg")
-    assert "unlabeled/gone.jpg" in sources.from_folder(challenge).ids
+def test_broken_symlink_is_kept_for_the_decoder_to_report(split_folders):
+    (split_folders / "unlabeled/gone.jpg").symlink_to(split_folders / "nowhere.jpg")
+    assert "unlabeled/gone.jpg" in sources.from_folder(split_folders).ids
 
 
 @pytest.mark.parametrize("setup, message", [
@@ -113,53 +113,53 @@ def test_demo_writes_real_digits_in_the_challenge_layout(tmp_path):
 # --- what real folders contain: links, loops, pipes, devices, odd names
 
 
-def test_link_loops_are_not_followed(challenge):
-    imagegen.make_link_loop(challenge / "train/cat", "up", "..")  # train/cat/up -> train
-    imagegen.make_link_loop(challenge / "train/red_fox/deep", "top", "../../..")  # -> the data root
-    imagegen.make_link_loop(challenge / "unlabeled", "slash", "/")  # an ancestor of everything
-    images = sources.from_folder(challenge)
-    assert images.ids == CHALLENGE_IDS
-    np.testing.assert_array_equal(images.labels, CHALLENGE_LABELS)
+def test_link_loops_are_not_followed(split_folders):
+    imagegen.make_link_loop(split_folders / "train/cat", "up", "..")  # train/cat/up -> train
+    imagegen.make_link_loop(split_folders / "train/red_fox/deep", "top", "../../..")  # -> the data root
+    imagegen.make_link_loop(split_folders / "unlabeled", "slash", "/")  # an ancestor of everything
+    images = sources.from_folder(split_folders)
+    assert images.ids == SPLIT_IDS
+    np.testing.assert_array_equal(images.labels, SPLIT_LABELS)
 
 
-def test_a_link_into_the_tree_does_not_relabel(challenge):
+def test_a_link_into_the_tree_does_not_relabel(split_folders):
     # train/cat/foxes -> train/red_fox sorts before red_fox itself: its images must stay foxes, listed once.
-    imagegen.make_link_loop(challenge / "train/cat", "foxes", "../red_fox")
-    imagegen.make_link_loop(challenge / "test/cat", "pool", "../../unlabeled")
-    images = sources.from_folder(challenge)
-    assert images.ids == CHALLENGE_IDS
-    np.testing.assert_array_equal(images.labels, CHALLENGE_LABELS)
+    imagegen.make_link_loop(split_folders / "train/cat", "foxes", "../red_fox")
+    imagegen.make_link_loop(split_folders / "test/cat", "pool", "../../unlabeled")
+    images = sources.from_folder(split_folders)
+    assert images.ids == SPLIT_IDS
+    np.testing.assert_array_equal(images.labels, SPLIT_LABELS)
 
 
-def test_linked_folders_outside_are_followed_once(challenge, tmp_path_factory):
+def test_linked_folders_outside_are_followed_once(split_folders, tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     touch_image(outside / "x.png")
     touch_image(outside / "inner/y.png")
     imagegen.make_link_loop(outside / "inner", "back", "..")  # a loop inside the linked folder too
-    (challenge / "train/cat/more").symlink_to(outside, target_is_directory=True)
-    (challenge / "unlabeled/again").symlink_to(outside, target_is_directory=True)  # the same folder twice
-    images = sources.from_folder(challenge)
-    assert [i for i in images.ids if i not in CHALLENGE_IDS] == ["train/cat/more/inner/y.png", "train/cat/more/x.png"]
+    (split_folders / "train/cat/more").symlink_to(outside, target_is_directory=True)
+    (split_folders / "unlabeled/again").symlink_to(outside, target_is_directory=True)  # the same folder twice
+    images = sources.from_folder(split_folders)
+    assert [i for i in images.ids if i not in SPLIT_IDS] == ["train/cat/more/inner/y.png", "train/cat/more/x.png"]
     assert images.labels[images.ids.index("train/cat/more/x.png")] == 0
     assert images.paths[images.ids.index("train/cat/more/x.png")].samefile(outside / "x.png")
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs POSIX pipes, devices")
-def test_pipes_and_devices_are_listed_for_the_decoder_to_report(challenge):
-    fifo = imagegen.make_fifo(challenge / "unlabeled/pipe.png")
-    device = imagegen.make_device_link(challenge / "unlabeled/zero.jpg")
-    images = sources.from_folder(challenge)  # finding files opens none of them: no hang, no endless read
+def test_pipes_and_devices_are_listed_for_the_decoder_to_report(split_folders):
+    fifo = imagegen.make_fifo(split_folders / "unlabeled/pipe.png")
+    device = imagegen.make_device_link(split_folders / "unlabeled/zero.jpg")
+    images = sources.from_folder(split_folders)  # finding files opens none of them: no hang, no endless read
     assert "unlabeled/pipe.png" in images.ids and "unlabeled/zero.jpg" in images.ids
     assert load_image(fifo).error == "cannot read file: not a regular file (FIFO)"
     assert load_image(device).error == "cannot read file: not a regular file (character device)"
 
 
-def test_odd_file_names_are_found_and_map_back_exactly(challenge):
-    cat = imagegen.write_odd_names(challenge / "train/cat", value=10)
-    pool = imagegen.write_odd_names(challenge / "unlabeled", value=20)
-    latin1 = Path(os.fsdecode(os.path.join(os.fsencode(challenge / "train"), b"caf\xe9")))  # a class folder too
+def test_odd_file_names_are_found_and_map_back_exactly(split_folders):
+    cat = imagegen.write_odd_names(split_folders / "train/cat", value=10)
+    pool = imagegen.write_odd_names(split_folders / "unlabeled", value=20)
+    latin1 = Path(os.fsdecode(os.path.join(os.fsencode(split_folders / "train"), b"caf\xe9")))  # a class folder too
     touch_image(latin1 / "a.png", 30)
-    images = sources.from_folder(challenge)
+    images = sources.from_folder(split_folders)
     assert images.classes == ["caf\udce9", "cat", "red fox"]
     want = {f"train/cat/{imagegen.NON_ASCII_NAME}": (1, cat[0]), "unlabeled/" + imagegen.NON_ASCII_NAME: (-1, pool[0]),
             "train/cat/" + os.fsdecode(imagegen.NON_UTF8_NAME): (1, cat[1]),
@@ -245,12 +245,12 @@ def test_csv_names_that_are_not_utf8_map_back_exactly(tmp_path):
     assert all(load_image(p).ok for p in images.paths)
 
 
-def test_a_looping_link_is_not_a_class(challenge):
-    imagegen.make_link_loop(challenge / "train", "up", "..")  # train/up -> the data root
-    imagegen.make_link_loop(challenge / "train", "kitten", "cat")  # a second name for train/cat
-    images = sources.from_folder(challenge)
+def test_a_looping_link_is_not_a_class(split_folders):
+    imagegen.make_link_loop(split_folders / "train", "up", "..")  # train/up -> the data root
+    imagegen.make_link_loop(split_folders / "train", "kitten", "cat")  # a second name for train/cat
+    images = sources.from_folder(split_folders)
     assert images.classes == ["cat", "red fox"]
-    assert images.ids == CHALLENGE_IDS
+    assert images.ids == SPLIT_IDS
 
 
 def test_hostile_folder(tmp_path):

@@ -38,7 +38,7 @@ png_named.jpg              PNG bytes named .jpg (content is sniffed)
 x.webp, x.bmp, x.tif       random content, lossless
 =========================  ===========================================================================
 
-Hostile files a real folder contains, one generator each, to compose into folders (a challenge layout, a CSV):
+Hostile files a real folder contains, one generator each, to compose into folders (a split-folder layout, a CSV):
 
 - `skinny_png_bytes` / `write_skinny_png`: a 277-byte 1x100000 PNG; cheap to decode, but resizing its shorter
   side to a backbone's input size would allocate gigabytes (`load_image` refuses it: "extreme aspect ratio");
@@ -48,7 +48,7 @@ Hostile files a real folder contains, one generator each, to compose into folder
 - `make_device_link`: an image-named symlink to a character device such as ``/dev/zero`` (endless bytes).
 
 `HOSTILE_ERRORS` holds a substring of the error `load_image` reports for each kind. `write_hostile_folder`
-composes them all into one challenge-layout folder and says what each file should become.
+composes them all into one split-folder layout and says what each file should become.
 """
 
 from __future__ import annotations
@@ -322,7 +322,7 @@ HOSTILE_CLASSES: tuple[str, ...] = ("one", "zero")  # sorted folder names: "one"
 
 
 def write_hostile_folder(root: str | os.PathLike[str], size: int = 32) -> dict[str, tuple[str, int, str | None]]:
-    """A challenge-layout folder (``train/<class>/``, ``unlabeled/``, ``test/<class>/``) holding every hostile kind.
+    """A split-folder layout (``train/<class>/``, ``unlabeled/``, ``test/<class>/``) holding every hostile kind.
 
     Good images (``good_pixels``) in every split; in ``train/one/`` and ``unlabeled/`` the two `write_odd_names`
     files; in ``unlabeled/`` the skinny PNG, a FIFO (``pipe.png``, where ``os.mkfifo`` exists) and a link to
