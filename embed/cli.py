@@ -59,7 +59,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     Parameters
     ----------
     data : str
-        Image folder: the challenge layout train/<class>/*, unlabeled/*, test/* (or test/<class>/*); also
+        Image folder: the split-folder layout train/<class>/*, unlabeled/*, test/* (or test/<class>/*); also
         validation/<class>/* (or val/), a Hugging Face imagefolder (metadata.csv) or a torchvision ImageFolder
         (<class>/* only). See the README's "Embed once".
     csv : str

@@ -1,4 +1,4 @@
-"""Folder layouts: the challenge's ``train/<class>/``, ``unlabeled/``, ``test/`` (+ ``validation/``), Hugging Face
+"""Folder layouts: split folders ``train/<class>/``, ``unlabeled/``, ``test/`` (+ ``validation/``), Hugging Face
 imagefolder (``metadata.csv``) and torchvision ImageFolder (``<class>/`` only)."""
 from __future__ import annotations
 

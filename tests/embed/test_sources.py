@@ -100,7 +100,7 @@ def test_csv_errors(tmp_path, content, message):
         sources.from_csv(tmp_path / "list.csv")
 
 
-def test_demo_writes_real_digits_in_the_challenge_layout(tmp_path):
+def test_demo_writes_real_digits_in_the_split_folder_layout(tmp_path):
     folder = sources.write_demo(tmp_path / "demo", shots=2, test_per_class=1)
     images = sources.from_folder(folder)
     assert images.classes == list(sources.DEMO_CLASSES)
