@@ -56,7 +56,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     ----------
     datasets : str
         Comma-separated: digits, fashion-mnist (Debian's dataset-fashion-mnist), clipart (Debian's openclipart-png:
-        21 classes of colour drawings of objects), or folders in the challenge layout with a labeled test split.
+        21 classes of colour drawings of objects), or folders in the split-folder layout with a labeled test split.
     backbones : str
         Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused). Specs joined
         by ``+`` are one more table on their features concatenated (``timm:tf_efficientnet_lite0+timm:...lite1``).

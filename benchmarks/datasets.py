@@ -1,4 +1,4 @@
-"""Datasets that exist offline here, each written once as real image files in the challenge layout.
+"""Datasets that exist offline here, each written once as real image files in the split-folder layout.
 
 Each adapter puts its whole labeled pool in ``train/<class>/`` (the benchmark draws the few-shot labels from it and
 hides the rest, which becomes the unlabeled pool) and a labeled ``test/<class>/`` split.
@@ -179,7 +179,7 @@ ADAPTERS: dict[str, Callable[[Path], Path]] = {"digits": write_digits, "fashion-
 
 
 def prepare(name: str, cache: Path) -> Path:
-    """The challenge-layout folder of a built-in dataset (written on first use) or of a user folder."""
+    """The split-folder layout of a built-in dataset (written on first use) or of a user folder."""
     if name in ADAPTERS:
         folder = cache / name
         marker = folder / ".complete"
@@ -190,5 +190,5 @@ def prepare(name: str, cache: Path) -> Path:
         return folder
     folder = Path(name).expanduser()
     if not folder.is_dir():
-        raise UserError(f"unknown dataset {name!r}: use {', '.join(ADAPTERS)} or a folder in the challenge layout")
+        raise UserError(f"unknown dataset {name!r}: use {', '.join(ADAPTERS)} or a folder in the split-folder layout")
     return folder

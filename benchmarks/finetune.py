@@ -1,6 +1,6 @@
 """Fine-tuning pays or not: cached-feature methods on the frozen backbone vs. on the fine-tuned one.
 
-One run: write scikit-learn's digits in the challenge layout (``shots`` labeled images per class, a labeled test
+One run: write scikit-learn's digits in the split-folder layout (``shots`` labeled images per class, a labeled test
 split, the rest unlabeled), embed it, fit a linear probe (accuracy *before*), fine-tune the backbone end to end from
 that probe (``classify.finetune``, FixMatch on the unlabeled pool), re-embed the same store with the fine-tuned spec
 (a new backbone group) and fit the same methods again (accuracy *after*), plus the fine-tuned head itself.

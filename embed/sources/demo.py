@@ -1,4 +1,4 @@
-"""The built-in demo: scikit-learn's digits written as PNG files in the challenge layout."""
+"""The built-in demo: scikit-learn's digits written as PNG files in the split-folder layout."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +13,7 @@ DEMO_CLASSES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 
 
 def write_demo(folder: str | Path, shots: int = 15, test_per_class: int = 36, size: int = 32, seed: int = 0) -> Path:
-    """Write scikit-learn's digits (1,797 real 8×8 scans) as PNG files in the challenge layout.
+    """Write scikit-learn's digits (1,797 real 8×8 scans) as PNG files in the split-folder layout.
 
     ``shots`` labeled training images and ``test_per_class`` labeled test images per class; the rest become the
     unlabeled pool. Idempotent: an existing complete demo folder is reused.

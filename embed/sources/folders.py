@@ -31,7 +31,7 @@ def is_validation_id(image_id: str) -> bool:
 def from_folder(root: str | Path) -> ImageSet:
     """Images of a folder, in the first of these layouts that fits.
 
-    - The challenge layout: ``train/<class>/…`` labeled, ``unlabeled/…`` pool, ``test/…`` to predict;
+    - Split folders: ``train/<class>/…`` labeled, ``unlabeled/…`` pool, ``test/…`` to predict;
       ``test/<class>/…`` subfolders named like a training class carry test labels; other test images are unlabeled.
       ``validation/<class>/…`` and ``val/<class>/…`` are labeled train rows too (split ``train``); their ids keep
       the folder name, so that model selection can tell them apart (:func:`is_validation_id`).
@@ -135,7 +135,7 @@ def from_imagefolder(root: str | Path) -> ImageSet:
     folders give labeled train rows, as in :func:`from_folder`), else train when labeled and unlabeled when not. A row
     without a label takes the class of its folder when it sits in ``<split>/<class>/`` or ``<class>/`` (imagefolder
     infers labels so) and that class is labeled elsewhere; else it is unknown. Only the files listed are read. Split
-    folders without a ``metadata.csv`` are read as in the challenge layout. Classes: ``classes.txt`` when present,
+    folders without a ``metadata.csv`` are read as in the split-folder layout. Classes: ``classes.txt`` when present,
     else the sorted label names.
     """
     root = Path(root).expanduser()
