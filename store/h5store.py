@@ -33,9 +33,13 @@ resumes from; debris under ``/partial`` is replaced by the next attempt. Feature
 an ok row is finite and below :data:`~store.integrity.MAX_ABS_FEATURE`, so a row that is not was damaged after it
 was written.
 
+Received stores: a store may come from someone else, so opening one checks, before any data is read, that it reads
+only its own bytes (no external storage, links out of the file or virtual datasets) and declares no more than its
+size holds (shapes that fit N images, D features, C classes; see :mod:`store.structure`).
+
 The rooms: :mod:`store.layout` (constants, id encoding, dataset creation), :mod:`store.integrity` (sane features,
-damage and write errors), :mod:`store.reading` and :mod:`store.writing` (the two halves of :class:`FeatureStore`),
-this module (opening, creating, the image list).
+damage and write errors), :mod:`store.structure` (what a file may hold, checked on open), :mod:`store.reading` and
+:mod:`store.writing` (the two halves of :class:`FeatureStore`), this module (opening, creating, the image list).
 """
 from __future__ import annotations
 
