@@ -167,7 +167,7 @@ def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_si
                               batch_size=batch_size, shard_size=shard_size, image_size=image_size,
                               templates=templates, dtype=dtype, progress=progress)
         log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
-        import_shards(folder, store)
+        import_shards(folder, store, allow_outside=True, root=images.root)  # our own shards of our own data
         summary.embedded[result["spec"]] = result["rows"]
         summary.changed += [i for i in result["changed"] if i not in summary.changed]
     with FeatureStore(store) as fs:

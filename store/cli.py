@@ -44,8 +44,13 @@ def info(path: str, json_output: bool = False) -> None:
         print(f"  identical files: {', '.join(group)}")
 
 
-def import_shards(folder: str, store: str) -> None:
+def import_shards(folder: str, store: str, allow_outside: bool = False) -> None:
     """Copy a shard folder (img_emb/*.npy + metadata/*.parquet) into an HDF5 store, with its provenance.
+
+    A shard folder can come from someone else, so by default it is read only inside itself: files linked from
+    elsewhere and ids that leave the data folder (absolute, or through ..) are refused, and a new store names the
+    shard folder as its data folder, not the one meta.json names. The whole folder is checked before anything is
+    written.
 
     Parameters
     ----------
@@ -53,15 +58,20 @@ def import_shards(folder: str, store: str) -> None:
         The shard folder written by ``embed run --engine ray`` or ``store export`` (img_emb/, metadata/).
     store : str
         The .h5 store to create or extend with the shards' backbone.
+    allow_outside : bool
+        Trust the folder (your own): follow its links wherever they lead, accept ids outside the data folder, and
+        name the data folder its meta.json names (where commands such as `classify report` then read images).
 
     Examples
     --------
     python -m store import-shards feats.h5.shards/clip_ViT-B-32_openai-1a2b3c4d --store feats.h5
     python -m store import-shards exported/ --store copy.h5
+    python -m store import-shards my-own-export/ --store copy.h5 --allow-outside
     """
     from store.shards import import_shards as run_import
 
-    summary = run_import(folder, store)
+    check_flags(dict(allow_outside=allow_outside), {"allow_outside": [BOOL]})
+    summary = run_import(folder, store, allow_outside=allow_outside)
     print(f"imported {folder} into {store}: {summary['ok']} ok rows, {summary['errors']} errors")
 
 
@@ -76,7 +86,8 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
     backbone : str
         The backbone spec whose features are exported, as ``python -m store info`` lists it.
     out : str
-        The shard folder to write.
+        The shard folder to write: new, empty, or an earlier export of the same backbone, which is replaced whole
+        once the new one is complete (a failed or killed export leaves it as it was).
     format : str
         shards: the layout embedding-reader and autofaiss read (the only format).
     shard_size : int

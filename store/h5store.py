@@ -33,9 +33,13 @@ resumes from; debris under ``/partial`` is replaced by the next attempt. Feature
 an ok row is finite and below :data:`~store.integrity.MAX_ABS_FEATURE`, so a row that is not was damaged after it
 was written.
 
+Received stores: a store may come from someone else, so opening one checks, before any data is read, that it reads
+only its own bytes (no external storage, links out of the file or virtual datasets) and declares no more than its
+size holds (shapes that fit N images, D features, C classes; see :mod:`store.structure`).
+
 The rooms: :mod:`store.layout` (constants, id encoding, dataset creation), :mod:`store.integrity` (sane features,
-damage and write errors), :mod:`store.reading` and :mod:`store.writing` (the two halves of :class:`FeatureStore`),
-this module (opening, creating, the image list).
+damage and write errors), :mod:`store.structure` (what a file may hold, checked on open), :mod:`store.reading` and
+:mod:`store.writing` (the two halves of :class:`FeatureStore`), this module (opening, creating, the image list).
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ from store.integrity import DAMAGE_ERRORS, damaged_error, open_error, reads
 from store.layout import (ERROR, ERROR_BYTES, FORMAT, FORMAT_VERSION, OK, PENDING, SPLITS, Rows,
                           create_rows_dataset, display_id, id_bytes, image_list_sha256, short)
 from store.reading import RowChunks, StoreReading
+from store.structure import check_format, check_id_lengths, check_structure
 from store.writing import StoreWriting
 from store.validation import UserError, one_line
 
@@ -81,14 +86,16 @@ class FeatureStore(StoreReading, StoreWriting):
         except OSError as err:
             raise open_error(self.path, err) from None
         try:
-            fmt = self._f.attrs.get("format")
-        except DAMAGE_ERRORS as err:
+            if not check_format(self._f):
+                raise UserError(f"{self.path} is an HDF5 file but not a feature store; point --store at a store "
+                                 "written by `python -m embed run`")
+            check_structure(self._f, self.path)  # before any data is read: its own bytes, shapes that fit its size
+        except UserError:
+            self._f.close()
+            raise
+        except DAMAGE_ERRORS + (ValueError,) as err:  # h5py's ValueErrors on damaged headers too
             self._f.close()
             raise damaged_error(self.path, err) from None
-        if fmt != FORMAT:
-            self._f.close()
-            raise UserError(f"{self.path} is an HDF5 file but not a feature store; point --store at a store written "
-                             "by `python -m embed run`")
         self._cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ creation
@@ -160,6 +167,7 @@ class FeatureStore(StoreReading, StoreWriting):
         if name not in self._cache:  # ids, splits and labels never change after creation
             dataset = self._f[f"images/{name}"]
             if name == "id":  # exact file names back, bytes that are not UTF-8 included (see store.layout)
+                check_id_lengths(dataset, self.path)
                 data = np.array(dataset.asstr(errors="surrogateescape")[:].tolist(), dtype=str).reshape(-1)
             else:
                 data = dataset[:]

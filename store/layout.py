@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Sequence
 from urllib.parse import quote
 
@@ -49,6 +50,15 @@ def display_id(name: str) -> str:
 def id_bytes(name: str) -> bytes:
     """The bytes an id is stored as: UTF-8, and the original bytes of a name that was not UTF-8."""
     return name.encode("utf-8", "surrogateescape")
+
+
+def stays_inside(image_id: str) -> bool:
+    """Whether an id names a file inside its data folder: a relative path without ``..`` parts, in POSIX or Windows
+    spelling (a received list may come from either)."""
+    if not image_id or "\0" in image_id:
+        return False
+    posix, windows = PurePosixPath(image_id), PureWindowsPath(image_id)
+    return not posix.is_absolute() and not windows.anchor and ".." not in posix.parts + windows.parts
 
 
 def image_list_sha256(ids: Sequence[str], splits: Sequence[str], labels: Sequence[int], classes: Sequence[str]) -> str:

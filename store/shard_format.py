@@ -6,6 +6,7 @@ looks complete, and a failed write (disk full) removes its temporary file.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from store.atomic import atomic_write
 from store.layout import ERROR, OK, SPLITS, display_id, id_bytes
+from store.structure import MAX_CLASSES, MAX_DIM, MAX_IMAGES, MAX_TEMPLATES, list_of_str
 from store.writers import Batch
 from store.validation import UserError, one_line
 
@@ -23,9 +25,21 @@ STATUS_NAMES = {OK: "ok", ERROR: "error"}
 METADATA_COLUMNS = ("id", "split", "label", "sha256", "status", "error")
 # meta.json keys import needs, with their JSON types.
 META_KEYS = {"spec": str, "weights_sha256": str, "weights_source": str, "preprocessing": dict, "versions": dict,
-             "classes": list, "n_shards": int, "dim": int}
+             "classes": list, "n_images": int, "shard_size": int, "n_shards": int, "dim": int}
+# Optional meta.json keys: a check of the value and what it should be.
+OPTIONAL_KEYS = {
+    "root": (lambda v: isinstance(v, str), "text"),
+    "image_list_sha256": (lambda v: isinstance(v, str), "text"),
+    "templates": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_TEMPLATES, f"a list of 1 to {MAX_TEMPLATES} strings"),
+    "logit_scale": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool), "a number or null"),
+    "head_classes": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_CLASSES, f"a list of 1 to {MAX_CLASSES} strings"),
+    "prob_classes": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_CLASSES, f"a list of 1 to {MAX_CLASSES} strings"),
+}
+#: Largest meta.json read (it lists the images left out of a normalised export).
+MAX_META_BYTES = 64 << 20
 # meta.json keys two runs writing into the same folder must agree on.
 RESUME_KEYS = ("spec", "weights_sha256", "preprocessing", "image_list_sha256", "shard_size", "normalized", "dtype")
+HEX64 = re.compile(r"[0-9a-f]{64}")
 REWRITE = ("rerun the command that wrote the folder (`python -m embed run --engine ray` rewrites shards whose done/N "
            "marker you delete; `python -m store export` rewrites all)")
 
@@ -56,7 +70,7 @@ def _atomic(path: Path, write) -> None:
         if isinstance(err, FileNotFoundError):
             raise
         raise UserError(f"writing {path} failed ({one_line(err)}); free disk space (or fix the disk) and rerun the "
-                         "same command: finished shards are kept") from None
+                         "same command: finished shards are kept") from err
 
 
 def _save_npy(array: np.ndarray):
@@ -89,15 +103,15 @@ class ShardWriter:
                  labels: Sequence[int] = ()):
         self.folder = Path(folder)
         meta = {"normalized": True, "dtype": "float16", **meta}
-        for sub in ("img_emb", "metadata", "done") + (("probs",) if meta.get("prob_classes") else ()):
-            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        try:
+            for sub in ("img_emb", "metadata", "done") + (("probs",) if meta.get("prob_classes") else ()):
+                (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create the shard folder {self.folder} ({one_line(err)}); choose a writable "
+                             "folder") from err
         meta_path = self.folder / "meta.json"
         if meta_path.is_file():
-            old = read_meta(self.folder)
-            for key in RESUME_KEYS:
-                if old.get(key) != meta.get(key):
-                    raise UserError(f"{self.folder} holds shards of another run (different {key}: "
-                                     f"{old.get(key)!r}); use a new --shards folder, or delete this one")
+            check_same_run(self.folder, meta)
         else:
             _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
         self.meta = meta
@@ -162,17 +176,33 @@ class ShardWriter:
         _atomic(self.folder / "done" / str(n), lambda p: p.write_text(""))
 
 
-def read_meta(folder: str | Path) -> dict:
-    """The checked ``meta.json`` of a shard folder; ValueError naming the file and the fix when it is damaged.
+def check_same_run(folder: Path, meta: dict) -> None:
+    """ValueError unless the shard folder ``folder`` holds shards of the run ``meta`` describes (see RESUME_KEYS)."""
+    old = read_meta(folder)
+    for key in RESUME_KEYS:
+        if old.get(key) != meta.get(key):
+            raise UserError(f"{folder} holds shards of another run (different {key}: {old.get(key)!r}); use a new "
+                             "folder, or delete this one")
 
-    Format 1 folders (written before probabilities and raw features) read as ``normalized`` float16."""
+
+def read_meta(folder: str | Path) -> dict:
+    """The checked ``meta.json`` of a shard folder; ValueError naming the file, the key and the fix when it is damaged.
+
+    Every key import uses is checked (type and range: see :data:`META_KEYS` and :data:`OPTIONAL_KEYS`), so a folder
+    is refused before anything of it is written. Format 1 folders (written before probabilities and raw features) read
+    as ``normalized`` float16."""
     path = Path(folder) / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a shard folder (no meta.json); write one with `python -m embed run "
                                 "--engine ray` or `python -m store export`")
     try:
+        if path.stat().st_size > MAX_META_BYTES:
+            raise UserError(f"{path} is larger than {MAX_META_BYTES >> 20} MiB, more than any meta.json the suite "
+                             f"writes; {REWRITE}")
         meta = json.loads(path.read_text())
-    except (ValueError, OSError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except (ValueError, OSError, RecursionError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        if isinstance(err, UserError):
+            raise
         raise UserError(f"{path} is damaged ({one_line(err)}); {REWRITE}") from None
     if not isinstance(meta, dict) or meta.get("format") not in READABLE_FORMATS:
         raise UserError(f"{path} is not a fewshot shard folder's meta.json; point at a folder written by "
@@ -183,19 +213,36 @@ def read_meta(folder: str | Path) -> dict:
         # bool is an int in Python, never a valid count here
         if not isinstance(meta.get(key), kind) or (kind is int and isinstance(meta.get(key), bool)):
             raise UserError(f"{path} is damaged: {key!r} is missing or not a JSON {kind.__name__}; {REWRITE}")
-    if meta["n_shards"] < 0 or meta["dim"] < 1 or meta["dtype"] not in ("float16", "float32"):
-        raise UserError(f"{path} is damaged: n_shards {meta['n_shards']} / dim {meta['dim']} / dtype "
-                         f"{meta['dtype']!r} are out of range; {REWRITE}")
+    for key, (check, what) in OPTIONAL_KEYS.items():
+        if key in meta and not check(meta[key]):
+            raise UserError(f"{path} is damaged: {key!r} is {one_line(repr(meta[key]))[:60]}, not {what}; {REWRITE}")
+    if not list_of_str(meta["classes"]) or len(meta["classes"]) > MAX_CLASSES:
+        raise UserError(f"{path} is damaged: 'classes' is not a list of at most {MAX_CLASSES} class names; {REWRITE}")
+    ranges = {"n_images": (0, MAX_IMAGES), "shard_size": (1, MAX_IMAGES), "dim": (1, MAX_DIM)}
+    for key, (low, high) in ranges.items():
+        if not low <= meta[key] <= high:
+            raise UserError(f"{path} is damaged: {key!r} is {meta[key]}, not in [{low}, {high}]; {REWRITE}")
+    if meta["n_shards"] != -(-meta["n_images"] // meta["shard_size"]) or meta["dtype"] not in ("float16", "float32"):
+        raise UserError(f"{path} is damaged: n_shards {meta['n_shards']} does not hold n_images {meta['n_images']} in "
+                         f"shards of {meta['shard_size']}, or dtype {meta['dtype']!r} is not float16/float32; "
+                         f"{REWRITE}")
     return meta
 
 
-def read_table(path: Path) -> dict:
-    """One shard's metadata as lists, checked: every column there, equal lengths, known splits and statuses."""
+def read_table(path: Path, rows: int | None = None) -> dict:
+    """One shard's metadata as lists, checked: every column there, equal lengths, known splits and statuses, digests
+    that are 64 hex digits or empty. ``rows``: how many rows the shard holds, checked in the file's footer before the
+    table is read (a table of other length costs no more than its footer)."""
     _, pq = pyarrow_modules()
     if not path.is_file():
         raise UserError(f"{path} is missing; {REWRITE}")
     try:
+        if rows is not None and pq.ParquetFile(path).metadata.num_rows != rows:
+            raise UserError(f"{path} holds {pq.ParquetFile(path).metadata.num_rows} rows, not the {rows} its shard "
+                             f"should; {REWRITE}")
         table = pq.read_table(path).to_pydict()
+    except UserError:
+        raise
     except Exception as err:  # noqa: BLE001 - pyarrow raises its own ArrowInvalid / OSError kinds for damaged files
         raise UserError(f"{path} is not a readable parquet file ({one_line(err)}); {REWRITE}") from None
     missing = [c for c in METADATA_COLUMNS if c not in table]
@@ -209,6 +256,11 @@ def read_table(path: Path) -> dict:
     if len(lengths) > 1 or bad_values or any(not isinstance(y, int) for y in table["label"]):
         raise UserError(f"{path} is damaged (columns of different lengths, unknown split/status values "
                          f"{sorted(map(str, bad_values))[:5]}, or labels that are not integers); {REWRITE}")
+    bad = [d for d in table["sha256"] if not isinstance(d, str) or d and not HEX64.fullmatch(d)]
+    if bad or any(not isinstance(v, str) for column in ("id", "error") for v in table[column]):
+        shown = f" ({one_line(repr(bad[0]))[:80]})" if bad else ""
+        raise UserError(f"{path} is damaged: a sha256 value{shown} is not 64 hex digits or empty, or an id or error "
+                         f"is not text; {REWRITE}")
     return table
 
 

@@ -81,6 +81,7 @@ def stores(data_dir, specs):
 def test_features_probabilities_and_head_are_the_same(stores, specs):
     with FeatureStore(stores["local"]) as local, FeatureStore(stores["ray"]) as sharded:
         assert list(sharded.ids) == list(local.ids) and sharded.errors() == local.errors()
+        assert sharded.root == local.root  # the run's own --data folder, not the shard folder it imported
         np.testing.assert_array_equal(sharded.status, local.status)
         for spec in specs:
             a, b = local.load(spec), sharded.load(spec)
