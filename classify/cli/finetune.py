@@ -73,7 +73,7 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     layer_decay : float
         Learning-rate scale per layer group below the head (lr * layer_decay ** depth).
     warmup_epochs : float
-        Linear learning-rate warm-up, in epochs.
+        Linear learning-rate warm-up, in epochs; at most a tenth of the run, so a short run still trains at --lr.
     val_fraction : float
         Share of each class's labeled images held out for early stopping and the WiSE alpha (0: none, the last
         epoch is kept).

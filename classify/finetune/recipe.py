@@ -84,7 +84,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         init model's features were computed at and checks that the preprocessing matches.
     epochs, lr, batch_size, weight_decay, layer_decay, warmup_epochs
         Epochs (passes over the training rows), AdamW peak lr / weight decay, lr scale ``layer_decay ** depth``
-        below the head, linear warm-up length in epochs. ``batch_size`` None: 32 on CUDA, 16 on a CPU
+        below the head, linear warm-up length in epochs (at most a tenth of the run). ``batch_size`` None: 32 on CUDA, 16 on a CPU
         (:data:`STEP_DEFAULTS`).
     device : {"auto", "cpu", "cuda"}
         CUDA runs use bfloat16 autocast and channels-last.
@@ -165,10 +165,12 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
                   lambda: run.save(state_path, cfg, net, optimizer, scheduler, trainer.thresholds, extra))
     alpha, alpha_by = _choose_alpha(run, alphas, len(val_rows) > 0, contaminated, trainer, net)
     net.load_state_dict(wise_interpolate(run.initial, run.best, alpha))
+    moved = _say_how_far_weights_moved(run.initial, cpu_state(net), alpha_by, len(run.history))
     final_score = trainer.evaluate()
 
     result = _export(net, loaded, parsed, out, image_size, cfg, images, t_start, run, alpha, alpha_by, final_score,
                      resumed_from, pseudo_report)
+    result.weights_change = moved
     # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
     atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
     log.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
@@ -219,10 +221,26 @@ def _optimizer(net: FineTuneNet, cfg: dict, steps_per_epoch: int):
     lr = cfg["lr"]
     optimizer = create_optimizer_v2(net, opt="adamw", lr=lr, weight_decay=cfg["weight_decay"],
                                     layer_decay=cfg["layer_decay"] if cfg["layer_decay"] != 1 else None)
-    scheduler = CosineLRScheduler(optimizer, t_initial=max(1, cfg["epochs"] * steps_per_epoch), lr_min=lr * 0.01,
-                                  warmup_t=int(round(cfg["warmup_epochs"] * steps_per_epoch)),
+    total = max(1, cfg["epochs"] * steps_per_epoch)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * 0.01,
+                                  warmup_t=warmup_steps(cfg["warmup_epochs"], steps_per_epoch, total),
                                   warmup_lr_init=lr * 0.01, t_in_epochs=False)
     return optimizer, scheduler
+
+
+#: the largest share of a run's steps the linear warm-up may take: a short run must still train at its peak lr
+MAX_WARMUP_SHARE = 0.1
+
+
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
+    """Steps of linear warm-up: ``warmup_epochs`` of them, but at most :data:`MAX_WARMUP_SHARE` of the run (a
+    one-epoch run with one epoch of warm-up would otherwise train at 1 % of its learning rate throughout)."""
+    asked = int(round(warmup_epochs * steps_per_epoch))
+    steps = min(asked, int(MAX_WARMUP_SHARE * total_steps))
+    if steps < asked:
+        log.info("warm-up shortened from %d to %d steps (at most %d %% of the run's %d steps)", asked, steps,
+                 round(100 * MAX_WARMUP_SHARE), total_steps)
+    return steps
 
 
 def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, cfg: dict, images: ImageSet,
@@ -390,6 +408,34 @@ def _train_epochs(run: Progress, trainer: Trainer, optimizer, scheduler, cfg: di
             callback(epoch, stats)
     if run.best is None:
         run.best = cpu_state(trainer.net)
+
+
+#: a relative change of the weights below this leaves the network, for every practical purpose, where it started
+BARELY_MOVED = 1e-3
+
+
+def weights_change(initial: dict, final: dict) -> float:
+    """Relative L2 change ``||final - initial|| / ||initial||`` over the floating tensors of two state_dicts."""
+    diff = norm = 0.0
+    for name, before in initial.items():
+        if before.is_floating_point():
+            diff += float((final[name].float() - before.float()).pow(2).sum())
+            norm += float(before.float().pow(2).sum())
+    return (diff ** 0.5) / max(norm ** 0.5, 1e-12)
+
+
+def _say_how_far_weights_moved(initial: dict, final: dict, alpha_by: str, epochs_run: int) -> float:
+    """Log how far the exported weights moved from the initial network; warn when epochs ran but changed almost
+    nothing (``--epochs 0`` asks for the initial network)."""
+    moved = weights_change(initial, final)
+    log.info("the exported weights moved %.2e (relative L2) from the initial network", moved)
+    if moved < BARELY_MOVED and epochs_run:
+        why = ("no fine-tuned epoch beat the initial network on validation" if alpha_by == "no fine-tuned epoch"
+               else "the training steps barely changed them")
+        log.warning("fine-tuning left the weights almost where they started (relative change %.1e: %s); the "
+                    "checkpoint is practically the initial network: train longer (--epochs) or faster (--lr)",
+                    moved, why)
+    return moved
 
 
 def _choose_alpha(run: Progress, alphas: list[float], validated: bool, contaminated: bool, trainer: Trainer,

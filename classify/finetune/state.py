@@ -36,6 +36,7 @@ class FinetuneResult:
     seconds: float
     history: list = field(default_factory=list)
     pseudo: dict | None = None
+    weights_change: float | None = None  # relative L2 change of the exported weights from the initial network
 
     def to_dict(self) -> dict:
         return asdict(self)
