@@ -84,8 +84,8 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
         init model's features were computed at and checks that the preprocessing matches.
     epochs, lr, batch_size, weight_decay, layer_decay, warmup_epochs
         Epochs (passes over the training rows), AdamW peak lr / weight decay, lr scale ``layer_decay ** depth``
-        below the head, linear warm-up length in epochs (at most a tenth of the run). ``batch_size`` None: 32 on CUDA, 16 on a CPU
-        (:data:`STEP_DEFAULTS`).
+        below the head, linear warm-up length in epochs (at most a tenth of the run). ``batch_size`` None: 32 on
+        CUDA, 16 on a CPU (:data:`STEP_DEFAULTS`).
     device : {"auto", "cpu", "cuda"}
         CUDA runs use bfloat16 autocast and channels-last.
     image_size : int, optional
