@@ -92,7 +92,7 @@ class StoreWriting:
             old, new = attr_value(g.attrs.get(key)), attr_value(attrs.get(key))
             if old != new:
                 raise UserError(f"store {self.path} already holds features of {spec!r} with a different {key} "
-                                 f"({short(old)} != {short(new)}); refusing to mix origins -- write to a new "
+                                 f"({_difference(old, new)}); refusing to mix origins -- write to a new "
                                  "--store, or use a different backbone spec")
         if attr_value(g.attrs["versions"]) != attrs["versions"]:
             log.warning("library versions differ from the run that started %s: %s (was %s)", spec,
@@ -230,3 +230,17 @@ class StoreWriting:
         img["sha256"][sel] = np.zeros(rows.size, dtype="S64")
         img["error"][sel] = np.zeros(rows.size, dtype=f"S{ERROR_BYTES}")
         self._f.flush()
+
+
+def _difference(old, new) -> str:
+    """What differs between two settings, for a message: for JSON objects (preprocessing) only the keys that differ,
+    each as ``key old -> new``; else the two values, cut short."""
+    try:
+        before, after = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        before = after = None
+    if not (isinstance(before, dict) and isinstance(after, dict)):
+        return f"{short(old)} != {short(new)}"
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return "; ".join(f"{k} {short(before.get(k), 40)} -> {short(after.get(k), 40)}" for k in keys)
+

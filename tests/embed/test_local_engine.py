@@ -290,3 +290,19 @@ def test_file_replaced_by_a_fifo_is_read_again_without_hanging(tmp_path, tiny_sp
     assert summary.changed == [cats[0].relative_to(root).as_posix()]
     with FeatureStore(path) as fs:
         assert [i for i, _ in fs.errors()] == summary.changed and fs.rows_done(tiny_spec).all()
+
+
+def test_a_preprocessing_mismatch_names_the_settings_that_differ(tmp_path, tiny_spec, capsys):
+    data = tmp_path / "data"
+    write_good_images(data / "train" / "cat", 2, seed=1)
+    store = tmp_path / "s.h5"
+    main(["run", "--data", str(data), "--backbone", tiny_spec, "--store", str(store), "--image-size", "40",
+          "--progress", "False"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--data", str(data), "--backbone", tiny_spec, "--store", str(store), "--image-size", "48",
+              "--progress", "False"])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in err
+    assert "refusing to mix origins" in err and "40" in err and "48" in err  # the values that differ, not cut off
+    assert "input_size" in err or "image_size" in err or "size" in err.split("preprocessing", 1)[1]
