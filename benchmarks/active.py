@@ -26,7 +26,9 @@ from classify.labeling.suggest import STRATEGIES, suggest_arrays
 from classify.methods.features import UNLABELED
 from store.clitools import as_list
 from store import FeatureStore
-from store.validation import UserError
+from store.atomic import atomic_write
+from store.outputs import check_output, write_text
+from store.validation import NONE, Int, UserError, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +193,8 @@ def plot(records: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
 
 
@@ -226,6 +229,9 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     """
     from benchmarks.run import RESULTS
 
+    check_flags(dict(seeds=seeds, start=start, rounds=rounds, per_round=per_round),
+                {"seeds": [Int(1)], "start": [Int(1)], "rounds": [Int(1)], "per_round": [NONE, Int(1)]})
+    check_output(out or RESULTS, "--out", folder=True, files=[f"{name}.md", f"{name}.json", f"{name}.png"])
     names = as_list(datasets) or default_datasets()
     chosen = as_list(strategies)
     unknown = sorted(set(chosen) - set(STRATEGIES))
@@ -253,9 +259,9 @@ def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: 
     command = "python -m benchmarks.active " + " ".join(sys.argv[1:])
     tables = markdown(records, setup)
     when = time.strftime("%Y-%m-%d %H:%M %Z")
-    (out_dir / f"{name}.md").write_text(f"Produced by `{command.strip()}` on {when}.\n\n{tables}")
-    (out_dir / f"{name}.json").write_text(json.dumps({"command": command, "date": when, "setup": setup,
-                                                      "targets": targets, "records": records}, indent=1))
+    write_text(out_dir / f"{name}.md", f"Produced by `{command.strip()}` on {when}.\n\n{tables}")
+    write_text(out_dir / f"{name}.json", json.dumps({"command": command, "date": when, "setup": setup,
+                                                     "targets": targets, "records": records}, indent=1))
     plot(records, out_dir / f"{name}.png")
     print(tables)
     print(f"wrote {out_dir}/{name}.md, {name}.json, {name}.png")

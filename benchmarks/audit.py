@@ -26,7 +26,8 @@ from classify import evaluation, pipeline
 from classify.labeling.audit import audit_arrays
 from classify.methods.features import UNLABELED
 from store.clitools import as_list
-from store.validation import UserError
+from store.outputs import check_output, write_text
+from store.validation import Int, UserError, check_flags
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,10 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
     """
     from benchmarks.run import RESULTS
 
-    if not 0 < noise < 1:
+    check_flags(dict(seeds=seeds, shots=shots, folds=folds),
+                {"seeds": [Int(1)], "shots": [Int(2)], "folds": [Int(2)]})
+    check_output(out or RESULTS, "--out", folder=True, files=[f"{name}.md", f"{name}.json"])
+    if not isinstance(noise, (int, float)) or isinstance(noise, bool) or not 0 < noise < 1:
         raise UserError(f"--noise must be a fraction in (0, 1), got {noise!r}")
     names = as_list(datasets) or default_datasets()
     cache_dir = cache_folder(cache)
@@ -166,8 +170,8 @@ def audit(datasets: str | None = None, seeds: int = 3, shots: int = 10, noise: f
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.audit " + " ".join(sys.argv[1:])
     when = time.strftime("%Y-%m-%d %H:%M %Z")
-    (out_dir / f"{name}.md").write_text(f"Produced by `{command.strip()}` on {when} ({BACKBONE}).\n\n{table}")
-    (out_dir / f"{name}.json").write_text(json.dumps({"command": command, "date": when, "setup": setup,
-                                                      "results": results, "trials": trials}, indent=1))
+    write_text(out_dir / f"{name}.md", f"Produced by `{command.strip()}` on {when} ({BACKBONE}).\n\n{table}")
+    write_text(out_dir / f"{name}.json", json.dumps({"command": command, "date": when, "setup": setup,
+                                                     "results": results, "trials": trials}, indent=1))
     print(table)
     print(f"wrote {out_dir}/{name}.md, {name}.json")

@@ -5,8 +5,32 @@ import json
 import logging
 import sys
 
-from store.clitools import run_cli
-from store.validation import UserError
+from store.clitools import as_list, run_cli
+from store.outputs import check_output
+from store.validation import BOOL, NONE, Int, Is, Options, UserError, check_flags
+
+#: the type and range of the benchmark commands' flags (see :mod:`store.validation`)
+FLAGS = {"n": [Int(1)], "batch_size": [Int(1)], "image_size": [Int(1)], "file_size": [Int(1)],
+         "workers": [NONE, Int(0)], "num_cpus": [Int(1)], "seeds": [Int(1)], "quick": [BOOL], "anchors": [BOOL],
+         "views": [Int(0)], "dim": [Int(1)], "classes": [Int(2)], "shots": [Int(1)], "k": [Int(1)],
+         "index": [Options("auto", "flat", "ivf", "hnsw")], "sample": [Int(1)], "init": [BOOL]}
+#: ``run --image-size``: a side in pixels, "auto" or None
+IMAGE_SIZE = [NONE, Int(1), Is(lambda v: v == "auto", "'auto'")]
+
+
+def shot_list(shots) -> list[int]:
+    """``run --shots 1,5,15``: whole numbers >= 0, at least one."""
+    values = as_list(shots)
+    if not values or not all(v.isdigit() for v in values):
+        raise UserError(f"--shots must be whole numbers >= 0 separated by commas (1,5,15), got {shots!r}")
+    return [int(v) for v in values]
+
+
+def results_folder(out, files) -> None:
+    """A results folder (``--out``) checked before the work (:func:`store.outputs.check_output`)."""
+    from benchmarks.run import RESULTS
+
+    check_output(RESULTS if out is None else out, "--out", folder=True, files=files)
 
 
 def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_size: int = 64, image_size: int = 112,
@@ -26,6 +50,7 @@ def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_siz
     """
     from benchmarks.embed_speed import measure
 
+    check_flags(dict(n=n, batch_size=batch_size, image_size=image_size, file_size=file_size, workers=workers), FLAGS)
     result = measure(backbone, n, batch_size, image_size, file_size, workers)
     print(f"{result['backbone']} @ {result['image_size']} px, batch {result['batch_size']}, "
           f"{result['images']} JPEG files of {result['file_size']} px, {result['torch_threads']} torch threads")
@@ -40,6 +65,7 @@ def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 4000, batch_size:
     """Local runner vs `--engine ray` on the same n image files and backbone: throughput of each and the overhead."""
     from benchmarks.embed_speed import measure_ray
 
+    check_flags(dict(n=n, batch_size=batch_size, image_size=image_size, num_cpus=num_cpus), FLAGS)
     result = measure_ray(backbone, n, batch_size, image_size, num_cpus=num_cpus)
     print(f"{result['backbone']}, {result['images']} images, batch {result['batch_size']}, {num_cpus} CPUs")
     print(f"local: {result['local_img_per_s']:.1f} img/s   ray: {result['ray_img_per_s']:.1f} img/s   "
@@ -86,6 +112,10 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     """
     from pathlib import Path
 
+    check_flags(dict(seeds=seeds, quick=quick, anchors=anchors, views=views), FLAGS)
+    check_flags(dict(image_size=image_size), {"image_size": IMAGE_SIZE})
+    shot_values = shot_list(shots)
+    results_folder(out, [f"{name}.md", f"{name}.json", f"{name}.png"])
     from benchmarks import datasets as ds
     from benchmarks.run import ANCHORS, DEFAULT_METHODS, RESULTS, load_task, run_task, write_results
     from store.clitools import as_list
@@ -95,9 +125,8 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
 
     names, tables = as_list(datasets), as_list(backbones)
     specs = list(dict.fromkeys(part for spec in tables for part in spec.split("+")))  # each backbone embedded once
-    shot_list = [int(s) for s in as_list(shots)]
     if quick:
-        names, specs, tables, shot_list, seeds = ["digits"], specs[:1], specs[:1], [1, 5], 1
+        names, specs, tables, shot_values, seeds = ["digits"], specs[:1], specs[:1], [1, 5], 1
     cache_dir = Path(cache).expanduser() if cache else demo_folder().parent / "benchmarks"
     tasks = []
     for dataset in names:
@@ -115,7 +144,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     method_list = as_list(methods) or list(DEFAULT_METHODS)
     records = []
     for task in tasks:
-        records += run_task(task, method_list, shot_list, seeds, list(ANCHORS) if anchors else [])
+        records += run_task(task, method_list, shot_values, seeds, list(ANCHORS) if anchors else [])
     command = "python -m benchmarks run " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "python -m benchmarks run"
     result = write_results(records, tasks, Path(out) if out else RESULTS, command, name)
     print(result["tables"])
@@ -126,8 +155,10 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
              shots: int = 15, device: str = "auto", init: bool = True, out: str | None = None,
              cache: str | None = None, **options) -> None:
     """Accuracy of cached-feature methods before / after fine-tuning the backbone (digits), and of the head."""
-    from benchmarks.finetune import finetune as run_finetune
+    from benchmarks.finetune import RESULTS, finetune as run_finetune
 
+    check_flags(dict(quick=quick, shots=shots, init=init), FLAGS)
+    check_output(RESULTS if out is None else out, "--out", folder=True)
     print(run_finetune(quick=quick, backbone=backbone, image_size=image_size, shots=shots, device=device, init=init,
                        out=out, cache=cache, **options)["table"])
 
@@ -149,6 +180,9 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
     """
     from benchmarks.labelprop_scale import measure
 
+    check_flags(dict(n=n, dim=dim, classes=classes, shots=shots, k=k, index=index, sample=sample), FLAGS)
+    if shots * classes > n:
+        raise UserError(f"--n {n} rows cannot hold --shots {shots} labels for each of --classes {classes}: raise --n")
     result = measure(n, dim, classes, shots, k, index, sample=sample)
     print(f"labelprop on {n} x {dim} from a store ({classes} classes, {result['labeled']} labels, k={k}, index "
           f"{result['index']}): fit {result['fit_seconds']:.1f} s, accuracy on unlabeled rows "

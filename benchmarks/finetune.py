@@ -25,6 +25,7 @@ from embed.backbones import parse_spec
 from embed.engines.local import embed, resolve_device
 from store.clitools import as_list
 from store import FeatureStore
+from store.outputs import write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", 
               "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     results = Path(out) if out else RESULTS
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.md").write_text(table)
-    (results / f"{name}.json").write_text(json.dumps(report, indent=1, default=str))
+    write_text(results / f"{name}.md", table)
+    write_text(results / f"{name}.json", json.dumps(report, indent=1, default=str))
     log.info("wrote %s/%s.md and %s.json", results, name, name)
     return report

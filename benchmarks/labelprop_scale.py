@@ -11,6 +11,7 @@ import numpy as np
 
 from classify.methods.graph import knn_search
 from classify.methods.labelprop import KNNLabelPropagation
+from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ def measure(n: int = 1_000_000, dim: int = 512, n_classes: int = 20, shots: int 
         y = write_store(Path(tmp) / "synthetic.h5", n, dim, n_classes, noise, seed)
         data_seconds = time.perf_counter() - t0
         rng = np.random.default_rng(seed)
+        counts = np.bincount(y, minlength=n_classes)
+        if counts.min() < shots:
+            raise UserError(f"{n} rows give class {int(counts.argmin())} only {int(counts.min())} rows, fewer than "
+                             f"--shots {shots}: raise --n or lower --shots / --classes")
         labeled = np.concatenate([rng.choice(np.flatnonzero(y == c), shots, replace=False) for c in range(n_classes)])
         y_fit = np.full(n, -1)
         y_fit[labeled] = y[labeled]

@@ -37,6 +37,7 @@ from sklearn.semi_supervised import LabelSpreading, SelfTrainingClassifier
 
 from classify.methods.selftrain import LogisticHead
 from classify.methods.registry import create
+from store.outputs import write_text
 
 log = logging.getLogger("benchmarks.quality_bar")
 
@@ -234,8 +235,7 @@ def main(argv=None) -> None:
     if args.sweep:
         records = sweep(data, args.sweep, seeds, args.shots, args.unlabeled)
         if args.json:
-            with open(args.json, "w") as f:
-                json.dump({"sweep": args.sweep, "seeds": seeds, "records": records}, f, indent=1)
+            write_text(args.json, json.dumps({"sweep": args.sweep, "seeds": seeds, "records": records}, indent=1))
         return
     names = args.methods or list(methods())
     unknown = set(names) - set(methods())
@@ -249,8 +249,8 @@ def main(argv=None) -> None:
     for k, v in checks.items():
         print(f"- {k}: {v}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"seeds": seeds, "dev": dev, "records": records, "table": table, "checks": checks}, f, indent=1)
+        write_text(args.json, json.dumps({"seeds": seeds, "dev": dev, "records": records, "table": table,
+                                          "checks": checks}, indent=1))
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ from classify.methods.base import NotApplicable
 from classify.methods.features import UNLABELED
 from classify.methods.registry import get
 from store import FeatureStore
+from store.atomic import atomic_write
+from store.outputs import write_text
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -307,7 +309,8 @@ def plot(records: list[dict], path: Path, columns: int = 3) -> None:
     fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
                loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(2 * n_cols, 4, max(1, len(handles))),
                fontsize=8, frameon=False)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -331,14 +334,14 @@ def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     tables = markdown_tables(records)
     header = f"Produced by `{command}` on {when} ({platform.machine()}, {_cores()} cores).\n\n"
-    (out / f"{name}.md").write_text(header + tables)
+    write_text(out / f"{name}.md", header + tables)
     provenance = {"command": command, "date": when, "machine": {"platform": platform.platform(), "cores": _cores(),
                                                                 "python": sys.version.split()[0]},
                   "versions": {"numpy": np.__version__, "sklearn": sklearn.__version__, "torch": torch.__version__},
                   "stores": {f"{t.dataset}|{t.backbone}": t.fingerprint for t in tasks}}
     summary = {"|".join(map(str, k)): v for k, v in summarise(records).items()}
-    (out / f"{name}.json").write_text(json.dumps({"provenance": provenance, "summary": summary,
-                                                  "records": records}, indent=1, default=pipeline.jsonable))
+    write_text(out / f"{name}.json", json.dumps({"provenance": provenance, "summary": summary, "records": records},
+                                                indent=1, default=pipeline.jsonable))
     plot(records, out / f"{name}.png")
     return {"tables": tables, "dir": out}
 

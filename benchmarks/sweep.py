@@ -32,6 +32,7 @@ from classify import pipeline
 from store.clitools import as_list
 from classify.evaluation import draw_labels
 from classify.methods.features import UNLABELED
+from store.outputs import write_text
 
 log = logging.getLogger("benchmarks.sweep")
 
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> None:
             f"the selection score; pool: the hidden train rows; never test rows)\n\n{table(records)}\n")
     name = args.out or f"sweep-{args.dataset}"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.md").write_text(text)
-    (RESULTS / f"{name}.json").write_text(json.dumps(records, indent=1))
+    write_text(RESULTS / f"{name}.md", text)
+    write_text(RESULTS / f"{name}.json", json.dumps(records, indent=1))
     print(text)
 
 

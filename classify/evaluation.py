@@ -18,7 +18,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, t
 from sklearn.model_selection import StratifiedKFold
 
 from classify.methods.features import UNLABELED, align_proba, single_threaded_blas
-from classify.pipeline import Data, build_for_store, fit_rows, load_data, uses_views
+from classify.pipeline import Data, build_for_store, fit_rows, load_data, unpredictable_classes, uses_views
 from store import FeatureStore
 from store.validation import NONE, Int, UserError, check_params
 
@@ -169,17 +169,21 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     Returns a JSON-able dict: the metrics of :func:`scores` (accuracy, acc1, acc5, mean_per_class_recall,
     macro_f1), fit_seconds, predict_seconds, protocol, n_test, method, params, backbones, combine, seed,
     ``provenance`` (:func:`provenance`) and, for methods that report on their fit (self-training's pseudo-label
-    counts), ``fit_report``. With ``shots``: each metric is the mean over the draws, with ``<metric>_std`` (the
-    standard deviation over draws, as the benchmark tables show), ``shots``, and ``draws``: one dict per draw (seed,
-    accuracy, macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds, predict_seconds, n_labeled, and
-    fit_report when the method has one).
+    counts), ``fit_report``; ``unpredictable_classes``: the store's classes the fits cannot predict (every train image
+    failed to decode, or none is labeled), each also logged as a warning. With ``shots``: each metric is the mean over
+    the draws, with ``<metric>_std`` (the standard deviation over draws, as the benchmark tables show), ``shots``, and
+    ``draws``: one dict per draw (seed, accuracy, macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds,
+    predict_seconds, n_labeled, and fit_report when the method has one).
     """
     check_params("evaluate", {"shots": shots, "draws": draws}, {"shots": [NONE, Int(1)], "draws": [Int(1)]})
     data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
     test = (data.splits == "test") & (data.y >= 0)
     n_classes = len(store.classes)
+    estimator = build_for_store(store, backbones, method, params, combine, data.slices)
+    label_free = getattr(estimator, "needs_labels", True) is False  # zeroshot, conse: every class, without labels
+    unpredictable = unpredictable_classes(store, np.arange(n_classes) if label_free else None)
     base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine,
-            "seed": seed, "provenance": provenance(store, backbones)}
+            "seed": seed, "provenance": provenance(store, backbones), "unpredictable_classes": unpredictable}
     if shots is not None:
         if protocol is None:
             raise UserError(f"--shots scores on a labeled held-out split and {store.path} has none: add labeled test "
@@ -188,7 +192,6 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
         return {**_few_shot(store, data, protocol, backbones, method, params, combine, transductive, seed, shots,
                             draws), **base}
     if protocol is not None:
-        estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         X, y = fit_rows(data, transductive)
         pred, fit_seconds, predict_seconds = fit_predict(estimator, X, y, data.X[test])
         proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import html
+import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from store.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +62,32 @@ def esc(text) -> str:
 
 def thumbnail(source: str | Path, out: str | Path, side: int = THUMB_SIDE) -> str | None:
     """Write a JPEG thumbnail of ``source`` into ``out/thumbs/`` and return its path relative to ``out``; None when
-    the file cannot be read as an image (missing, too large, not an image)."""
+    the file cannot be read as an image (missing, too large, not an image).
+
+    Thumbnails are named by the sha256 of the file's bytes (and ``side``), so a file whose content changed gets a
+    new thumbnail, and equal files share one; each is written whole or not at all, so a cached one is complete.
+    """
     from PIL import Image, ImageOps
 
     source = Path(source)
-    name = hashlib.sha256(os.fsencode(source)).hexdigest()[:20] + ".jpg"
+    try:
+        if not source.is_file() or source.stat().st_size > MAX_SOURCE_BYTES:
+            raise OSError("not a regular file of a readable size")
+        with source.open("rb") as handle:
+            content = handle.read(MAX_SOURCE_BYTES + 1)
+        if len(content) > MAX_SOURCE_BYTES:
+            raise OSError("not a regular file of a readable size")
+    except OSError as err:
+        log.warning("no thumbnail for %s: %s", source, err)
+        return None
+    key = hashlib.sha256(content)
+    key.update(f"|{side}".encode())
+    name = key.hexdigest()[:32] + ".jpg"
     target = Path(out) / THUMB_FOLDER / name
     if target.is_file():
         return f"{THUMB_FOLDER}/{name}"
     try:
-        if not source.is_file() or source.stat().st_size > MAX_SOURCE_BYTES:
-            raise OSError("not a regular file of a readable size")
-        with Image.open(source) as image:
+        with Image.open(io.BytesIO(content)) as image:
             image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a reduced size
             picture = ImageOps.exif_transpose(image).convert("RGB")
             picture.thumbnail((side, side))
@@ -79,7 +95,8 @@ def thumbnail(source: str | Path, out: str | Path, side: int = THUMB_SIDE) -> st
         log.warning("no thumbnail for %s: %s", source, err)
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
-    picture.save(target, "JPEG", quality=85)
+    with atomic_write(target) as tmp:
+        picture.save(tmp, "JPEG", quality=85)
     return f"{THUMB_FOLDER}/{name}"
 
 

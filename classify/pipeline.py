@@ -20,7 +20,7 @@ from classify import persist
 from classify.methods.base import NotApplicable
 from classify.methods.features import UNLABELED
 from classify.methods.registry import create, get
-from store import FeatureStore
+from store import ERROR, FeatureStore
 from store.clitools import as_list
 from store.validation import UserError
 
@@ -271,6 +271,39 @@ def fit(store: FeatureStore, backbones: Sequence[str], method: str, params: dict
                        combine=combine, store_fingerprint=store.fingerprint, classes=store.classes,
                        fit_seconds=seconds, views=uses_views(method),
                        backbone_weights={spec: store.provenance(spec)["weights_sha256"] for spec in backbones})
+
+
+def unpredictable_classes(store: FeatureStore, known=None) -> list[str]:
+    """The store's classes a model fitted on it cannot predict, each with a warning line saying why.
+
+    Parameters
+    ----------
+    store : FeatureStore
+        The store the model is (or was) fitted on.
+    known : array-like of int, optional
+        The class indices the model predicts (a fitted estimator's ``classes_``); default: the classes that have a
+        decoded labeled train image (what a fit on every train label learns).
+
+    Returns
+    -------
+    list of str
+        Their names, in class order (empty when the model predicts every class).
+    """
+    names = store.classes
+    train = (store.splits == "train") & (store.labels >= 0)
+    labels, failed = store.labels, store.status == ERROR
+    if known is None:
+        known = np.unique(labels[train & ~failed])
+    have = {int(c) for c in np.asarray(known).ravel()}
+    missing = [c for c in range(len(names)) if c not in have]
+    for c in missing:
+        n = int((train & (labels == c)).sum())
+        bad = int((train & (labels == c) & failed).sum())
+        why = (f"none of its {n} train image{'s' * (n != 1)} decoded (`python -m store info {store.path}` lists the "
+               "errors)" if n and bad == n else "it has no labeled train image" if not n else
+               "the model was fitted without its labels")
+        log.warning("class %r cannot be predicted: %s; add train images of it that decode and refit", names[c], why)
+    return [names[c] for c in missing]
 
 
 def _needs_no_labels(estimator) -> bool:

@@ -2,11 +2,11 @@
 order (``--order``)."""
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from store.outputs import read_csv
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -36,12 +36,13 @@ def format_ids(ids, id_format: str = "relpath") -> list[str]:
 
 def read_order(path: str, header: list[str]) -> tuple[list[str], list[str]]:
     """The ids of a sample submission (its first column, after the header row) and the id and label column names
-    it uses (``header`` where it has fewer than two columns)."""
+    it uses (``header`` where it has fewer than two columns). Cells are read as the suite writes them
+    (:func:`store.outputs.csv_value`): a predictions CSV of ``classify predict`` gives back its exact ids."""
     source = Path(path).expanduser()
     if not source.is_file():
         raise FileNotFoundError(f"--order file {source} does not exist; pass the sample_submission.csv to follow")
     with source.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
-        rows = [row for row in csv.reader(handle) if row and any(cell.strip() for cell in row)]
+        rows = [row for row in read_csv(handle) if row and any(cell.strip() for cell in row)]
     if len(rows) < 2:
         raise UserError(f"--order file {source} lists no ids; expected a header row, then one id per row")
     names = [cell.strip() for cell in rows[0]]

@@ -3,7 +3,7 @@ precision and recall, and the most-confused pairs with thumbnails of their miscl
 PNG, CSV and JSON files."""
 from __future__ import annotations
 
-import csv
+import io
 import json
 import logging
 from pathlib import Path
@@ -12,7 +12,12 @@ from typing import Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from store.outputs import csv_bytes, write_files
+
 log = logging.getLogger(__name__)
+
+#: the files of a report folder (besides ``thumbs/``), the page last
+REPORT_FILES = ("per_class.csv", "confused_pairs.csv", "confusion.png", "report.json", "index.html")
 
 
 def confused_pairs(cm: np.ndarray, classes: Sequence[str], top: int = 10) -> list[dict]:
@@ -35,6 +40,10 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
                  captions: Sequence[str] | None = None, pairs_shown: int = 6, per_pair: int = 8) -> dict:
     """Write ``index.html``, ``confusion.png``, ``per_class.csv``, ``confused_pairs.csv`` and ``report.json`` under
     ``out``.
+
+    Everything is computed (the heatmap drawn, the page built) before any of these files is written, and they are
+    replaced together (:func:`store.outputs.write_files`); class names are drawn as text (no ``$...$`` mathtext). A
+    failure, a full disk included, leaves the previous report, not half of a new one.
 
     Parameters
     ----------
@@ -64,11 +73,6 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
     dict
         The content of ``report.json``: title, n, accuracy, per_class, confused_pairs and ``extra``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = np.arange(len(classes))
@@ -76,16 +80,31 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     per_class = [{"class": c, "n": int(n), "accuracy": float(r), "precision": float(p), "f1": float(f)}
                  for c, n, r, p, f in zip(classes, support, recall, precision, f1)]
-    with (out / "per_class.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(per_class[0]))
-        writer.writeheader()
-        writer.writerows(per_class)
     pairs = confused_pairs(cm, classes, top=20)
-    with (out / "confused_pairs.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["true", "predicted", "count", "share_of_true"])
-        writer.writeheader()
-        writer.writerows(pairs)
+    heatmap = _heatmap(cm, classes, title)
+    summary = {"title": title, "n": int(len(y_true)), "accuracy": float((y_true == y_pred).mean()),
+               "per_class": per_class, "confused_pairs": pairs, **(extra or {})}
+    index = _page(out, summary, y_true, y_pred, classes, images, captions, pairs_shown, per_pair)
+    write_files([(out / "per_class.csv", csv_bytes(list(per_class[0]), per_class)),
+                 (out / "confused_pairs.csv", csv_bytes(["true", "predicted", "count", "share_of_true"], pairs)),
+                 (out / "confusion.png", heatmap), (out / "report.json", json.dumps(summary, indent=2).encode()),
+                 (out / "index.html", index.encode("utf-8", "replace"))])
+    return summary
 
+
+def _heatmap(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    """The row-normalised confusion matrix as PNG bytes; text is drawn as written (class names may hold ``$``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _draw(plt, cm, classes, title)
+
+
+def _draw(plt, cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    labels = np.arange(len(classes))
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)  # (C, C) row-normalised
     side = max(5.0, 0.32 * len(classes) + 2)
     fig, ax = plt.subplots(figsize=(side + 1.5, side))
@@ -102,16 +121,13 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
                     ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
                             color="black" if rates[i, j] > 0.5 else "white")
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the true class")
-    fig.tight_layout()
-    fig.savefig(out / "confusion.png", dpi=120)
-    plt.close(fig)
-
-    summary = {"title": title, "n": int(len(y_true)), "accuracy": float((y_true == y_pred).mean()),
-               "per_class": per_class, "confused_pairs": pairs, **(extra or {})}
-    (out / "report.json").write_text(json.dumps(summary, indent=2))
-    (out / "index.html").write_text(_page(out, summary, y_true, y_pred, classes, images, captions, pairs_shown,
-                                          per_pair), encoding="utf-8")
-    return summary
+    buffer = io.BytesIO()
+    try:
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
 
 
 def _page(out: Path, summary: dict, y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],

@@ -31,6 +31,9 @@ def _fsync(path: Path, directory: bool = False) -> None:
 def atomic_write(path: str | os.PathLike, *, fsync: bool = False, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path to write; on a clean exit it replaces ``path``, on any exception it is removed.
 
+    An OSError that names no file (a write on a full disk) is given ``path`` as its ``filename``, so that the
+    command-line error names the file (:func:`store.clitools.path_error`).
+
     Parameters
     ----------
     path : path-like
@@ -58,5 +61,9 @@ def atomic_write(path: str | os.PathLike, *, fsync: bool = False, suffix: str = 
                 _fsync(path.parent, directory=True)
             except OSError:  # some file systems cannot fsync a folder; the rename itself is done
                 pass
+    except OSError as err:
+        if err.filename is None:  # a write that failed (a full disk) names no file: name the one being written
+            err.filename = os.fspath(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)

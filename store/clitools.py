@@ -5,6 +5,7 @@ every package imports ``store`` and no other package."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import logging
 import os
@@ -289,10 +290,35 @@ def _fire_output(name: str, command: str | None):
             fire.core._DisplayError = saved[1]
 
 
+#: OSErrors about a path or a disk the user chose (errno -> the fix): the CLIs print them as one line
+PATH_ERRORS = {
+    getattr(errno, "EDQUOT", errno.ENOSPC): "free some of your disk quota or write elsewhere",  # not on Windows
+    errno.ENOSPC: "free some space on that disk or write elsewhere",
+    errno.EFBIG: "write to another file system",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EISDIR: "pass a file path, not a folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder; choose another path",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def path_error(err: OSError) -> str | None:
+    """One line for an OSError about a user's path or disk (full, read-only, a folder for a file ...), naming the
+    path and the fix; None for any other OSError (a bug keeps its traceback)."""
+    path = err.filename2 or err.filename  # a rename names the file it replaces second
+    if err.errno not in PATH_ERRORS or not path:
+        return None
+    name = os.fsdecode(path) if isinstance(path, (bytes, os.PathLike)) else str(path)
+    return f"{name}: {err.strerror or os.strerror(err.errno)}; {PATH_ERRORS[err.errno]}"
+
+
 def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -m store",
             extras: dict[str, Callable[[], dict]] | None = None) -> None:
     """Run a fire CLI: ``--help`` screens written by :func:`command_help` (no pager), ``--quiet`` /
-    ``--log-level``, user errors as one line on stderr and exit status 2.
+    ``--log-level``, user errors as one line on stderr and exit status 2: :class:`UserError`, FileNotFoundError and
+    the OSErrors of :func:`path_error` (a full disk, a read-only folder, a folder given for a file).
 
     Parameters
     ----------
@@ -331,4 +357,10 @@ def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -
             fire.Fire(commands, command=argv, name=name)
     except (UserError, FileNotFoundError) as err:  # anything else is a bug: its traceback stays
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # a full disk, a read-only folder ...: the path and the fix; other OSErrors are bugs
+        line = path_error(err)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)

@@ -3,7 +3,6 @@ library, print)."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import inspect
 import json
 import logging
@@ -16,15 +15,18 @@ from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_ord
 from classify.methods.registry import available, get
 from store import SPLITS, FeatureStore, display_id
 from store.clitools import as_list, flag_name, parse_numpydoc, plain, wrap_paragraph
+from store.outputs import check_output, write_csv, write_text
 from store.validation import BOOL, NONE, Int, Options, UserError, check_flags, did_you_mean
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------------- flag checking
-#: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules
+#: the type and range of the commands' flags (see :mod:`store.validation`); method parameters use the methods' rules.
+#: Seeds stop below 2**32: numpy's and scikit-learn's random states take no more.
 FLAGS = {"transductive": [BOOL], "offline": [BOOL], "stream": [NONE, BOOL], "proba": [BOOL], "json_output": [BOOL],
-         "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)], "seed": [Int(0)],
+         "label_format": [Options("name", "index")], "split": [Options(*SPLITS)], "folds": [Int(2)],
+         "seed": [Int(0, 2**32 - 1)],
          "pairs": [Int(0)], "per_pair": [Int(0)], "id_format": [Options(*ID_FORMATS)], "shots": [Int(1), NONE],
          "draws": [Int(1)]}
 
@@ -125,10 +127,12 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     get(method)  # an unknown method fails before any reading
     check_flags(dict(transductive=transductive, offline=offline, stream=stream), FLAGS)
     _check_params(method, params)
+    out = check_output(out, inputs={"--store": store})
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         model = _fitting(method, params, lambda: pipeline.fit(fs, specs, method, params, combine, transductive,
                                                               stream), offline)
+        pipeline.unpredictable_classes(fs, getattr(model.estimator, "classes_", None))
     model.save(out)
     print(f"fitted {method} in {model.fit_seconds:.2f} s -> {out}")
     report = getattr(model.estimator, "fit_report_", None)
@@ -170,10 +174,12 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     """
     check_flags(dict(label_format=label_format, split=split, proba=proba, id_format=id_format), FLAGS)
     order = None if order is None else str(order)
+    out = check_output(out, inputs={"--model": model, "--store": store, "--order": order})
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
         data = pipeline.load_data(fs, fitted.backbones, split, views=fitted.views)
+        pipeline.unpredictable_classes(fs, getattr(fitted.estimator, "classes_", None))
     if not len(data.ids):
         raise UserError(f"the {split} split of {store} has no decoded images")
     ids = format_ids(data.ids, id_format)
@@ -185,14 +191,13 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     probabilities = fitted.estimator.predict_proba(data.X[rows])  # (n, C') columns follow classes_
     classes_ = np.asarray(fitted.estimator.classes_)
     predicted = classes_[probabilities.argmax(axis=1)]
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    # ids are file names: surrogateescape writes a name that is not UTF-8 as its original bytes, so it matches the file
-    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header + ([f"p_{fitted.classes[c]}" for c in classes_] if proba else []))
+
+    def lines():
         for i, (row, label) in enumerate(zip(rows, predicted)):
             shown = fitted.classes[label] if label_format == "name" else int(label)
-            writer.writerow([ids[row], shown] + ([f"{p:.6f}" for p in probabilities[i]] if proba else []))
+            yield [ids[row], shown] + ([f"{p:.6f}" for p in probabilities[i]] if proba else [])
+
+    write_csv(out, header + ([f"p_{fitted.classes[c]}" for c in classes_] if proba else []), lines())
     print(f"wrote {len(rows)} predictions of the {split} split to {out}")
 
 
@@ -253,6 +258,7 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     if shots is None and draws != 3:
         raise UserError("--draws counts the label draws of --shots; add --shots N (labels per class) or drop --draws")
     _check_params(method, params)
+    target = None if out is None else check_output(out, inputs={"--store": store})
     with FeatureStore(store) as fs:
         specs = _backbones(fs, backbone)
         result = _fitting(method, params, lambda: evaluation.evaluate(fs, specs, method, params, combine, transductive,
@@ -268,10 +274,8 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
           + f", mean per-class recall {shown('mean_per_class_recall')}, macro-F1 {shown('macro_f1')}, "
           f"fit {result['fit_seconds']:.2f} s{per_draw}, predict {result['predict_seconds']:.3f} s{per_draw}")
     text = json.dumps(result, default=pipeline.jsonable)
-    if out is not None:
-        target = Path(str(out)).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(json.dumps(json.loads(text), indent=2) + "\n", encoding="utf-8")
+    if target is not None:
+        write_text(target, json.dumps(json.loads(text), indent=2) + "\n")
         print(f"wrote {target}")
     if json_output:
         print(text)
@@ -308,12 +312,14 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     python -m classify report --model lp.skops --store feats.h5 --out report/
     python -m classify report --model st.skops --store feats.h5 --out report-cv/ --folds 3
     """
-    from classify.report import write_report
+    from classify.report import REPORT_FILES, write_report
 
     check_flags(dict(folds=folds, seed=seed, pairs=pairs, per_pair=per_pair), FLAGS)
+    out = check_output(out, inputs={"--model": model, "--store": store}, folder=True, files=REPORT_FILES)
     fitted = pipeline.load_model(model)
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
+        unpredictable = pipeline.unpredictable_classes(fs, getattr(fitted.estimator, "classes_", None))
         root = Path(fs.root)
         data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
         test = (data.splits == "test") & (data.y >= 0)
@@ -328,7 +334,8 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
                                                                    seed=seed)
             protocol = f"{k}-fold CV on the labeled train rows"
     title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
-    extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None)}
+    extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None),
+             "unpredictable_classes": unpredictable}
     extra = json.loads(json.dumps(extra, default=pipeline.jsonable))  # plain JSON types for report.json
     summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=[root / i for i in ids],
                            captions=[display_id(i) for i in ids], pairs_shown=pairs, per_pair=per_pair)

@@ -6,10 +6,29 @@ from pathlib import Path
 
 from classify.labeling import audit as audit_module, suggest as suggest_module
 from classify.pages import Group, contact_sheet, page
-from store.validation import BOOL, Int, Options, check_flags
+from store.outputs import check_output, write_text
+from store.validation import BOOL, Int, Options, UserError, check_flags
 
-FLAGS = {"budget": [Int(1)], "seed": [Int(0)], "folds": [Int(2)], "strategy": [Options(*suggest_module.STRATEGIES)],
-         "all_rows": [BOOL], "html": [BOOL]}
+#: seeds stop below 2**32: scikit-learn's KMeans and StratifiedKFold take no more
+FLAGS = {"budget": [Int(1)], "seed": [Int(0, 2**32 - 1)], "folds": [Int(2)],
+         "strategy": [Options(*suggest_module.STRATEGIES)], "all_rows": [BOOL], "html": [BOOL]}
+
+
+def sheet_path(csv_path: str | Path) -> Path:
+    """The contact sheet written beside a CSV: the CSV's name with ``.html``."""
+    return Path(csv_path).with_suffix(".html")
+
+
+def check_outputs(out, store: str, html: bool) -> Path:
+    """The CSV (and with ``html`` its page) checked before any work (:func:`store.outputs.check_output`); a CSV
+    named like its page is refused: the page would replace it."""
+    out = check_output(out, inputs={"--store": store})
+    if html:
+        if sheet_path(out) == out:
+            raise UserError(f"--out {out} would be both the CSV and its HTML page (written beside the CSV with "
+                             f".html); pass --out {out.with_suffix('.csv')} (the page becomes {out}), or add --nohtml")
+        check_output(sheet_path(out), "the page of --out", inputs={"--store": store})
+    return out
 
 
 def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path) -> Path:
@@ -19,9 +38,7 @@ def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path) -> Path
     out = csv_path.parent
     out.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet([Group(name, [p for p, _ in items], [c for _, c in items]) for name, items in groups], out)
-    target = csv_path.with_suffix(".html")
-    target.write_text(page(title, sheet, subtitle), encoding="utf-8")
-    return target
+    return write_text(sheet_path(csv_path), page(title, sheet, subtitle))
 
 
 def suggest(store: str, backbone: str | None = None, method: str = "labelprop", budget: int = 20,
@@ -59,6 +76,7 @@ def suggest(store: str, backbone: str | None = None, method: str = "labelprop", 
     python -m classify suggest --store feats.h5 --backbone timm:tf_efficientnet_lite0 --strategy typiclust
     """
     check_flags(dict(budget=budget, seed=seed, strategy=strategy, html=html), FLAGS)
+    out = check_outputs(out, store, html)
     rows = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
     if html:
         sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
@@ -97,6 +115,7 @@ def audit(store: str, backbone: str | None = None, method: str = "labelprop", ou
     python -m classify audit --store feats.h5 --method linear --folds 3 --all-rows
     """
     check_flags(dict(folds=folds, seed=seed, all_rows=all_rows, html=html), FLAGS)
+    out = check_outputs(out, store, html)
     rows = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
     if html:
         sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method})",

@@ -25,7 +25,6 @@ Python API: :func:`suggest_arrays` over ``X``, ``y`` (``-1`` unlabeled), :func:`
 """
 from __future__ import annotations
 
-import csv
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -37,6 +36,8 @@ from classify.methods.features import UNLABELED, align_proba
 from classify.labeling.selection import (STRATEGIES, Selection, check_budget, duplicate_free,
                                 feature_keys, select)
 from store import FeatureStore, display_id
+from store.clitools import as_list
+from store.outputs import write_csv as write_rows
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def suggest_arrays(X: np.ndarray, y: np.ndarray, budget: int = 20, method="label
 
 def _backbone(store: FeatureStore, backbone) -> str:
     """The one backbone spec to use: the given one (checked), or the store's only backbone."""
-    specs = pipeline.as_list(backbone)
+    specs = as_list(backbone)
     have = store.backbones
     if not specs:
         if len(have) != 1:
@@ -161,15 +162,10 @@ def suggest_store(store: FeatureStore | str, backbone: str | None = None, method
 
 
 def write_csv(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Path:
-    """Rows as CSV (ids written back as their original bytes, like ``classify predict``)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([f"{row[c]:.4f}" if isinstance(row[c], float) else row[c] for c in columns])
-    return out
+    """Rows as CSV, whole or not at all, scores with 4 decimals (:func:`store.outputs.write_csv`: ids written back
+    as their original bytes, like ``classify predict``, and no cell read as a formula)."""
+    return write_rows(out, columns, ([f"{row[c]:.4f}" if isinstance(row[c], float) else row[c] for c in columns]
+                                     for row in rows))
 
 
 def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:

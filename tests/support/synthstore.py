@@ -1,14 +1,17 @@
 """A synthetic feature store: three Gaussian classes seen by two 'backbones', one with CLIP-like text embeddings."""
 import numpy as np
 
-from store import OK, FeatureStore
+from store import ERROR, OK, FeatureStore
 
 CLASSES = ["cat", "dog", "fox"]
 A, B = "timm:a", "clip:b/tag"
 
 
-def make_store(path, labeled_test=True, seed=0):
-    """Three Gaussian classes in two 'backbones'; B also has CLIP-like text embeddings pointing at the means."""
+def make_store(path, labeled_test=True, seed=0, root=None, failed_class=None, classes=CLASSES):
+    """Three Gaussian classes in two 'backbones'; B also has CLIP-like text embeddings pointing at the means.
+
+    ``root`` is the data folder the ids are relative to; every train image of class ``failed_class`` (a name) is
+    recorded as failed to decode; ``classes`` renames the three classes (the ids keep the default names)."""
     rng = np.random.default_rng(seed)
     n_train, n_unlabeled, n_test = 5, 40, 20
     ids, splits, labels, truth = [], [], [], []
@@ -23,11 +26,15 @@ def make_store(path, labeled_test=True, seed=0):
     means_a, means_b = rng.normal(size=(3, 8)) * 3, rng.normal(size=(3, 6)) * 3
     feats_a = means_a[truth] + rng.normal(size=(len(ids), 8))
     feats_b = means_b[truth] + rng.normal(size=(len(ids), 6))
-    with FeatureStore.create(path, ids, splits, labels, CLASSES) as fs:
+    failed = np.zeros(len(ids), dtype=bool)
+    if failed_class is not None:
+        failed = (np.array(splits) == "train") & (truth == list(classes).index(failed_class))
+    status = np.where(failed, ERROR, OK)
+    errors = ["cannot identify image file" if bad else None for bad in failed]
+    with FeatureStore.create(path, ids, splits, labels, list(classes), root=root) as fs:
         for spec, feats in ((A, feats_a), (B, feats_b)):
             fs.begin_backbone({"spec": spec, "weights_sha256": spec, "weights_source": "test", "preprocessing": {},
                                "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, feats.shape[1])
-            fs.write_rows(spec, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
-                          features=feats)
+            fs.write_rows(spec, np.arange(len(ids)), status, [None] * len(ids), errors, features=feats[~failed])
         fs.set_text(B, np.repeat(means_b[:, None, :], 2, axis=1), ["a {}.", "the {}."], 100.0)
     return path, truth
