@@ -77,7 +77,8 @@ def suggest(store: str, backbone: str | None = None, method: str = "labelprop", 
     """
     check_flags(dict(budget=budget, seed=seed, strategy=strategy, html=html), FLAGS)
     out = check_outputs(out, store, html)
-    rows = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
+    rows, summary = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
+    print(summary)
     if html:
         sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
                             suggest_module.sheet_groups(rows), out)
@@ -116,8 +117,10 @@ def audit(store: str, backbone: str | None = None, method: str = "labelprop", ou
     """
     check_flags(dict(folds=folds, seed=seed, all_rows=all_rows, html=html), FLAGS)
     out = check_outputs(out, store, html)
-    rows = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
+    rows, notes = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
+    print("\n".join(notes))
     if html:
-        sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method})",
+        caution = "".join(f" {note}" for note in notes[1:])  # the page carries the caution, too
+        sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method}).{caution}",
                             audit_module.sheet_groups(rows), out)
         print(f"wrote {sheet} (open it in a browser)")

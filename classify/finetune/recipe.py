@@ -8,8 +8,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 
 from classify import pipeline
 from classify.finetune.heads import (
@@ -34,6 +32,7 @@ from classify.finetune.state import (
     preprocessing_matches,
     previous_state,
 )
+from classify.finetune.schedule import optimizer_and_schedule, say_how_far_weights_moved
 from classify.finetune.trainer import Trainer, score_key
 from classify.methods.linear import FineTunedHead
 from embed.backbones import Backbone, load_backbone, parse_spec
@@ -155,7 +154,7 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
              len(train_rows), len(pseudo_rows), len(val_rows), len(pool_rows))
     trainer = Trainer(images, loaded, net, torch_device, cfg, np.concatenate([train_rows, pseudo_rows]), train_y,
                       val_rows, pool_rows, workers, progress)
-    optimizer, scheduler = _optimizer(net, cfg, trainer.steps_per_epoch)
+    optimizer, scheduler = optimizer_and_schedule(net, cfg, trainer.steps_per_epoch)
     run = _progress(state, state_path, net, optimizer, scheduler, trainer, contaminated)
     resumed_from = run.epoch
     extra = {"pseudo_rows": pseudo_rows.tolist(), "pseudo_y": pseudo_y.tolist(), "pseudo_report": pseudo_report}
@@ -165,12 +164,10 @@ def finetune(data: str | Path, backbone: str, out: str | Path, *, init=None, unf
                   lambda: run.save(state_path, cfg, net, optimizer, scheduler, trainer.thresholds, extra))
     alpha, alpha_by = _choose_alpha(run, alphas, len(val_rows) > 0, contaminated, trainer, net)
     net.load_state_dict(wise_interpolate(run.initial, run.best, alpha))
-    moved = _say_how_far_weights_moved(run.initial, cpu_state(net), alpha_by, len(run.history))
     final_score = trainer.evaluate()
 
     result = _export(net, loaded, parsed, out, image_size, cfg, images, t_start, run, alpha, alpha_by, final_score,
                      resumed_from, pseudo_report)
-    result.weights_change = moved
     # the finished state is small: the checkpoint is the result; a rerun of the same command is a no-op
     atomic_save({"format": STATE_FORMAT, "finished": True, "config": cfg, "result": result.to_dict()}, state_path)
     log.info("wrote %s (best epoch %d, WiSE alpha %.2f) and %s in %.1f s", out, run.best_epoch, alpha,
@@ -216,37 +213,12 @@ def _config(images: ImageSet, parsed, init, unfreeze, pseudo, alphas, image_size
     return cfg
 
 
-def _optimizer(net: FineTuneNet, cfg: dict, steps_per_epoch: int):
-    """AdamW with layer-wise lr decay (timm) and a per-step cosine schedule with linear warm-up."""
-    lr = cfg["lr"]
-    optimizer = create_optimizer_v2(net, opt="adamw", lr=lr, weight_decay=cfg["weight_decay"],
-                                    layer_decay=cfg["layer_decay"] if cfg["layer_decay"] != 1 else None)
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=lr * 0.01,
-                                  warmup_t=warmup_steps(cfg["warmup_epochs"], steps_per_epoch, total),
-                                  warmup_lr_init=lr * 0.01, t_in_epochs=False)
-    return optimizer, scheduler
-
-
-#: the largest share of a run's steps the linear warm-up may take: a short run must still train at its peak lr
-MAX_WARMUP_SHARE = 0.1
-
-
-def warmup_steps(warmup_epochs: float, steps_per_epoch: int, total_steps: int) -> int:
-    """Steps of linear warm-up: ``warmup_epochs`` of them, but at most :data:`MAX_WARMUP_SHARE` of the run (a
-    one-epoch run with one epoch of warm-up would otherwise train at 1 % of its learning rate throughout)."""
-    asked = int(round(warmup_epochs * steps_per_epoch))
-    steps = min(asked, int(MAX_WARMUP_SHARE * total_steps))
-    if steps < asked:
-        log.info("warm-up shortened from %d to %d steps (at most %d %% of the run's %d steps)", asked, steps,
-                 round(100 * MAX_WARMUP_SHARE), total_steps)
-    return steps
-
-
 def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, cfg: dict, images: ImageSet,
             t_start: float, run: Progress, alpha: float, alpha_by: str, final_score, resumed_from: int,
             pseudo_report) -> FinetuneResult:
-    """The backbone checkpoint, verified through the loader ``embed`` uses, and the head as a classify model."""
+    """The backbone checkpoint, verified through the loader ``embed`` uses, and the head as a classify model; how far
+    the weights moved from the initial network is said and recorded."""
+    moved = say_how_far_weights_moved(run.initial, cpu_state(net), alpha_by, len(run.history))
     exported = cpu_state(net.trunk) if net.kind == "timm" else cpu_state(loaded.model)
     atomic_save(exported, out)
     new_spec = parse_spec(f"{parsed.kind}:{parsed.name}@{out}")
@@ -264,7 +236,8 @@ def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, c
                           alpha_chosen_by=alpha_by,
                           val_accuracy_initial=None if run.score0 is None else run.score0["accuracy"],
                           val_accuracy=None if final_score is None else final_score["accuracy"],
-                          resumed_from=resumed_from, seconds=seconds, history=run.history, pseudo=pseudo_report)
+                          resumed_from=resumed_from, seconds=seconds, history=run.history, pseudo=pseudo_report,
+                          weights_change=moved)
 
 
 def _check_flags(parsed, out: Path, unfreeze, epochs, batch_size, lr, val_fraction, patience, threshold,
@@ -408,34 +381,6 @@ def _train_epochs(run: Progress, trainer: Trainer, optimizer, scheduler, cfg: di
             callback(epoch, stats)
     if run.best is None:
         run.best = cpu_state(trainer.net)
-
-
-#: a relative change of the weights below this leaves the network, for every practical purpose, where it started
-BARELY_MOVED = 1e-3
-
-
-def weights_change(initial: dict, final: dict) -> float:
-    """Relative L2 change ``||final - initial|| / ||initial||`` over the floating tensors of two state_dicts."""
-    diff = norm = 0.0
-    for name, before in initial.items():
-        if before.is_floating_point():
-            diff += float((final[name].float() - before.float()).pow(2).sum())
-            norm += float(before.float().pow(2).sum())
-    return (diff ** 0.5) / max(norm ** 0.5, 1e-12)
-
-
-def _say_how_far_weights_moved(initial: dict, final: dict, alpha_by: str, epochs_run: int) -> float:
-    """Log how far the exported weights moved from the initial network; warn when epochs ran but changed almost
-    nothing (``--epochs 0`` asks for the initial network)."""
-    moved = weights_change(initial, final)
-    log.info("the exported weights moved %.2e (relative L2) from the initial network", moved)
-    if moved < BARELY_MOVED and epochs_run:
-        why = ("no fine-tuned epoch beat the initial network on validation" if alpha_by == "no fine-tuned epoch"
-               else "the training steps barely changed them")
-        log.warning("fine-tuning left the weights almost where they started (relative change %.1e: %s); the "
-                    "checkpoint is practically the initial network: train longer (--epochs) or faster (--lr)",
-                    moved, why)
-    return moved
 
 
 def _choose_alpha(run: Progress, alphas: list[float], validated: bool, contaminated: bool, trainer: Trainer,

@@ -10,7 +10,7 @@ reference implementation, depends only on numpy, scikit-learn, pandas, tqdm and 
 under a second.
 
 Python API: :func:`audit_arrays` over ``X``, ``y`` (``-1`` unlabeled), :func:`audit_store` over a feature store,
-:func:`audit_command` (writes the CSV, prints a summary) and :func:`sheet_groups` (the HTML contact sheet's groups).
+:func:`audit_command` (writes the CSV, says what it found) and :func:`sheet_groups` (the HTML contact sheet's groups).
 """
 from __future__ import annotations
 
@@ -248,18 +248,21 @@ def audit_command(store: str, backbone: str | None = None, method: str = "labelp
 
     Returns
     -------
-    list of dict
+    rows : list of dict
         The rows written (also for :func:`sheet_groups`).
+    notes : list of str
+        What was found, in one line, and a caution when the out-of-fold model agrees with too few given labels (its
+        flags are then often its own mistakes): for the command line and the page.
     """
     rows, result = audit_store(store, backbone, method, folds, seed, params)
     written = rows if all_rows else [r for r in rows if r["flagged"]]
     write_csv(written, out, CSV_COLUMNS)
     flagged = int(result.flagged.sum())
     top = ", ".join(f"{r['id']} ({r['given']} → {r['suggested']})" for r in rows[:3] if r["flagged"])
-    print(f"{flagged} of {len(rows)} labels look wrong ({result.folds}-fold out-of-fold {method}, confident learning)"
-          f" -> {out}" + (f"; most suspect: {top}" if top else ""))
+    notes = [f"{flagged} of {len(rows)} labels look wrong ({result.folds}-fold out-of-fold {method}, confident "
+             f"learning) -> {out}" + (f"; most suspect: {top}" if top else "")]
     if result.agreement < WEAK_AGREEMENT:
-        print(f"caution: the out-of-fold predictions agree with only {100 * result.agreement:.0f} % of the given "
-              "labels, so many flags may be the model's mistakes rather than the labels'; check them by eye, or audit "
-              "with a stronger backbone (--backbone) or method (--method)")
-    return written
+        notes.append(f"caution: the out-of-fold predictions agree with only {100 * result.agreement:.0f} % of the "
+                     "given labels, so many flags may be the model's mistakes rather than the labels'; check them by "
+                     "eye, or audit with a stronger backbone (--backbone) or method (--method)")
+    return written, notes

@@ -21,7 +21,7 @@ PCA and NearestNeighbors; the active-learning libraries (modAL, ALiPy, scikit-ac
 loop of their own and do not take a transductive method's probabilities or a class-balance rule.
 
 Python API: :func:`suggest_arrays` over ``X``, ``y`` (``-1`` unlabeled), :func:`suggest_store` over a feature store,
-:func:`suggest_command` (writes the CSV, prints a summary) and :func:`sheet_groups` (the HTML contact sheet's groups).
+:func:`suggest_command` (writes the CSV, says what it wrote) and :func:`sheet_groups` (the HTML contact sheet's groups).
 """
 from __future__ import annotations
 
@@ -209,8 +209,10 @@ def suggest_command(store: str, backbone: str | None = None, method: str = "labe
 
     Returns
     -------
-    list of dict
+    rows : list of dict
         The rows written (also for :func:`sheet_groups`).
+    summary : str
+        One line saying what was written, for the command line to print.
     """
     rows = suggest_store(store, backbone, method, budget, seed, strategy, params)
     write_csv(rows, out, CSV_COLUMNS)
@@ -218,5 +220,4 @@ def suggest_command(store: str, backbone: str | None = None, method: str = "labe
     for row in rows:
         per_class[row["predicted"]] = per_class.get(row["predicted"], 0) + 1
     spread = ", ".join(f"{name} {n}" for name, n in sorted(per_class.items(), key=lambda kv: (-kv[1], kv[0])))
-    print(f"suggested {len(rows)} images to label -> {out} (predicted classes: {spread})")
-    return rows
+    return rows, f"suggested {len(rows)} images to label -> {out} (predicted classes: {spread})"

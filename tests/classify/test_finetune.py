@@ -407,7 +407,7 @@ def test_step_size_defaults_follow_the_device(data_dir, timm_spec, tmp_path):
 
 # ------------------------------------------------------------------------------------------ saying what it did
 def test_warm_up_takes_at_most_a_tenth_of_a_short_run():
-    from classify.finetune.recipe import warmup_steps
+    from classify.finetune.schedule import warmup_steps
 
     assert warmup_steps(1.0, steps_per_epoch=10, total_steps=200) == 10  # a long run keeps its epoch of warm-up
     assert warmup_steps(1.0, steps_per_epoch=10, total_steps=10) == 1  # --epochs 1: not the whole run at 1 % lr
@@ -415,11 +415,11 @@ def test_warm_up_takes_at_most_a_tenth_of_a_short_run():
 
 
 def test_a_short_run_trains_at_its_learning_rate():
-    from classify.finetune.recipe import _optimizer
+    from classify.finetune.schedule import optimizer_and_schedule
 
     net = torch.nn.Linear(4, 3)
     cfg = {"lr": 1e-4, "weight_decay": 0.0, "layer_decay": 1.0, "epochs": 1, "warmup_epochs": 1.0}
-    optimizer, scheduler = _optimizer(net, cfg, steps_per_epoch=3)
+    optimizer, scheduler = optimizer_and_schedule(net, cfg, steps_per_epoch=3)
     used = []
     for step in range(3):  # as Trainer.train_epoch: the optimizer steps at the current lr, then the schedule moves
         used.append(max(g["lr"] for g in optimizer.param_groups))
@@ -430,7 +430,7 @@ def test_a_short_run_trains_at_its_learning_rate():
 
 
 def test_a_run_that_barely_moves_the_weights_says_so(data_dir, timm_spec, tmp_path, caplog):
-    caplog.set_level("INFO", logger="classify.finetune.recipe")
+    caplog.set_level("INFO", logger="classify.finetune.schedule")
     result = finetune(data_dir, timm_spec, tmp_path / "ft.pth", **{**FAST, "epochs": 1, "lr": 1e-9}, val_fraction=0)
     assert result.weights_change < 1e-6
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -22,7 +22,12 @@ class _Links(HTMLParser):
 
 @pytest.fixture
 def store(tmp_path):
-    """3 classes x (4 labeled + 20 unlabeled) real PNG files and 2-d features that separate the classes."""
+    return make_store(tmp_path)
+
+
+def make_store(tmp_path, separation: float = 3.0):
+    """3 classes x (4 labeled + 20 unlabeled) real PNG files and 3-d features that separate the classes (with
+    ``separation`` 0, features are noise the labels do not follow)."""
     rng = np.random.default_rng(0)
     ids, splits, labels, feats = [], [], [], []
     for c, name in enumerate(["cat", "dog", "fox"]):
@@ -34,7 +39,7 @@ def store(tmp_path):
             ids.append(image_id)
             splits.append(split)
             labels.append(c if split == "train" else -1)
-            feats.append(np.eye(3)[c] * 3 + rng.normal(size=3))
+            feats.append(np.eye(3)[c] * separation + rng.normal(size=3))
     path = tmp_path / "s.h5"
     with FeatureStore.create(path, ids, splits, labels, ["cat", "dog", "fox"], root=tmp_path) as fs:
         fs.begin_backbone({"spec": "timm:a", "weights_sha256": "a", "weights_source": "test", "preprocessing": {},
@@ -42,6 +47,15 @@ def store(tmp_path):
         fs.write_rows("timm:a", np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
                       features=np.array(feats))
     return path
+
+
+def test_audit_puts_its_low_agreement_caution_on_the_page(tmp_path, capsys):
+    store = make_store(tmp_path, separation=0.0)
+    out = tmp_path / "suspects.csv"
+    main(["audit", "--store", str(store), "--out", str(out), "--folds", "2", "--all-rows"])
+    printed = capsys.readouterr().out
+    assert "caution: the out-of-fold predictions agree with only" in printed
+    assert "caution: the out-of-fold predictions agree with only" in out.with_suffix(".html").read_text()
 
 
 def _sheet_files_exist(sheet):
