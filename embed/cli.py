@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from embed import sources
+from embed.images import IMAGE_SIZE
 from store import display_id
 from store.clitools import as_list, progress_bars, run_cli
 from store.validation import BOOL, NONE, Int, Is, Options, Real, UserError, check_flags
@@ -26,7 +27,7 @@ def demo_folder() -> Path:
 
 #: the type and range of every flag of ``run`` (see :mod:`store.validation`)
 RUN_FLAGS = {"batch_size": [Int(1)], "workers": [NONE, Int(0)], "dtype": [Options("float32", "float16")],
-             "views": [Int(0)], "image_size": [NONE, Int(8)], "seed": [Int(0)], "progress": [BOOL],
+             "views": [Int(0)], "image_size": [NONE, IMAGE_SIZE], "seed": [Int(0)], "progress": [BOOL],
              "engine": [Options("local", "ray")], "num_cpus": [NONE, Int(1)], "num_gpus": [Real(0)],
              "shard_size": [Int(1)], "offline": [BOOL], "allow_outside": [BOOL],
              "device": [Is(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
@@ -85,7 +86,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     templates : str
         File of CLIP prompt templates, one per line, each with one {} for the class name.
     image_size : int
-        Square input side, overriding the backbone's own resolution.
+        Square input side, 8 to 4096 pixels, overriding the backbone's own resolution.
     seed : int
         Seed of the augmented views.
     progress : bool

@@ -16,6 +16,7 @@ import crafted_lists as crafted
 from classify.cli import main as classify_main
 from classify.predictions import format_ids
 from embed import sources
+from embed.backbones import MAX_IMAGE_SIZE, load_backbone
 from embed.cli import main as embed_main
 from store import OK, FeatureStore
 from store.validation import UserError
@@ -178,9 +179,25 @@ def test_latin1_classes_txt_is_one_line(tmp_path, spec, capsys):
     assert not (tmp_path / "s.h5").exists()
 
 
-# --------------------------------------------------------------------------------------- 4. NUL bytes
+# --------------------------------------------------------------------------------------- 4. NUL bytes, --image-size
 def test_a_nul_byte_in_a_path_is_one_line(tmp_path, spec, capsys):
     listed, line = crafted.write_nul_csv(tmp_path / "data")
     msg = refused(capsys, "--csv", listed, "--backbone", spec, "--store", tmp_path / "s.h5")
     assert f"row {line}" in msg and "NUL" in msg
     assert not (tmp_path / "s.h5").exists()
+
+
+@pytest.mark.parametrize("size", [MAX_IMAGE_SIZE + 1, 20000])
+def test_image_size_has_an_upper_bound(tmp_path, spec, capsys, size):
+    root = tmp_path / "data"
+    crafted.write_list_folder(root / "train" / "cat", n=1)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        embed_main(["run", "--data", str(root), "--backbone", spec, "--store", str(tmp_path / "s.h5"),
+                    "--image-size", str(size), "--workers", "0", "--progress", "False"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1
+    assert "--image-size" in err[0] and str(MAX_IMAGE_SIZE) in err[0] and "MB" in err[0]
+    assert not (tmp_path / "s.h5").exists()
+    with pytest.raises(UserError, match=str(MAX_IMAGE_SIZE)):
+        load_backbone(spec, image_size=size)
