@@ -1,6 +1,7 @@
 """``python -m embed run``: embed a dataset into a feature store (no arguments: the built-in demo)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -148,7 +149,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     log.info("%d images (%s) from %s", len(images), ", ".join(f"{images.splits.count(s)} {s}"
                                                              for s in ("train", "unlabeled", "test")), images.root)
     template_list = load_templates(templates) if templates else None
-    with offline_env(offline):  # every load below, in this process and in the ones it starts, refuses downloads
+    # offline_env: every load below, in this process and in the ones it starts, refuses downloads
+    with _hub_logs_once(), offline_env(offline):
         if engine == "ray":
             summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
                                image_size, template_list, views, dtype, progress)
@@ -157,6 +159,29 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
                             dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
                             progress=progress)
     _print_summary(summary, specs[0])
+
+
+@contextlib.contextmanager
+def _hub_logs_once():
+    """huggingface_hub's records (a download's "Retrying in 1s" lines) through the root logger only, once each.
+
+    huggingface_hub gives its logger a stream handler of its own and lets records propagate to the root logger too,
+    which the command line has set up: every line was printed twice, the second time without the command's format
+    nor its --quiet / --log-level. Its handler is set aside for the command and put back after.
+    """
+    import huggingface_hub.utils.logging  # noqa: F401 - adds that handler on import: before it is set aside
+
+    hub = logging.getLogger("huggingface_hub")
+    own = [handler for handler in hub.handlers if type(handler) is logging.StreamHandler]
+    if not logging.getLogger().handlers:  # no handler of ours: theirs is the only way its warnings are seen
+        own = []
+    for handler in own:
+        hub.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in own:
+            hub.addHandler(handler)
 
 
 def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,

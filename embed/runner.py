@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from embed.backbones import Backbone, load_backbone
+from embed.backbones import Backbone, load_backbone, resolve_weights
 from embed.images import DEFAULT_MAX_BYTES, load_image
 from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
@@ -176,6 +176,10 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     workers = default_workers(torch_device) if workers is None else int(workers)
     templates = list(templates or DEFAULT_TEMPLATES)
     summary = RunSummary(store=Path(store_path))
+    # Every download before the store exists: a failed one (after huggingface_hub's retries) leaves nothing behind.
+    first = load_backbone(backbones[0], device=str(torch_device), image_size=image_size)
+    for spec in backbones[1:]:
+        _fetch_weights(spec)
     with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
                          root=images.root) as store:
         changed = changed_rows(images.paths, store.sha256, progress)
@@ -185,15 +189,24 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
             log.warning("%d file(s) changed since they were embedded; embedding them again: %s", changed.size, shown)
             store.invalidate_rows(changed)
         for spec in backbones:
-            backbone = load_backbone(spec, device=str(torch_device), image_size=image_size)
+            backbone = first or load_backbone(spec, device=str(torch_device), image_size=image_size)
+            first = None  # one model in memory at a time
             summary.embedded[backbone.spec] = _embed_one(store, images, backbone, torch_device, batch_size, workers,
                                                          dtype, views, templates, seed, progress)
+            del backbone
         stale = [spec for spec in store.backbones if spec not in summary.embedded and not store.rows_done(spec).all()]
         if changed.size and stale:
             log.warning("%s also needs the changed files embedded again: rerun with --backbone %s", store.path,
                         " --backbone ".join(stale))
         summary.errors, summary.duplicates = store.errors(), store.duplicates()
     return summary
+
+
+def _fetch_weights(spec: str) -> None:
+    """Download the weights of ``spec`` into timm's / open_clip's cache when they must be downloaded (the model
+    loaded for that is dropped; the run loads it again from the cache when its turn comes)."""
+    if resolve_weights(spec).source == "download":
+        load_backbone(spec)
 
 
 def file_sha256(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:

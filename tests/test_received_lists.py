@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import csv
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -201,3 +204,35 @@ def test_image_size_has_an_upper_bound(tmp_path, spec, capsys, size):
     assert not (tmp_path / "s.h5").exists()
     with pytest.raises(UserError, match=str(MAX_IMAGE_SIZE)):
         load_backbone(spec, image_size=size)
+
+
+# ------------------------------------------------------------------------------------- 5. a download that fails
+FAILING_HUB = textwrap.dedent("""
+    import logging, sys
+    import timm.models._hub
+
+    def failing(repo_id, filename, **kwargs):  # what huggingface_hub does on a refused connection, then gives up
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise OSError("Connection refused")
+
+    timm.models._hub.hf_hub_download = failing
+    from embed.cli import main
+    main(sys.argv[1:])
+""")
+
+
+def test_a_failed_download_leaves_no_store_and_logs_each_retry_once(tmp_path):
+    root = tmp_path / "data"
+    crafted.write_list_folder(root / "train" / "cat", n=2)
+    store = tmp_path / "s.h5"
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf"), "HOME": str(tmp_path / "home"),
+           "TORCH_HOME": str(tmp_path / "torch")}
+    env.pop("HF_HUB_OFFLINE", None)
+    out = subprocess.run([sys.executable, "-c", FAILING_HUB, "run", "--data", str(root), "--backbone",
+                          "timm:test_efficientnet", "--store", str(store), "--workers", "0", "--progress", "False"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: could not download"), lines
+    assert sum("Retrying in 1s" in line for line in lines) == 1, lines
+    assert not store.exists()
