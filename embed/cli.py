@@ -6,6 +6,8 @@ import hashlib
 import logging
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 from embed import sources
@@ -150,15 +152,47 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
                                                              for s in ("train", "unlabeled", "test")), images.root)
     template_list = load_templates(templates) if templates else None
     # offline_env: every load below, in this process and in the ones it starts, refuses downloads
-    with _hub_logs_once(), offline_env(offline):
-        if engine == "ray":
-            summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
-                               image_size, template_list, views, dtype, progress)
-        else:
-            summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
-                            dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
-                            progress=progress)
+    with _hub_logs_once(), offline_env(offline), _sigterm_stops_cleanly():
+        try:
+            if engine == "ray":
+                summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
+                                   image_size, template_list, views, dtype, progress)
+            else:
+                summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
+                                dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
+                                progress=progress)
+        except Terminated:
+            log.warning("stopped by SIGTERM: what was written to %s is kept; rerun the same command to resume", store)
+            raise
     _print_summary(summary, specs[0])
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a run: exits with status 143 (128 + SIGTERM) once every ``finally`` has run."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly():
+    """Inside the block SIGTERM ends the command as Ctrl-C does: an exception, so that the decode workers are stopped
+    and the store is closed (its file lock released) before the process exits.
+
+    Python's default for SIGTERM is to die on the spot: the decode workers, forked with the store's file open, were
+    orphaned and kept its lock (a rerun could not open the store) until they noticed. A second SIGTERM kills at once.
+    Signal handlers belong to the main thread: elsewhere (a caller's thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """The batch runner: every backbone runs once over every image; rows land in the store batch by batch.
 
 One writer (this process) and decoding in DataLoader worker processes. Each batch is written and flushed before
-the next, so a run killed at any moment resumes with the same command and recomputes nothing already written.
+the next, so a run killed at any moment resumes with the same command and recomputes nothing already written. The
+workers never outlive the run (they hold the store's file, and so its lock): however the loop ends they are stopped
+before the store closes, and on Linux the kernel kills them if the run dies without clean-up (``kill -9``).
 
 Resume trusts content, not names: before embedding into an existing store, every file read before is hashed again
 and compared with the sha256 recorded when it was embedded; a file that changed (another picture under the same
@@ -17,12 +19,16 @@ actors in :mod:`embed.ray_engine`), :class:`Mapper` runs the backbone into a :cl
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import math
 import os
 import random
+import signal
 import stat
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -315,9 +321,38 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
     paths = images.paths
     loader = DataLoader(ImageRows([paths[r] for r in pending], pending, backbone, n_views, seed),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=mapper.cuda,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    with tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1) as bar:
-        return write_batches((mapper(*items) for items in loader), StoreWriter(store, backbone.spec), bar)
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        worker_init_fn=functools.partial(_decode_worker_init, os.getpid()) if workers else None)
+    batches = iter(loader)
+    try:
+        with tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1) as bar:
+            return write_batches((mapper(*items) for items in batches), StoreWriter(store, backbone.spec), bar)
+    finally:
+        # However the loop ends (an error, Ctrl-C, SIGTERM turned into an exception by the command line), the decode
+        # workers stop here, before the store closes: DataLoader's own clean-up, which otherwise waits for the
+        # iterator to be garbage-collected (a traceback holding it keeps them alive). Done already after a full pass.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+#: prctl(2) option: the signal the calling process receives when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _decode_worker_init(parent: int, worker_id: int) -> None:
+    """Run in each decode worker as it starts: the worker never outlives the run.
+
+    A worker is forked with the store's file open, so while it lives it keeps the store's file lock. On Linux it asks
+    the kernel to kill it when the run's process dies, however that dies (even ``kill -9``), and quits at once if that
+    already happened. SIGTERM gets its default action back: the handler the command line installs is the run's, not
+    the worker's (the run stops its workers itself).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) -> None:
