@@ -150,6 +150,19 @@ def test_one_file_under_two_spellings_and_one_label_is_kept_once(tmp_path, spell
     assert images.ids == ["imgs/0.png", "imgs/1.png", "imgs/2.png", "imgs/3.png"]
 
 
+def test_dotdot_after_a_linked_folder_is_refused(tmp_path):
+    """``sub/../imgs/0.png`` with ``sub`` a link: the system opens ``imgs/0.png`` beside the link's target, not the
+    ``imgs/0.png`` the normalised id would read."""
+    root = tmp_path / "data"
+    good = crafted.write_list_folder(root)
+    crafted.write_list_folder(root / "deep", n=1, seed=5)  # deep/imgs/0.png: another picture
+    (root / "deep" / "inner").mkdir()
+    (root / "sub").symlink_to("deep/inner", target_is_directory=True)
+    (root / "list.csv").write_text(f"sub/../imgs/0.png,cat\n{good[1]},dog\n")
+    with pytest.raises(UserError, match=r"row 1: sub/\.\./imgs/0.png names .*deep/imgs/0.png"):
+        sources.from_csv(root / "list.csv")
+
+
 def test_metadata_names_one_file_once(tmp_path):
     root = tmp_path / "data"
     crafted.write_list_folder(root)
