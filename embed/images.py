@@ -38,11 +38,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
-from store.validation import UserError
+from store.validation import Int, Is, UserError
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+#: The largest square input side: one 4096 px image is already 3 x 4096 x 4096 float32 = 201 MB of input (times the
+#: batch size, and again in the first feature maps), and every image, however small, is resized up to it before the
+#: model sees it; 12000 px would be 1.7 GB per image, and 20000 px (400 M pixels) is more than the decoder's own
+#: decompression-bomb limit. Common backbones stop at 1024 px (timm's eva02, beit); 4096 leaves room above them.
+MAX_IMAGE_SIZE = 4096
+#: What ``image_size`` (``--image-size``) may be: the one rule the command lines and :func:`load_backbone` check.
+IMAGE_SIZE = Is(Int(8, MAX_IMAGE_SIZE).accepts,
+                f"an int in [8, {MAX_IMAGE_SIZE}] (pixels per side: one {MAX_IMAGE_SIZE} px input is already "
+                f"{3 * 4 * MAX_IMAGE_SIZE**2 // 10**6} MB of float32 per image, a larger side costs gigabytes)")
 
 # Pillow decoders we let loose on untrusted bytes. Content is sniffed (a PNG named .jpg decodes fine), but
 # only among these: others (EPS runs Ghostscript, and many rarely-used plugins) are not worth the risk.

@@ -33,7 +33,7 @@ weight lookup patch it in the module that uses it (e.g. ``embed.backbones.timm_k
 """
 from __future__ import annotations
 
-from embed.backbones.api import load_backbone, resolve_weights
+from embed.backbones.api import IMAGE_SIZE, MAX_IMAGE_SIZE, load_backbone, resolve_weights
 from embed.backbones.base import Backbone
 from embed.backbones.checkpoint import weights_sha256
 from embed.backbones.clip_kind import ClipBackbone, ClipKind
@@ -43,6 +43,8 @@ from embed.backbones.timm_kind import TimmBackbone, TimmKind
 from embed.backbones.weights import WeightsPlan, WeightsUnavailableError, downloads_off, offline_env
 
 __all__ = [
+    "IMAGE_SIZE",
+    "MAX_IMAGE_SIZE",
     "STRONG_AUGMENT",
     "Backbone",
     "BackboneSpec",

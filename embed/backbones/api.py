@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import torch
 
 from embed.backbones.base import Backbone
 from embed.backbones.spec import BackboneSpec, kind_of, parse_spec
 from embed.backbones.weights import WeightsPlan
+from embed.images import IMAGE_SIZE, MAX_IMAGE_SIZE
 from store.validation import UserError
 
-__all__ = ["load_backbone", "resolve_weights"]
+__all__ = ["IMAGE_SIZE", "MAX_IMAGE_SIZE", "load_backbone", "resolve_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,8 @@ def load_backbone(
     device : str or torch.device
         Where the model goes (weights are loaded and hashed on CPU first).
     image_size : int, optional
-        Square input side overriding the model's default (e.g. 112 for quick runs); recorded in ``preprocessing``.
+        Square input side overriding the model's default (e.g. 112 for quick runs), 8 to :data:`MAX_IMAGE_SIZE`;
+        recorded in ``preprocessing``.
         Fixed-size models (ViTs) are rebuilt at that size with resampled position embeddings, or raise
         ``ValueError`` if they cannot be.
     offline : bool, optional
@@ -53,9 +54,8 @@ def load_backbone(
         Missing checkpoint file, or (``WeightsUnavailableError``) pretrained weights neither local nor downloadable.
     """
     parsed = _parsed(spec)
-    if image_size is not None and (not isinstance(image_size, (int, np.integer)) or isinstance(image_size, bool)
-                                   or image_size < 8):
-        raise UserError(f"image_size must be an integer >= 8 (pixels per side), got {image_size!r}")
+    if image_size is not None and not IMAGE_SIZE.accepts(image_size):
+        raise UserError(f"image_size must be {IMAGE_SIZE}, got {image_size!r}")
     image_size = None if image_size is None else int(image_size)
     backbone = kind_of(parsed).load(parsed, device=device, image_size=image_size, offline=offline)
     log.info(

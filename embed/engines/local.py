@@ -1,7 +1,9 @@
 """The batch runner: every backbone runs once over every image; rows land in the store batch by batch.
 
 One writer (this process) and decoding in DataLoader worker processes. Each batch is written and flushed before
-the next, so a run killed at any moment resumes with the same command and recomputes nothing already written.
+the next, so a run killed at any moment resumes with the same command and recomputes nothing already written. The
+workers never outlive the run (they hold the store's file, and so its lock): however the loop ends they are stopped
+before the store closes, and on Linux the kernel kills them if the run dies without clean-up (``kill -9``).
 
 Resume trusts content, not names: before embedding into an existing store, every file read before is hashed again
 and compared with the sha256 recorded when it was embedded; a file that changed (another picture under the same
@@ -17,12 +19,16 @@ actors in :mod:`embed.engines.ray`), :class:`Mapper` runs the backbone into a :c
 """
 from __future__ import annotations
 
+import ctypes
+import functools
 import hashlib
 import logging
 import math
 import os
 import random
+import signal
 import stat
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from embed.backbones import Backbone, load_backbone
+from embed.backbones import Backbone, load_backbone, resolve_weights
 from embed.images import DEFAULT_MAX_BYTES, load_image
 from embed.sources import ImageSet
 from embed.templates import DEFAULT_TEMPLATES
@@ -176,6 +182,10 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     workers = default_workers(torch_device) if workers is None else int(workers)
     templates = list(templates or DEFAULT_TEMPLATES)
     summary = RunSummary(store=Path(store_path))
+    # Every download before the store exists: a failed one (after huggingface_hub's retries) leaves nothing behind.
+    first = load_backbone(backbones[0], device=str(torch_device), image_size=image_size)
+    for spec in backbones[1:]:
+        _fetch_weights(spec)
     with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
                          root=images.root) as store:
         changed = changed_rows(images.paths, store.sha256, progress)
@@ -185,15 +195,24 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
             log.warning("%d file(s) changed since they were embedded; embedding them again: %s", changed.size, shown)
             store.invalidate_rows(changed)
         for spec in backbones:
-            backbone = load_backbone(spec, device=str(torch_device), image_size=image_size)
+            backbone = first or load_backbone(spec, device=str(torch_device), image_size=image_size)
+            first = None  # one model in memory at a time
             summary.embedded[backbone.spec] = _embed_one(store, images, backbone, torch_device, batch_size, workers,
                                                          dtype, views, templates, seed, progress)
+            del backbone
         stale = [spec for spec in store.backbones if spec not in summary.embedded and not store.rows_done(spec).all()]
         if changed.size and stale:
             log.warning("%s also needs the changed files embedded again: rerun with --backbone %s", store.path,
                         " --backbone ".join(stale))
         summary.errors, summary.duplicates = store.errors(), store.duplicates()
     return summary
+
+
+def _fetch_weights(spec: str) -> None:
+    """Download the weights of ``spec`` into timm's / open_clip's cache when they must be downloaded (the model
+    loaded for that is dropped; the run loads it again from the cache when its turn comes)."""
+    if resolve_weights(spec).source == "download":
+        load_backbone(spec)
 
 
 def file_sha256(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> str | None:
@@ -302,9 +321,38 @@ def _embed_one(store: FeatureStore, images: ImageSet, backbone: Backbone, device
     paths = images.paths
     loader = DataLoader(ImageRows([paths[r] for r in pending], pending, backbone, n_views, seed),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate, pin_memory=mapper.cuda,
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    with tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1) as bar:
-        return write_batches((mapper(*items) for items in loader), StoreWriter(store, backbone.spec), bar)
+                        persistent_workers=False, prefetch_factor=4 if workers else None,
+                        worker_init_fn=functools.partial(_decode_worker_init, os.getpid()) if workers else None)
+    batches = iter(loader)
+    try:
+        with tqdm(total=len(pending), unit="img", desc=backbone.spec, disable=not progress, smoothing=0.1) as bar:
+            return write_batches((mapper(*items) for items in batches), StoreWriter(store, backbone.spec), bar)
+    finally:
+        # However the loop ends (an error, Ctrl-C, SIGTERM turned into an exception by the command line), the decode
+        # workers stop here, before the store closes: DataLoader's own clean-up, which otherwise waits for the
+        # iterator to be garbage-collected (a traceback holding it keeps them alive). Done already after a full pass.
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+#: prctl(2) option: the signal the calling process receives when its parent dies (Linux)
+_PR_SET_PDEATHSIG = 1
+
+
+def _decode_worker_init(parent: int, worker_id: int) -> None:
+    """Run in each decode worker as it starts: the worker never outlives the run.
+
+    A worker is forked with the store's file open, so while it lives it keeps the store's file lock. On Linux it asks
+    the kernel to kill it when the run's process dies, however that dies (even ``kill -9``), and quits at once if that
+    already happened. SIGTERM gets its default action back: the handler the command line installs is the run's, not
+    the worker's (the run stops its workers itself).
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) -> None:

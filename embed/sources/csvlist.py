@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
-from embed.sources.files import ImageSet, _read_classes_file, _relative_id
-from store import SPLITS
+from embed.sources.files import ImageSet, ListedPaths, _read_classes_file
+from store import SPLITS, display_id
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ _COLUMN_HELP = (f"name the path column one of {', '.join(PATH_COLUMNS)}, the lab
                 f"{', '.join(LABEL_COLUMNS)} and the optional split column split")
 
 
-def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
+def from_csv(csv_path: str | Path, root: str | Path | None = None, allow_outside: bool = False) -> ImageSet:
     """A CSV of images and labels; paths relative to ``root`` (default: the CSV's folder).
 
     With a header, columns are found by name, case-insensitive, in any order: the path (one of `PATH_COLUMNS`,
@@ -47,8 +48,13 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
     read as UTF-8 (a byte-order mark is skipped); bytes that are not UTF-8 are kept as the exact bytes of the
     file name (Python's ``surrogateescape``).
 
-    A path listed twice with the same label and split is kept once, with a warning; with different labels or
-    splits the CSV is refused, listing the rows.
+    Every path must name a file inside ``root`` once resolved (no ``../``, no absolute path elsewhere, no link that
+    leads out), unless ``allow_outside``: a CSV is often someone else's, and would otherwise make the suite read,
+    and copy into pages, any file of this machine. See :class:`~embed.sources.files.ListedPaths` for the ids.
+
+    A file listed twice (under one spelling or two: ``a.png`` and ``sub/../a.png``, or a link and its target) with
+    the same label and split is kept once, with a warning; with different labels or splits the CSV is refused,
+    listing the rows.
 
     Raises
     ------
@@ -56,8 +62,9 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
         If the CSV does not exist.
     ValueError
         If the CSV lists no images, a header lacks a path or label column or looks like a header without
-        recognised names, a row has the wrong number of values or an unknown split, a path is listed with
-        conflicting labels or splits, or a label is missing from ``classes.txt``.
+        recognised names, a row has the wrong number of values, an unknown split or a NUL byte in its path, a path
+        lies outside ``root`` (without ``allow_outside``), a file is listed with conflicting labels or splits, a
+        label is missing from ``classes.txt`` or ``classes.txt`` is not UTF-8 or gives two classes one name.
     """
     csv_path = Path(csv_path).expanduser()
     if not csv_path.is_file():
@@ -75,7 +82,7 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None) -> ImageSet:
         _refuse_unnamed_header(rows[0][1], csv_path, root)
     if not rows:
         raise UserError(f"{csv_path} lists no images; expected rows path,label[,split]")
-    entries = _csv_entries(rows, columns, csv_path, root)
+    entries = _csv_entries(rows, columns, csv_path, ListedPaths(root, allow_outside))
     classes_file = csv_path.parent / "classes.txt"
     names = sorted({label for _, _, label in entries if label})
     if classes_file.is_file():
@@ -126,9 +133,10 @@ def _refuse_unnamed_header(cells: list[str], csv_path: Path, root: Path) -> None
 
 
 def _csv_entries(rows: list[tuple[int, list[str]]], columns: dict[str, int] | None, csv_path: Path,
-                 root: Path) -> list[tuple[str, str, str]]:
-    """``(split, id, label)`` once per path; conflicting duplicates refused, exact ones dropped with a warning."""
-    seen: dict[str, list[tuple[int, str, str]]] = {}  # id -> (line, label, split) of every row naming it
+                 listed: ListedPaths) -> list[tuple[str, str, str]]:
+    """``(split, id, label)`` once per file; rows outside the folder refused (unless allowed), conflicting
+    duplicates refused, exact ones dropped with a warning."""
+    seen: dict[str, list[tuple[int, str, str, str]]] = {}  # id -> (line, label, split, path) of every row naming it
     entries = []
     for line, row in rows:
         if columns is None:
@@ -146,22 +154,29 @@ def _csv_entries(rows: list[tuple[int, list[str]]], columns: dict[str, int] | No
         split = split or ("train" if label else "unlabeled")
         if split not in SPLITS:
             raise UserError(f"{csv_path} row {line}: split {split!r} must be one of {list(SPLITS)}")
-        id_ = _relative_id(Path(path), root)
+        id_ = listed.id_of(path, csv_path, line)
         if id_ not in seen:
             entries.append((split, id_, label))
-        seen.setdefault(id_, []).append((line, label, split))
-    conflicts = {i: uses for i, uses in seen.items() if len({u[1:] for u in uses}) > 1}
+        seen.setdefault(id_, []).append((line, label, split, path))
+    listed.check()
+    conflicts = {i: uses for i, uses in seen.items() if len({u[1:3] for u in uses}) > 1}
     if conflicts:
-        shown = [f"{i} ({'; '.join(f'row {line}: {label or _NO_LABEL} {split}' for line, label, split in uses)})"
-                 for i, uses in list(conflicts.items())[:5]]
+        shown = [f"{i} ({'; '.join(_use(i, *use) for use in uses)})" for i, uses in list(conflicts.items())[:5]]
         more = f" and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
         n = len(conflicts)
         raise UserError(f"{csv_path}: {n} path{' is' if n == 1 else 's are'} listed more than once with different "
                          f"labels or splits: {', '.join(shown)}{more}; keep one row per path")
-    repeats = [(i, line) for i, uses in seen.items() for line, _, _ in uses[1:]]
+    repeats = [(i, line) for i, uses in seen.items() for line, *_ in uses[1:]]
     if repeats:
         shown = ", ".join(f"{i} (row {line})" for i, line in repeats[:5])
         log.warning("%s: %d row%s an earlier one and %s skipped: %s%s", csv_path, len(repeats),
                     " repeats" if len(repeats) == 1 else "s repeat", "is" if len(repeats) == 1 else "are", shown,
                     f" and {len(repeats) - 5} more" if len(repeats) > 5 else "")
     return entries
+
+
+def _use(id_: str, line: int, label: str, split: str, path: str) -> str:
+    """One row naming a file, for a message: its line, label and split, and the name it gives the file when that is
+    another (a link to it)."""
+    other = Path(os.path.normpath(path)).as_posix() != id_
+    return f"row {line}: {label or _NO_LABEL} {split}" + (f" (as {display_id(path)})" if other else "")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
-from store import SPLITS
+from store import SPLITS, display_id
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -139,9 +139,23 @@ def _class_folders(train: Path) -> list[str]:
 
 
 def _read_classes_file(path: Path) -> tuple[list[str], list[str]]:
-    """``classes.txt``: one class per line in index order, ``<folder>`` or ``<folder>,<display name>``."""
+    """``classes.txt``: one class per line in index order, ``<folder>`` or ``<folder>,<display name>``.
+
+    Read as UTF-8 (a byte-order mark is skipped). Other encodings are refused rather than guessed: a guess (Latin-1
+    decodes any bytes) could silently give folder names that match no folder on disk, or display names that are
+    not the ones written, and the display names go into prompts, pages and CSV headers. Two classes with one display
+    name are refused too: labels and ``p_`` columns would not tell them apart.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{data[err.start]:02X} on line {line}); save it as UTF-8 "
+                        f"(from Latin-1: iconv -f latin1 -t utf-8 {path.name} > utf8.txt && mv utf8.txt "
+                        f"{path.name})") from None
     folders, names = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         folder, _, name = line.partition(",")
@@ -149,7 +163,26 @@ def _read_classes_file(path: Path) -> tuple[list[str], list[str]]:
         names.append(name.strip() or folder.strip().replace("_", " "))
     if len(set(folders)) != len(folders):
         raise UserError(f"{path} lists a class twice; each line must name a different class folder")
+    _check_display_names(folders, names, f"{path} gives", f"give each its own display name in {path.name}")
     return folders, names
+
+
+def _display_names(folders: list[str], root: Path) -> list[str]:
+    """Display names of class folders without a ``classes.txt``: ``_`` read as a space; two folders that read the
+    same are refused."""
+    names = [folder.replace("_", " ") for folder in folders]
+    _check_display_names(folders, names, f"{root} has", f"rename one, or give each its own display name in "
+                         f"{root / 'classes.txt'} (lines <folder>,<display name>)")
+    return names
+
+
+def _check_display_names(folders: list[str], names: list[str], where: str, fix: str) -> None:
+    first: dict[str, str] = {}
+    for folder, name in zip(folders, names):
+        other = first.setdefault(name, folder)
+        if other != folder:
+            raise UserError(f"{where} the classes {other!r} and {folder!r} the same display name {name!r}, so "
+                            f"labels and p_ columns could not tell them apart; {fix}")
 
 
 def _split_name(folder: str) -> str:
@@ -173,8 +206,79 @@ def _warn_ignored(root: Path, known: tuple[str, ...]) -> None:
                     root)
 
 
-def _relative_id(path: Path, root: Path) -> str:
-    """An id relative to ``root`` when the path lies under it; absolute paths elsewhere stay absolute."""
-    if path.is_absolute() and path.is_relative_to(root):
-        path = path.relative_to(root)
-    return path.as_posix()
+class ListedPaths:
+    """The paths a received list names (a ``--csv`` file, an imagefolder ``metadata.csv``), as store ids.
+
+    A list is text someone else wrote: it may name ``../``, absolute paths, or links inside the data folder that lead
+    out of it. Every path is resolved as the system will open it (links followed, ``..`` taken after them); one
+    whose file lies outside the real data folder is *outside*, and the list is refused, naming the first such row,
+    unless ``allow_outside``. The data folder itself may be reached through a link of the user's own: both sides
+    are resolved.
+
+    Ids are paths relative to ``root``, normalised (``sub/../a.png`` and ``./a.png`` are ``a.png``); an absolute path
+    inside the folder becomes relative, one outside (allowed) relative to the data folder's real location
+    (``../photos/a.png``), so that no id, nor the predictions CSV made from it, carries an absolute path of this
+    machine. Two rows naming one file (two spellings, or a link and its target) get the first row's id, so that
+    the duplicate checks see one file.
+
+    Parameters
+    ----------
+    root : path
+        The data folder: ids are relative to it, and files must lie inside it.
+    allow_outside : bool
+        Read files outside ``root`` too (``--allow-outside``).
+    """
+
+    def __init__(self, root: Path, allow_outside: bool = False):
+        self.root, self.allow_outside = root, allow_outside
+        self.lexical_root, self.real_root = os.path.abspath(root), os.path.realpath(root)
+        self.outside: list[tuple[Path, int, str]] = []  # (list, line, path as written) of every row outside
+        self._ids: dict[str, str] = {}  # real path -> id of the first row naming it
+
+    def id_of(self, written: str, source: Path, line: int, base: Path | None = None) -> str:
+        """The id of the file a row names as ``written`` (relative to ``base``, default the data folder).
+
+        Raises
+        ------
+        ValueError
+            If the path holds a NUL byte, or ``..`` after a linked folder makes it name another file than the id.
+        """
+        if "\0" in written:
+            raise UserError(f"{source} row {line}: the path {display_id(repr(written))} holds a NUL byte, which no "
+                            "file name can; fix or remove the row")
+        joined = os.path.join(os.path.abspath(base) if base is not None else self.lexical_root, written)
+        real, lexical = os.path.realpath(joined), os.path.normpath(joined)
+        if not _within(real, self.real_root):
+            self.outside.append((source, line, written))
+        if _within(lexical, self.lexical_root):
+            relative = os.path.relpath(lexical, self.lexical_root)
+        elif _within(lexical, self.real_root) or os.path.isabs(written):
+            # the system enters the data folder's real location and takes each '..' from there
+            relative = os.path.relpath(lexical, self.real_root)
+        else:
+            relative = os.path.relpath(lexical, self.lexical_root)
+        plain = not os.path.isabs(written) and ".." not in Path(written).parts  # then the id reads as written
+        if not plain and os.path.realpath(os.path.join(self.lexical_root, relative)) != real:
+            # sub/../a.png where sub is a link: the system opens the a.png beside sub's target, not root/a.png
+            raise UserError(f"{source} row {line}: {display_id(written)} names {display_id(real)} (a '..' after a "
+                            f"linked folder), not {display_id(relative)} as it reads; list the file by its path "
+                            "without '..'")
+        return self._ids.setdefault(real, Path(relative).as_posix())
+
+    def check(self) -> None:
+        """Refuse the list when it names files outside the data folder, unless they are allowed."""
+        if not self.outside or self.allow_outside:
+            if self.outside:
+                log.warning("%d listed file(s) outside %s are read (--allow-outside), e.g. %s", len(self.outside),
+                            self.root, display_id(self.outside[0][2]))
+            return
+        source, line, written = self.outside[0]
+        n = len(self.outside)
+        raise UserError(f"{source} row {line}: {display_id(written)} lies outside the data folder {self.root} "
+                        f"({n} row{'s do' if n > 1 else ' does'}); a received list may only name files inside its "
+                        "own folder: move the files in, or pass --allow-outside if you trust the list")
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether the absolute, normalised ``path`` is ``folder`` or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)

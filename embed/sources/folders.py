@@ -10,8 +10,8 @@ import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
 from embed.sources.csvlist import _COLUMN_HELP, LABEL_COLUMNS, PATH_COLUMNS
-from embed.sources.files import (VALIDATION_FOLDERS, ImageSet, _class_folders, _find_images, _read_classes_file,
-                                 _relative_id, _split_name, _warn_ignored)
+from embed.sources.files import (VALIDATION_FOLDERS, ImageSet, ListedPaths, _class_folders, _display_names,
+                                 _find_images, _read_classes_file, _split_name, _warn_ignored)
 from store import SPLITS
 from store.validation import UserError
 
@@ -28,7 +28,7 @@ def is_validation_id(image_id: str) -> bool:
     return str(image_id).split("/", 1)[0] in VALIDATION_FOLDERS
 
 
-def from_folder(root: str | Path) -> ImageSet:
+def from_folder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     """Images of a folder, in the first of these layouts that fits.
 
     - Split folders: ``train/<class>/…`` labeled, ``unlabeled/…`` pool, ``test/…`` to predict;
@@ -36,12 +36,13 @@ def from_folder(root: str | Path) -> ImageSet:
       ``validation/<class>/…`` and ``val/<class>/…`` are labeled train rows too (split ``train``); their ids keep
       the folder name, so that model selection can tell them apart (:func:`is_validation_id`).
     - Hugging Face imagefolder: a ``metadata.csv`` in the folder or in its split folders (see
-      :func:`from_imagefolder`).
+      :func:`from_imagefolder`; ``allow_outside`` lets its rows name files outside ``root``).
     - torchvision ImageFolder: ``<class>/…`` folders and none of the names above: every image is a labeled train
       row (no pool, no test split).
 
     Other folders are ignored with one warning each. Class names come from ``classes.txt`` at the root when present
-    (see :func:`_read_classes_file`), else from the class folder names with ``_`` read as a space.
+    (see :func:`_read_classes_file`), else from the class folder names with ``_`` read as a space; two classes
+    with one display name are refused.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -49,7 +50,7 @@ def from_folder(root: str | Path) -> ImageSet:
                                 "(or --csv FILE)")
     known = (*SPLITS, *VALIDATION_FOLDERS)
     if (root / METADATA).is_file() or any((root / name / METADATA).is_file() for name in known):
-        return from_imagefolder(root)
+        return from_imagefolder(root, allow_outside)
     train = root / "train"
     if not train.is_dir():
         if any((root / name).is_dir() for name in known):
@@ -70,7 +71,7 @@ def from_folder(root: str | Path) -> ImageSet:
             raise UserError(f"train/ has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
-        classes = [f.replace("_", " ") for f in folders]
+        classes = _display_names(folders, root)
     if not folders:
         raise UserError(f"{train} has no class folders; put labeled images in train/<class>/")
     index = {f: i for i, f in enumerate(folders)}
@@ -113,7 +114,7 @@ def _from_class_folders(root: Path) -> ImageSet:
             raise UserError(f"{root} has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
-        classes = [f.replace("_", " ") for f in folders]
+        classes = _display_names(folders, root)
     _warn_ignored(root, tuple(folders))
     index = {f: i for i, f in enumerate(folders)}
     found = _find_images(*(root / f for f in folders if (root / f).is_dir()))
@@ -126,7 +127,7 @@ def _from_class_folders(root: Path) -> ImageSet:
                     labels=np.asarray([index[i.split("/", 1)[0]] for i in ids], dtype=np.int64), classes=classes)
 
 
-def from_imagefolder(root: str | Path) -> ImageSet:
+def from_imagefolder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     """Hugging Face's imagefolder layout: ``metadata.csv`` files with a ``file_name`` column (paths relative to the
     CSV's folder) and an optional ``label`` column (class names).
 
@@ -137,17 +138,24 @@ def from_imagefolder(root: str | Path) -> ImageSet:
     infers labels so) and that class is labeled elsewhere; else it is unknown. Only the files listed are read. Split
     folders without a ``metadata.csv`` are read as in the split-folder layout. Classes: ``classes.txt`` when present,
     else the sorted label names.
+
+    A dataset is often someone else's: a listed file must lie inside ``root`` once resolved (no ``../``, no absolute
+    path elsewhere, no link that leads out), unless ``allow_outside``; see
+    :class:`~embed.sources.files.ListedPaths`. A file listed twice (two spellings, a link and its target) is one
+    row.
     """
     root = Path(root).expanduser()
     known = (*SPLITS, *VALIDATION_FOLDERS)
     rows: list[tuple[str, str, str]] = []  # (split or "", id, label name or "")
+    paths = ListedPaths(root, allow_outside)
     for folder in [root] + [root / name for name in known]:
         metadata = folder / METADATA
         if metadata.is_file():
-            rows += _metadata_rows(metadata, root, "" if folder == root else _split_name(folder.name))
+            rows += _metadata_rows(metadata, paths, "" if folder == root else _split_name(folder.name))
         elif folder != root and folder.is_dir() and not (root / METADATA).is_file():  # root's lists every file
             rows += [(_split_name(folder.name), p.relative_to(root).as_posix(), "") for p in _find_images(folder)]
-    _warn_ignored(root, known)
+    paths.check()
+    _warn_ignored(root, known + tuple({id_.split("/", 1)[0] for _, id_, _ in rows}))  # folders its lists name are read
     rows = [(split or _split_name(id_.split("/", 1)[0]) if "/" in id_ else split, id_, label)
             for split, id_, label in rows]
     # imagefolder infers labels from folders: <split>/<class>/x of a train split names a class; a train or test row
@@ -190,8 +198,8 @@ def _parent(image_id: str) -> str:
     return parts[-2] if len(parts) > 1 else ""
 
 
-def _metadata_rows(metadata: Path, root: Path, default_split: str) -> list[tuple[str, str, str]]:
-    """``(split, id, label)`` of each row of an imagefolder ``metadata.csv`` (ids relative to ``root``)."""
+def _metadata_rows(metadata: Path, paths: ListedPaths, default_split: str) -> list[tuple[str, str, str]]:
+    """``(split, id, label)`` of each row of an imagefolder ``metadata.csv`` (ids relative to the data folder)."""
     with metadata.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -217,7 +225,6 @@ def _metadata_rows(metadata: Path, root: Path, default_split: str) -> list[tuple
                                  f"{list(SPLITS) + list(VALIDATION_FOLDERS)}")
             if not cell(path_col):
                 raise UserError(f"{metadata} row {reader.line_num}: the file_name is empty")
-            path = Path(cell(path_col))
-            id_ = _relative_id(path, root) if path.is_absolute() else (metadata.parent.relative_to(root) / path)
-            rows.append((_split_name(split) if split else default_split, Path(id_).as_posix(), cell(label_col)))
+            id_ = paths.id_of(cell(path_col), metadata, reader.line_num, base=metadata.parent)
+            rows.append((_split_name(split) if split else default_split, id_, cell(label_col)))
     return rows
