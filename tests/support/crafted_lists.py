@@ -10,7 +10,7 @@ A received list (a ``--csv`` file, a Hugging Face ``metadata.csv``) or a ``class
 - `write_respelled_csv`: one file listed twice under two spellings (``imgs/0.png`` and ``sub/../imgs/0.png``, or a
   symlink to it);
 - `write_nul_csv`: a row whose path holds a NUL byte;
-- `write_duplicate_display_names`: a challenge layout whose ``classes.txt`` gives two folders one display name;
+- `write_duplicate_display_names`: a split-folder layout whose ``classes.txt`` gives two folders one display name;
 - `write_latin1_classes`: a ``classes.txt`` saved as Latin-1 (not UTF-8);
 - `link_to`: the data folder reached through a symlink (the user's own link, which is fine).
 
@@ -117,7 +117,7 @@ def write_nul_csv(root: str | os.PathLike[str]) -> tuple[Path, int]:
 
 
 def write_duplicate_display_names(root: str | os.PathLike[str]) -> Path:
-    """A challenge layout with ``train/one``, ``train/zero`` and a ``classes.txt`` that names both ``digit``."""
+    """A split-folder layout with ``train/one``, ``train/zero`` and a ``classes.txt`` that names both ``digit``."""
     root = Path(root)
     write_good_images(root / "train" / "one", 2, seed=1)
     write_good_images(root / "train" / "zero", 2, seed=2)
@@ -127,7 +127,7 @@ def write_duplicate_display_names(root: str | os.PathLike[str]) -> Path:
 
 
 def write_latin1_classes(root: str | os.PathLike[str]) -> Path:
-    """A challenge layout with ``train/cafe`` and ``train/the``, and a ``classes.txt`` saved as Latin-1 whose display
+    """A split-folder layout with ``train/cafe`` and ``train/the``, and a ``classes.txt`` saved as Latin-1 whose display
     names hold an ``é`` (byte 0xE9, not UTF-8). Returns the ``classes.txt``."""
     root = Path(root)
     write_good_images(root / "train" / "cafe", 2, seed=1)
