@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -143,7 +142,7 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
             raise UserError("pass --backbone SPEC, e.g. timm:tf_efficientnet_lite0 or clip:ViT-B-32/openai")
         store = store or "features.h5"
     from embed.backbones import offline_env  # torch, timm, open_clip: only once the inputs are known to be good
-    from embed.engines.local import embed
+    from embed.engines import embed
     from embed.templates import load_templates
 
     check_backbones(specs, offline=True if offline else None)  # before the store exists
@@ -154,13 +153,10 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
     # offline_env: every load below, in this process and in the ones it starts, refuses downloads
     with _hub_logs_once(), offline_env(offline), _sigterm_stops_cleanly():
         try:
-            if engine == "ray":
-                summary = _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size,
-                                   image_size, template_list, views, dtype, progress)
-            else:
-                summary = embed(images, store, specs, device=device, batch_size=batch_size, workers=workers,
-                                dtype=dtype, views=views, templates=template_list, image_size=image_size, seed=seed,
-                                progress=progress)
+            summary = embed(images, store, specs, engine=engine, device=device, batch_size=batch_size,
+                            workers=workers, dtype=dtype, views=views, templates=template_list, image_size=image_size,
+                            seed=seed, progress=progress, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                            shards=shards, shard_size=shard_size)
         except Terminated:
             log.warning("stopped by SIGTERM: what was written to %s is kept; rerun the same command to resume", store)
             raise
@@ -216,37 +212,6 @@ def _hub_logs_once():
     finally:
         for handler in own:
             hub.addHandler(handler)
-
-
-def _run_ray(images, store, specs, address, num_cpus, num_gpus, shards, shard_size, batch_size, image_size,
-             templates, views, dtype, progress):
-    """Each backbone on Ray into its shard folder (raw features in ``dtype`` and probabilities), then into the store."""
-    from embed.engines.ray import embed_shards
-    from embed.engines.local import RunSummary
-    from store import FeatureStore
-    from store.shards import import_shards
-
-    if views:
-        raise UserError("--engine ray stores no augmented views; drop --views or use --engine local")
-    summary = RunSummary(store=Path(store))
-    for spec in specs:
-        folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / _folder_name(spec)
-        result = embed_shards(images, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
-                              batch_size=batch_size, shard_size=shard_size, image_size=image_size,
-                              templates=templates, dtype=dtype, progress=progress)
-        log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
-        import_shards(folder, store, allow_outside=True, root=images.root)  # our own shards of our own data
-        summary.embedded[result["spec"]] = result["rows"]
-        summary.changed += [i for i in result["changed"] if i not in summary.changed]
-    with FeatureStore(store) as fs:
-        summary.errors, summary.duplicates = fs.errors(), fs.duplicates()
-    return summary
-
-
-def _folder_name(spec: str) -> str:
-    """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
-    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
 
 
 def _print_summary(summary, first_spec: str) -> None:

@@ -17,10 +17,14 @@ bounds the rate at roughly its network bandwidth.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -31,6 +35,9 @@ from store.shard_format import shard_rows
 from store.shards import ShardWriter
 from store.writers import Batch, write_batches
 from store.validation import UserError
+
+if TYPE_CHECKING:
+    from embed.engines.local import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -193,3 +200,43 @@ def _forget_changed_shards(writer: ShardWriter, images: ImageSet, shard_size: in
         log.warning("%d file(s) changed since they were embedded; embedding their shards again: %s", len(ids), shown)
     return ids
 
+
+def embed_store(images: ImageSet, store: str | Path, specs: Sequence[str], *, address: str | None = None,
+                num_cpus: int | None = None, num_gpus: int = 0, shards: str | Path | None = None,
+                shard_size: int = 100_000, batch_size: int = 64, image_size: int | None = None,
+                templates: Sequence[str] | None = None, views: int = 0, dtype: str = "float32",
+                progress: bool = True) -> RunSummary:
+    """Each backbone on Ray into its shard folder (raw features in ``dtype`` and probabilities), then into the store:
+    the same store the local engine writes, row for row. ``shards`` names the folder of a single backbone (default:
+    ``<store>.shards/<backbone>``); a killed run resumes from the shards already written."""
+    from embed.engines.local import RunSummary
+    from store import FeatureStore
+    from store.shards import import_shards
+
+    if views:
+        raise UserError("--engine ray stores no augmented views; drop --views or use --engine local")
+    summary = RunSummary(store=Path(store))
+    for spec in specs:
+        folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / shard_folder_name(spec)
+        result = embed_shards(images, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+                              batch_size=batch_size, shard_size=shard_size, image_size=image_size,
+                              templates=templates, dtype=dtype, progress=progress)
+        log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)
+        import_shards(folder, store, allow_outside=True, root=images.root)  # our own shards of our own data
+        summary.embedded[result["spec"]] = result["rows"]
+        summary.changed += [i for i in result["changed"] if i not in summary.changed]
+    with FeatureStore(store) as fs:
+        summary.errors, summary.duplicates = fs.errors(), fs.duplicates()
+    return summary
+
+
+def _folder_name(spec: str) -> str:
+    """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
+
+
+def shard_folder_name(spec: str) -> str:
+    """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
+    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
