@@ -230,12 +230,6 @@ def embed_store(images: ImageSet, store: str | Path, specs: Sequence[str], *, ad
     return summary
 
 
-def _folder_name(spec: str) -> str:
-    """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
-    return f"{readable}-{hashlib.sha256(spec.encode()).hexdigest()[:8]}"
-
-
 def shard_folder_name(spec: str) -> str:
     """A readable, unique folder name for a backbone spec (specs hold ':', '/', '@')."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.split("@")[0])
