@@ -88,18 +88,52 @@ def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
 VALIDATION_FOLDERS = ("validation", "val")
 
 
+#: the protocol of a store with a labeled test split
+TEST_SPLIT = "labeled test split"
+
+
 def held_out(data: Data) -> tuple[Data, str | None]:
     """The rows an evaluation scores, and its protocol: the labeled test split; else, when there is none, the
     labeled train rows from a ``validation/`` or ``val/`` folder, returned as test rows (so that fits see them
     without their labels); else None (cross-validation)."""
     if ((data.splits == "test") & (data.y >= 0)).any():
-        return data, "labeled test split"
+        return data, TEST_SPLIT
     top = np.asarray([str(i).split("/", 1)[0] for i in data.ids])
     validation = (data.splits == "train") & (data.y >= 0) & np.isin(top, VALIDATION_FOLDERS)
     if not validation.any() or not ((data.splits == "train") & (data.y >= 0) & ~validation).any():
         return data, None
     splits = np.where(validation, "test", data.splits)
     return dataclasses.replace(data, splits=splits), "validation folder (held out of the fit)"
+
+
+def saved_model_predictions(store: FeatureStore, fitted, folds: int = 5, seed: int = 0):
+    """Predictions of a saved model on the rows :func:`held_out` says an evaluation scores, so that ``report``
+    scores a model as ``evaluate`` scores its method.
+
+    The labeled test split is predicted by the saved model itself. ``validation/`` rows were in its fit (``classify
+    fit`` trains on every label), so its method is refitted without their labels, as ``evaluate`` does; without either,
+    the labeled train rows get out-of-fold predictions (``folds``, ``seed``).
+
+    Returns
+    -------
+    ids, y_true, y_pred : ndarray
+        The scored rows' ids, labels and predictions.
+    protocol : str
+        How the rows were scored, for the page.
+    """
+    data, protocol = held_out(load_data(store, fitted.backbones, views=fitted.views))
+    test = (data.splits == "test") & (data.y >= 0)
+    if protocol == TEST_SPLIT:
+        return data.ids[test], data.y[test], np.asarray(fitted.estimator.predict(data.X[test])), protocol
+    if protocol is not None:
+        estimator = build_for_store(store, fitted.backbones, fitted.method, fitted.params, fitted.combine, data.slices)
+        X, y = fit_rows(data, transductive=True)
+        y_pred, *_ = fit_predict(estimator, X, y, data.X[test])
+        return data.ids[test], data.y[test], y_pred, f"{protocol}; {fitted.method} refitted without their labels"
+    ids = data.ids[(data.splits == "train") & (data.y >= 0)]  # the order of cross_val_predictions
+    y_true, y_pred, *_, k = cross_val_predictions(store, data, fitted.backbones, fitted.method, fitted.params,
+                                                  fitted.combine, folds=folds, seed=seed)
+    return ids, y_true, y_pred, f"{k}-fold CV on the labeled train rows"
 
 
 def draw_labels(y_train: np.ndarray, shots: int, seed: int) -> np.ndarray:

@@ -321,18 +321,7 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
         fitted.check_store(fs)
         unpredictable = pipeline.unpredictable_classes(fs, getattr(fitted.estimator, "classes_", None))
         root = Path(fs.root)
-        data = pipeline.load_data(fs, fitted.backbones, views=fitted.views)
-        test = (data.splits == "test") & (data.y >= 0)
-        if test.any():  # not validation/ rows as evaluate does: a fitted model has seen their labels
-            y_true, y_pred = data.y[test], np.asarray(fitted.estimator.predict(data.X[test]))
-            ids = data.ids[test]
-            protocol = "labeled test split"
-        else:
-            ids = data.ids[(data.splits == "train") & (data.y >= 0)]  # the order of cross_val_predictions
-            y_true, y_pred, *_, k = evaluation.cross_val_predictions(fs, data, fitted.backbones, fitted.method,
-                                                                   fitted.params, fitted.combine, folds=folds,
-                                                                   seed=seed)
-            protocol = f"{k}-fold CV on the labeled train rows"
+        ids, y_true, y_pred, protocol = evaluation.saved_model_predictions(fs, fitted, folds, seed)
     title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
     extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None),
              "unpredictable_classes": unpredictable}

@@ -167,3 +167,28 @@ def test_evaluate_holds_out_a_validation_folder_when_there_is_no_labeled_test_sp
     result = last_json(capsys.readouterr().out)
     assert result["protocol"] == "validation folder (held out of the fit)" and result["n_test"] == 30
     assert result["accuracy"] < 0.8
+
+
+def test_report_scores_a_saved_model_as_evaluate_scores_its_method(tmp_path, capsys):
+    """One held-out rule: on a store whose labeled rows include a validation/ folder (and no labeled test split),
+    report and evaluate both score the validation rows, the method refitted without their labels."""
+    rng = np.random.default_rng(5)
+    classes = ["a", "b", "c"]
+    ids = [f"train/{c}/{k}.png" for c in classes for k in range(6)] + [f"validation/{c}/{k}.png" for c in classes
+                                                                       for k in range(4)]
+    labels = [i for i in range(3) for _ in range(6)] + [i for i in range(3) for _ in range(4)]
+    means = rng.normal(size=(3, 8)) * 2
+    path = tmp_path / "v.h5"
+    with FeatureStore.create(path, ids, ["train"] * len(ids), labels, classes) as fs:
+        fs.begin_backbone({"spec": SPEC, "weights_sha256": "w", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, 8)
+        fs.write_rows(SPEC, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids),
+                      features=means[labels] + rng.normal(size=(len(ids), 8)) * 1.5)
+    main(["evaluate", "--store", str(path), "--method", "linear", "--json"])
+    evaluated = last_json(capsys.readouterr().out)
+    main(["fit", "--store", str(path), "--method", "linear", "--out", str(tmp_path / "m.skops")])
+    main(["report", "--model", str(tmp_path / "m.skops"), "--store", str(path), "--out", str(tmp_path / "r")])
+    reported = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert evaluated["protocol"] == "validation folder (held out of the fit)" and evaluated["n_test"] == 12
+    assert reported["protocol"].startswith(evaluated["protocol"])  # before: 5-fold CV on the labeled train rows
+    assert reported["n"] == evaluated["n_test"] and reported["accuracy"] == pytest.approx(evaluated["accuracy"])
