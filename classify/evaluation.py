@@ -20,6 +20,7 @@ from sklearn.model_selection import StratifiedKFold
 from classify.methods.features import UNLABELED, align_proba, single_threaded_blas
 from classify.pipeline import Data, build_for_store, fit_rows, load_data, unpredictable_classes, uses_views
 from store import FeatureStore
+from store.layout import is_validation_id
 from store.validation import NONE, Int, UserError, check_params
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,6 @@ def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-#: top folders of labeled images set apart for model selection (``embed.sources.VALIDATION_FOLDERS``)
-VALIDATION_FOLDERS = ("validation", "val")
 
 
 #: the protocol of a store with a labeled test split
@@ -98,8 +97,7 @@ def held_out(data: Data) -> tuple[Data, str | None]:
     without their labels); else None (cross-validation)."""
     if ((data.splits == "test") & (data.y >= 0)).any():
         return data, TEST_SPLIT
-    top = np.asarray([str(i).split("/", 1)[0] for i in data.ids])
-    validation = (data.splits == "train") & (data.y >= 0) & np.isin(top, VALIDATION_FOLDERS)
+    validation = (data.splits == "train") & (data.y >= 0) & np.array([is_validation_id(i) for i in data.ids])
     if not validation.any() or not ((data.splits == "train") & (data.y >= 0) & ~validation).any():
         return data, None
     splits = np.where(validation, "test", data.splits)

@@ -22,6 +22,10 @@ import numpy as np
 FORMAT = "fewshot-feature-store"
 FORMAT_VERSION = 1
 SPLITS = ("train", "unlabeled", "test")
+#: Top folders of labeled images set apart for model selection: their rows are train rows whose id starts with one of
+#: them (``validation/cat/x.png``). ``classify evaluate`` scores them held out of the fit when there is no labeled test
+#: split; ``store info`` counts them as their own split.
+VALIDATION_FOLDERS = ("validation", "val")
 PENDING, OK, ERROR = 0, 1, 2
 ERROR_BYTES = 256
 # Provenance attributes that must match for two runs to write into the same backbone group.
@@ -110,3 +114,8 @@ def short(value, limit: int = 60) -> str:
     """``str(value)``, cut to ``limit`` characters."""
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def is_validation_id(image_id: str) -> bool:
+    """Whether an image id comes from a ``validation/`` or ``val/`` folder (see :data:`VALIDATION_FOLDERS`)."""
+    return str(image_id).split("/", 1)[0] in VALIDATION_FOLDERS

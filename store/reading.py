@@ -13,7 +13,8 @@ import h5py
 import numpy as np
 
 from store.integrity import reads, sane_rows
-from store.layout import ERROR, JSON_ATTRS, OK, PENDING, SPLITS, Rows, attr_value, display_id, group_name
+from store.layout import (ERROR, JSON_ATTRS, OK, PENDING, SPLITS, Rows, attr_value, display_id, group_name,
+                          is_validation_id)
 from store.validation import UserError
 
 
@@ -182,6 +183,9 @@ class StoreReading:
 
         Ids in ``failed`` and ``duplicates`` are shown with :func:`display_id` (valid UTF-8 whatever the names)."""
         status, splits = self.status, self.splits
+        validation = (splits == "train") & np.array([is_validation_id(i) for i in self.ids], dtype=bool)
+        # validation/ rows are train rows in the file; shown as their own split (train counts the others)
+        split_masks = {s: (splits == s) & ~validation for s in SPLITS} | {"validation": validation}
         backbones = {}
         for g in self._f["backbones"].values():
             done = g["done"][:]
@@ -192,8 +196,8 @@ class StoreReading:
                 "weights_sha256": str(g.attrs["weights_sha256"])}
         return {"path": str(self.path), "images": len(self), "ok": int((status == OK).sum()),
                 "errors": int((status == ERROR).sum()), "pending": int((status == PENDING).sum()),
-                "splits": {s: int((splits == s).sum()) for s in SPLITS},
-                "labeled": {s: int(((splits == s) & (self.labels >= 0)).sum()) for s in SPLITS},
+                "splits": {s: int(m.sum()) for s, m in split_masks.items()},
+                "labeled": {s: int((m & (self.labels >= 0)).sum()) for s, m in split_masks.items()},
                 "classes": self.classes, "backbones": backbones, "fingerprint": self.fingerprint,
                 "failed": [{"id": display_id(i), "error": e} for i, e in self.errors()],
                 "duplicates": [[display_id(i) for i in group] for group in self.duplicates()]}

@@ -5,8 +5,8 @@ Every source becomes an :class:`ImageSet`: ids (paths relative to the data root,
 """
 from embed.sources.csvlist import LABEL_COLUMNS, PATH_COLUMNS, SPLIT_COLUMNS, from_csv
 from embed.sources.demo import DEMO_CLASSES, write_demo
-from embed.sources.files import VALIDATION_FOLDERS, ImageSet
-from embed.sources.folders import METADATA, from_folder, from_imagefolder, is_validation_id
+from embed.sources.files import ImageSet
+from embed.sources.folders import METADATA, from_folder, from_imagefolder
 
-__all__ = ["DEMO_CLASSES", "LABEL_COLUMNS", "METADATA", "PATH_COLUMNS", "SPLIT_COLUMNS", "VALIDATION_FOLDERS",
-           "ImageSet", "from_csv", "from_folder", "from_imagefolder", "is_validation_id", "write_demo"]
+__all__ = ["DEMO_CLASSES", "LABEL_COLUMNS", "METADATA", "PATH_COLUMNS", "SPLIT_COLUMNS", "ImageSet", "from_csv",
+           "from_folder", "from_imagefolder", "write_demo"]

@@ -12,13 +12,13 @@ import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
 from store import SPLITS, display_id
+from store.layout import VALIDATION_FOLDERS
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
 
 #: folders of labeled images for model selection (Hugging Face's and Keras' names): read as labeled train rows
-VALIDATION_FOLDERS = ("validation", "val")
 
 
 @dataclass(frozen=True)

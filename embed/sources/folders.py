@@ -10,9 +10,9 @@ import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
 from embed.sources.csvlist import _COLUMN_HELP, LABEL_COLUMNS, PATH_COLUMNS
-from embed.sources.files import (VALIDATION_FOLDERS, ImageSet, ListedPaths, _class_folders, _display_names,
+from embed.sources.files import (ImageSet, ListedPaths, _class_folders, _display_names,
                                  _find_images, _read_classes_file, _split_name, _warn_ignored)
-from store import SPLITS
+from store.layout import SPLITS, VALIDATION_FOLDERS
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
@@ -22,19 +22,13 @@ log = logging.getLogger(__name__)
 METADATA = "metadata.csv"
 
 
-def is_validation_id(image_id: str) -> bool:
-    """Whether an image id comes from ``validation/`` or ``val/``: labeled train rows a user set apart for model
-    selection (see :func:`from_folder`)."""
-    return str(image_id).split("/", 1)[0] in VALIDATION_FOLDERS
-
-
 def from_folder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     """Images of a folder, in the first of these layouts that fits.
 
     - Split folders: ``train/<class>/…`` labeled, ``unlabeled/…`` pool, ``test/…`` to predict;
       ``test/<class>/…`` subfolders named like a training class carry test labels; other test images are unlabeled.
       ``validation/<class>/…`` and ``val/<class>/…`` are labeled train rows too (split ``train``); their ids keep
-      the folder name, so that model selection can tell them apart (:func:`is_validation_id`).
+      the folder name, so that model selection can tell them apart (:func:`store.layout.is_validation_id`).
     - Hugging Face imagefolder: a ``metadata.csv`` in the folder or in its split folders (see
       :func:`from_imagefolder`; ``allow_outside`` lets its rows name files outside ``root``).
     - torchvision ImageFolder: ``<class>/…`` folders and none of the names above: every image is a labeled train

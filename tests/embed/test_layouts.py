@@ -2,6 +2,7 @@
 folder or per split), torchvision ImageFolder (<class>/ only), and a warning for each folder the suite ignores."""
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from PIL import Image
 
 from embed import sources
+from store import FeatureStore
+from store.layout import is_validation_id
 
 
 def touch(root, *rels):
@@ -30,7 +33,7 @@ def test_validation_and_val_folders_are_labeled_train_rows(tmp_path, caplog):
     assert rows(images) == [("train", "train/cat/a.png", "cat"), ("train", "train/dog/b.png", "dog"),
                             ("train", "val/dog/v2.png", "dog"), ("train", "validation/cat/v1.png", "cat"),
                             ("test", "test/t.png", None)]
-    assert [sources.is_validation_id(i) for i in images.ids] == [False, False, True, True, False]
+    assert [is_validation_id(i) for i in images.ids] == [False, False, True, True, False]
     assert not caplog.records  # nothing ignored
 
 
@@ -122,3 +125,15 @@ def test_imagefolder_classes_txt_sets_order(tmp_path):
     images = sources.from_folder(tmp_path)
     assert images.classes == ["zebra", "ant"]
     np.testing.assert_array_equal(images.labels, [0, 1])
+
+
+def test_store_info_counts_validation_rows_as_their_own_split(tmp_path, capsys):
+    from store.cli import main as store_main
+
+    touch(tmp_path, "train/cat/a.png", "train/dog/b.png", "validation/cat/v1.png", "val/dog/v2.png", "test/t.png")
+    images = sources.from_folder(tmp_path)
+    FeatureStore.create(tmp_path / "s.h5", images.ids, images.splits, images.labels, images.classes).close()
+    store_main(["info", str(tmp_path / "s.h5"), "--json"])
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["splits"] == {"train": 2, "unlabeled": 0, "test": 1, "validation": 2}  # before: train 4, no validation
+    assert info["labeled"]["validation"] == 2 and sum(info["splits"].values()) == info["images"]

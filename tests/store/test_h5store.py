@@ -55,7 +55,7 @@ def test_info_json_contract(store_path):
                          text=True, check=True)
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["images"] == 4 and info["ok"] == 3 and info["errors"] == 1
-    assert info["splits"] == {"train": 2, "unlabeled": 1, "test": 1}
+    assert info["splits"] == {"train": 2, "unlabeled": 1, "test": 1, "validation": 0}
     assert info["classes"] == CLASSES
     assert info["backbones"]["timm:x"]["dim"] == 3 and info["backbones"]["timm:x"]["rows"] == 3
     assert info["failed"] == [{"id": "unlabeled/c.png", "error": "truncated image"}]
