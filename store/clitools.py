@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import fire
-from store.validation import UserError, did_you_mean
+from store.validation import UserError, close_matches, did_you_mean
 
 
 def as_list(value) -> list[str]:
@@ -196,15 +196,17 @@ HELP_FLAGS = ("--help", "-h")
 
 
 def check_known_flags(fn: Callable, args: list[str], title: str) -> None:
-    """Refuse a ``--flag`` that ``fn`` does not take (unless it takes ``**kwargs``), with a did-you-mean.
+    """Refuse a ``--flag`` that ``fn`` does not take, with a did-you-mean; a command that takes ``**kwargs`` (method
+    parameters) refuses only a near-miss of one of its own flags that is not given (``--shot 3``, ``--methd``).
 
     fire would run the command with the flags it knows and complain about the rest only afterwards: a mistyped flag
     of ``embed run`` would cost a whole run with the default value.
     """
     signature = inspect.signature(fn)
-    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
-        return
-    known = [name for name, p in signature.parameters.items() if p.kind is not p.VAR_POSITIONAL]
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())  # method parameters
+    known = [name for name, p in signature.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    typed = {flag_name(k)[2:].replace("-", "_"): k for k in known}  # json -> json_output
+    given = {arg[2:].partition("=")[0].replace("-", "_") for arg in args if arg.startswith("--")}
     for arg in args:
         if arg == "--":
             return
@@ -213,9 +215,50 @@ def check_known_flags(fn: Callable, args: list[str], title: str) -> None:
         name = arg[2:].partition("=")[0].replace("-", "_")
         if name in known or name.startswith("no") and name[2:] in known:
             continue
-        typed = {flag_name(k)[2:].replace("-", "_"): k for k in known}  # json -> json_output
+        if takes_any:  # may be a method parameter: refuse only a near-miss of a command flag not given (--shot 3)
+            close = [c for c in close_matches(name, list(typed), n=1, cutoff=0.8) if c not in given]
+            if close:
+                hint = flag_name(typed[close[0]])
+                raise UserError(f"{title} has no flag {arg.partition('=')[0]}: did you mean {hint}? "
+                                f"see `{title} --help`")
+            continue
         hint = did_you_mean(name, list(typed), show=lambda c: flag_name(typed[c]))
         raise UserError(f"{title} has no flag {arg.partition('=')[0]}: {hint}see `{title} --help`")
+
+
+#: the spellings of a boolean value users bring from argparse / click habits (``--flag=false``, ``--flag no``)
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def normalize_flags(fn: Callable, args: list[str]) -> list[str]:
+    """Boolean flags in the spellings users bring from other tools, rewritten to fire's: ``--no-x`` / ``--no_x`` ->
+    ``--nox``; ``--x=false`` and ``--x false`` (true/false, yes/no, on/off, 1/0, any case) -> ``--nox`` / ``--x``.
+    A flag is boolean when the command's parameter defaults to True or False."""
+    booleans = {flag_name(name)[2:].replace("-", "_"): name for name, p in inspect.signature(fn).parameters.items()
+                if isinstance(p.default, bool)}
+    out, i = [], 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if not arg.startswith("--") or arg == "--":
+            out.append(arg)
+            continue
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name.startswith("no_") and name[3:] in booleans and not eq:
+            out.append(f"--no{booleans[name[3:]]}")
+            continue
+        if name not in booleans:
+            out.append(arg)
+            continue
+        if not eq and i < len(args) and args[i].lower() in BOOL_WORDS:  # --x false
+            value, eq = args[i], "="
+            i += 1
+        if eq and value.lower() not in BOOL_WORDS:
+            flag = flag_name(booleans[name])
+            raise UserError(f"{flag} is a yes/no flag: give {flag} or --no-{flag[2:]}, not {value!r}")
+        out.append(f"--{booleans[name]}" if not eq or BOOL_WORDS[value.lower()] else f"--no{booleans[name]}")
+    return out
 
 
 def _logging_flags(argv: list[str]) -> tuple[list[str], int | None, bool]:
@@ -351,6 +394,7 @@ def run_cli(commands: dict, argv: list[str] | None = None, name: str = "python -
     argv = ["--json_output" if a == "--json" else "--nojson_output" if a == "--nojson" else a for a in argv]
     try:
         if command is not None:
+            argv = [command] + normalize_flags(commands[command], argv[1:])
             check_known_flags(commands[command], argv[1:], f"{name} {command}")
         with _fire_output(name, command), _logging(level if level is not None else logging.WARNING if quiet
                                                    else logging.INFO, quiet):

@@ -5,6 +5,7 @@ an out-of-range value; backbone specs and checkpoints that cannot be used are re
 """
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -145,6 +146,25 @@ def test_evaluate_bad_folds_names_the_flag(cv_store, capsys, folds):
 def test_evaluate_bad_flags(cv_store, capsys, flags, message):
     line = fails(classify_main, ["evaluate", "--store", cv_store, "--backbone", A, "--method", "knn", *flags], capsys)
     assert message in line
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--methd", "knn"], "has no flag --methd: did you mean --method?"),  # before: fire's "no value for method"
+    (["--method", "knn", "--shot", "3"], "has no flag --shot: did you mean --shots?"),  # before: no hint
+    (["--method", "knn", "--transductive=perhaps"], "--transductive is a yes/no flag"),
+])
+def test_command_flags_get_a_did_you_mean_too(store, capsys, flags, message):
+    line = fails(classify_main, ["evaluate", "--store", store, "--backbone", A, *flags], capsys)
+    assert message in line
+
+
+@pytest.mark.parametrize("spelling", [["--no-transductive"], ["--no_transductive"], ["--transductive=false"],
+                                      ["--transductive", "False"], ["--transductive=NO"], ["--notransductive"]])
+def test_boolean_flags_take_the_spellings_users_bring(store, tmp_path, capsys, spelling):
+    out = tmp_path / "r.json"
+    classify_main(["evaluate", "--store", str(store), "--backbone", A, "--method", "knn", *spelling,
+                   "--out", str(out)])
+    assert json.loads(out.read_text())["accuracy"] > 0.5  # before: "method 'knn' has no parameter ---transductive"
 
 
 @pytest.mark.parametrize("method, flags, message", [
