@@ -22,7 +22,8 @@ from typing import Sequence
 import numpy as np
 
 from classify import evaluation, pipeline
-from classify.labeling.suggest import STRATEGIES, suggest_arrays
+from classify.labeling import STRATEGIES
+from classify.labeling.suggest import suggest_arrays
 from classify.methods.features import UNLABELED
 from store.clitools import as_list
 from store import FeatureStore

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-from classify import evaluation, pipeline
 from classify.predictions import ID_FORMATS, format_ids, read_order, rows_in_order
 from classify.methods.registry import available, get
 from store import SPLITS, FeatureStore, display_id
@@ -124,6 +123,8 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
     python -m classify fit --store feats.h5 --backbone timm:resnet50 --method labelprop --k 20 --out lp.skops
     python -m classify fit --store feats.h5 --backbone a,b --combine ensemble --method linear --out probe.skops
     """
+    from classify import pipeline  # imported here: --help needs no scikit-learn
+
     get(method)  # an unknown method fails before any reading
     check_flags(dict(transductive=transductive, offline=offline, stream=stream), FLAGS)
     _check_params(method, params)
@@ -172,6 +173,8 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     python -m classify predict --model lp.skops --store feats.h5 --id-format stem --order sample_submission.csv
     python -m classify predict --model lp.skops --store feats.h5 --split unlabeled --proba --out pool.csv
     """
+    from classify import pipeline  # imported here: --help needs no scikit-learn
+
     check_flags(dict(label_format=label_format, split=split, proba=proba, id_format=id_format), FLAGS)
     order = None if order is None else str(order)
     out = check_output(out, inputs={"--model": model, "--store": store, "--order": order})
@@ -252,6 +255,8 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     python -m classify evaluate --store feats.h5 --backbone a,b --combine concat --method linear --folds 3
     python -m classify evaluate --store feats.h5 --method selftrain --shots 10 --draws 3 --json
     """
+    from classify import evaluation, pipeline  # imported here: --help needs no scikit-learn
+
     get(method)
     check_flags(dict(transductive=transductive, offline=offline, folds=folds, seed=seed, shots=shots, draws=draws,
                      json_output=json_output), FLAGS)
@@ -312,6 +317,8 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     python -m classify report --model lp.skops --store feats.h5 --out report/
     python -m classify report --model st.skops --store feats.h5 --out report-cv/ --folds 3
     """
+    from classify import evaluation, pipeline  # imported here: --help needs no scikit-learn
+
     from classify.report import REPORT_FILES, write_report
 
     check_flags(dict(folds=folds, seed=seed, pairs=pairs, per_pair=per_pair), FLAGS)

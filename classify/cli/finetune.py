@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 
-from classify import pipeline
 from store.clitools import flag_name, progress_bars
 from store.validation import BOOL, NONE, Int, Real, UserError, check_flags, did_you_mean
 
@@ -135,7 +134,9 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
     print(f"next:  python -m embed run --data {data} --backbone {result.spec} --store STORE{size}")
     print(f"       python -m classify predict --model {result.head_model} --store STORE   (the fine-tuned head)")
     if json_output:
-        print(json.dumps(result.to_dict(), default=pipeline.jsonable))
+        from classify.pipeline import jsonable
+
+        print(json.dumps(result.to_dict(), default=jsonable))
 
 
 def finetune_options() -> dict[str, tuple]:

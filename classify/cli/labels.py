@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classify.labeling import audit as audit_module, suggest as suggest_module
+from classify.labeling import STRATEGIES
 from classify.pages import Group, contact_sheet, page
 from store.outputs import check_output, write_text
 from store.validation import BOOL, Int, Options, UserError, check_flags
 
 #: seeds stop below 2**32: scikit-learn's KMeans and StratifiedKFold take no more
 FLAGS = {"budget": [Int(1)], "seed": [Int(0, 2**32 - 1)], "folds": [Int(2)],
-         "strategy": [Options(*suggest_module.STRATEGIES)], "all_rows": [BOOL], "html": [BOOL]}
+         "strategy": [Options(*STRATEGIES)], "all_rows": [BOOL], "html": [BOOL]}
 
 
 def sheet_path(csv_path: str | Path) -> Path:
@@ -77,6 +77,8 @@ def suggest(store: str, backbone: str | None = None, method: str = "labelprop", 
     """
     check_flags(dict(budget=budget, seed=seed, strategy=strategy, html=html), FLAGS)
     out = check_outputs(out, store, html)
+    from classify.labeling import suggest as suggest_module  # imported here: --help needs no scikit-learn
+
     rows, summary = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
     print(summary)
     if html:
@@ -117,6 +119,8 @@ def audit(store: str, backbone: str | None = None, method: str = "labelprop", ou
     """
     check_flags(dict(folds=folds, seed=seed, all_rows=all_rows, html=html), FLAGS)
     out = check_outputs(out, store, html)
+    from classify.labeling import audit as audit_module  # imported here: --help needs no scikit-learn
+
     rows, notes = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
     print("\n".join(notes))
     if html:

@@ -13,10 +13,10 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+from classify.labeling import STRATEGIES
 from classify.methods.features import UNLABELED, l2_normalize
 from store.validation import UserError
 
-STRATEGIES = ("diverse", "margin", "typiclust", "random")
 #: features are reduced to this many PCA components before k-means and the neighbour search (speed, less noise)
 PCA_DIM = 64
 #: neighbours whose mean distance measures how typical (dense) a row is

@@ -33,7 +33,8 @@ import numpy as np
 
 from classify import pipeline
 from classify.methods.features import UNLABELED, align_proba
-from classify.labeling.selection import (STRATEGIES, Selection, check_budget, duplicate_free,
+from classify.labeling import STRATEGIES
+from classify.labeling.selection import (Selection, check_budget, duplicate_free,
                                 feature_keys, select)
 from store import FeatureStore, display_id
 from store.clitools import as_list

@@ -1,6 +1,8 @@
 """Explicit registry of classification methods: ``@register_method("name")`` and ``create(name, **params)``.
 
-A leaf module: it imports no method (methods import it to register themselves; ``import classify`` loads them all).
+A leaf module: it imports no method at import time. Methods import it to register themselves, and the first lookup
+(:func:`available`, :func:`get`, :func:`create`, :func:`trusted_types`) imports the built-in ones
+(:func:`classify.methods.load_builtins`), so that a command's ``--help`` loads no scikit-learn.
 """
 from __future__ import annotations
 
@@ -8,6 +10,18 @@ from typing import Callable
 from store.validation import UserError, did_you_mean
 
 _METHODS: dict[str, type] = {}
+_BUILTINS_LOADED = False
+
+
+def _registered() -> dict[str, type]:
+    """Every registered method, the built-in ones imported on the first call."""
+    global _BUILTINS_LOADED
+    if not _BUILTINS_LOADED:
+        _BUILTINS_LOADED = True  # first: the method modules import this one while they load
+        from classify.methods import load_builtins
+
+        load_builtins()
+    return _METHODS
 
 
 CAPABILITIES = ("needs_labels", "needs_text", "uses_views")
@@ -39,13 +53,13 @@ def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
 
 def available() -> list[str]:
     """Sorted names of every registered method."""
-    return sorted(_METHODS)
+    return sorted(_registered())
 
 
 def get(name: str) -> type:
     """The estimator class registered as ``name``; unknown names raise with close-match suggestions."""
     try:
-        return _METHODS[name]
+        return _registered()[name]
     except KeyError:
         hint = did_you_mean(name, _METHODS)
         raise UserError(f"unknown method {name!r}: {hint}known methods: {', '.join(sorted(_METHODS))}") from None
@@ -88,4 +102,4 @@ def persistable(cls: type) -> type:
 
 def trusted_types() -> set[str]:
     """Fully qualified names of the suite's classes a saved model may contain (see :mod:`classify.persist`)."""
-    return {f"{cls.__module__}.{cls.__qualname__}" for cls in set(_METHODS.values()) | _PERSISTABLE}
+    return {f"{cls.__module__}.{cls.__qualname__}" for cls in set(_registered().values()) | _PERSISTABLE}

@@ -253,3 +253,18 @@ def test_quiet_turns_off_the_progress_bars_of_embed_run(tmp_path, monkeypatch):
                             str(tmp_path / "s.h5"), *extra])
     assert seen == [True, False]
     assert "TQDM_DISABLE" not in os.environ  # restored after the command
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["fit", "--help"], ["evaluate", "--help"], ["suggest", "--help"],
+                                  ["audit", "--help"]])
+def test_classify_help_loads_no_scikit_learn(argv):
+    """--help reads docstrings and signatures only: the methods (scikit-learn, scipy, faiss) load on first use, so a
+    help screen is quick (it took ~4 s when every method was imported first)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from classify.cli import main; main(%r); "
+            "assert 'sklearn' not in sys.modules and 'torch' not in sys.modules, 'heavy import'" % argv)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "usage:" in done.stdout
