@@ -344,25 +344,50 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
           "confused_pairs.csv, report.json")
 
 
-def list_methods(params: str | None = None) -> None:
-    """The registered methods, one line each; or one method's parameters.
+def list_methods(params: str | None = None, store: str | None = None) -> None:
+    """The registered methods, one line each, with what each needs beyond features; or one method's parameters.
 
     Parameters
     ----------
     params : str
         A method name: list its parameters (the flags fit and evaluate take for it), each with its default and
         meaning from the method's docstring.
+    store : str
+        A feature store: say for each method whether it applies to it (a CLIP backbone's text embeddings, cached
+        views, the backbone's ImageNet classifier).
 
     Examples
     --------
     python -m classify list
+    python -m classify list --store feats.h5
     python -m classify list --params selftrain
     """
-    if params is None:
-        for name in available():
-            print(f"{name:12s} {plain(parse_numpydoc(get(name).__doc__).summary)}")
+    if params is not None:
+        print(method_parameters(str(params)), end="")
         return
-    print(method_parameters(str(params)), end="")
+    has = None
+    if store is not None:
+        with FeatureStore(store) as fs:
+            info = fs.info()["backbones"].values()
+        has = {"needs_text": any(b["text"] for b in info), "uses_views": any(b["views"] for b in info),
+               "needs_head": any(b["probs"] for b in info)}
+    for name in available():
+        cls = get(name)
+        needs = [what for capability, what in NEEDS.items() if getattr(cls, capability, False)]
+        line = f"{name:12s} {plain(parse_numpydoc(cls.__doc__).summary)}"
+        if needs:
+            line += f" [needs {', '.join(needs)}]"
+        if has is not None:
+            missing = [what for capability, what in NEEDS.items() if getattr(cls, capability, False)
+                       and not has[capability]]
+            line = ("   " if not missing else "no ") + line + (f" -- this store has no {', '.join(missing)}"
+                                                             if missing else "")
+        print(line)
+
+
+#: what a method's capability asks of the store, in the words of `classify list`
+NEEDS = {"needs_text": "CLIP text embeddings", "uses_views": "cached views (embed run --views K)",
+         "needs_head": "the backbone's ImageNet classifier"}
 
 
 def method_parameters(method: str) -> str:

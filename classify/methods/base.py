@@ -35,12 +35,13 @@ class FewShotClassifier(ClassifierMixin, BaseEstimator):
 
     Capabilities are class attributes, set by ``@register_method(name, ...)`` and read by the pipeline and the
     benchmarks: ``needs_labels`` (False: fits with every row unlabeled), ``needs_text`` (CLIP text embeddings),
-    ``uses_views`` (rows are ``[features | view_0 | ...]``).
+    ``uses_views`` (rows are ``[features | view_0 | ...]``), ``needs_head`` (the backbone's ImageNet classifier).
     """
 
     needs_labels: ClassVar[bool] = True
     needs_text: ClassVar[bool] = False
     uses_views: ClassVar[bool] = False
+    needs_head: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list[Rule]]] = {}
 
     def _validate_params(self) -> None:

@@ -90,7 +90,7 @@ def _mean_by_owner(E: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
     return l2_normalize(out).astype(np.float32)
 
 
-@register_method("conse", needs_labels=False)
+@register_method("conse", needs_labels=False, needs_head=True)
 class ConSE(FewShotClassifier):
     """ConSE zero-shot classifier on an ImageNet classifier's features (no labels, no CLIP weights).
 

@@ -24,7 +24,7 @@ def _registered() -> dict[str, type]:
     return _METHODS
 
 
-CAPABILITIES = ("needs_labels", "needs_text", "uses_views")
+CAPABILITIES = ("needs_labels", "needs_text", "uses_views", "needs_head")
 
 
 def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
@@ -33,7 +33,8 @@ def register_method(name: str, **capabilities: bool) -> Callable[[type], type]:
     ``capabilities`` (see :class:`~classify.methods.base.FewShotClassifier`)
     become class attributes: ``needs_labels=False``
     for methods that fit without labels, ``needs_text=True`` for methods that need CLIP text embeddings,
-    ``uses_views=True`` for methods reading cached augmented views.
+    ``uses_views=True`` for methods reading cached augmented views, ``needs_head=True`` for methods reading the
+    backbone's own ImageNet classifier (its probabilities in the store).
     """
     unknown = sorted(set(capabilities) - set(CAPABILITIES))
     if unknown:

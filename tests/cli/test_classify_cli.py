@@ -133,3 +133,17 @@ def test_fit_can_stream_the_store_for_labelprop(store, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--store", str(path), "--backbone", A, "--method", "knn", "--stream", "True", "--out", "x"])
     assert "reads chunks (labelprop)" in capsys.readouterr().err
+
+
+def test_list_says_what_each_method_needs_and_which_apply_to_a_store(tmp_path, capsys):
+    path, _ = make_store(tmp_path / "s.h5")  # backbone B has CLIP-like text; no views, no ImageNet classifier
+    main(["list"])
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "[needs CLIP text embeddings]" in lines["zeroshot"] and "[needs cached views" in lines["fixmatch"]
+    assert "ImageNet classifier" in lines["conse"] and "[needs" not in lines["linear"]
+    main(["list", "--store", str(path)])
+    lines = {line.split()[1] if line.startswith("no ") else line.split()[0]: line
+             for line in capsys.readouterr().out.splitlines()}
+    assert lines["fixmatch"].startswith("no ") and "this store has no cached views" in lines["fixmatch"]
+    assert lines["conse"].startswith("no ") and not lines["zeroshot"].startswith("no ")
+    assert not lines["linear"].startswith("no ")
