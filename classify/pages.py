@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import io
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,8 +66,6 @@ def thumbnail(source: str | Path, out: str | Path, side: int = THUMB_SIDE) -> st
     Thumbnails are named by the sha256 of the file's bytes (and ``side``), so a file whose content changed gets a
     new thumbnail, and equal files share one; each is written whole or not at all, so a cached one is complete.
     """
-    from PIL import Image, ImageOps
-
     source = Path(source)
     try:
         if not source.is_file() or source.stat().st_size > MAX_SOURCE_BYTES:
@@ -86,14 +83,14 @@ def thumbnail(source: str | Path, out: str | Path, side: int = THUMB_SIDE) -> st
     target = Path(out) / THUMB_FOLDER / name
     if target.is_file():
         return f"{THUMB_FOLDER}/{name}"
-    try:
-        with Image.open(io.BytesIO(content)) as image:
-            image.draft("RGB", (side * 2, side * 2))  # JPEG: decode at a reduced size
-            picture = ImageOps.exif_transpose(image).convert("RGB")
-            picture.thumbnail((side, side))
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        log.warning("no thumbnail for %s: %s", source, err)
+    from embed.images import load_image  # the embedding's decoder: its limits, and transparency on white
+
+    loaded = load_image(source, target_size=side)
+    if not loaded.ok:
+        log.warning("no thumbnail for %s: %s", source, loaded.error)
         return None
+    picture = loaded.image
+    picture.thumbnail((side, side))
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(target) as tmp:
         picture.save(tmp, "JPEG", quality=85)

@@ -33,6 +33,7 @@ import os
 import stat
 import struct
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -358,7 +359,9 @@ def to_rgb8(img: Image.Image) -> Image.Image:
     if mode in _ALPHA_MODES or (mode in _KEYED_TRANSPARENCY_MODES and "transparency" in img.info):
         if mode == "La":  # Pillow has no La -> RGBA conversion, only La -> LA
             img = img.convert("LA")
-        rgba = img.convert("RGBA")
+        with warnings.catch_warnings():  # Pillow advises converting palette transparency to RGBA: this is that
+            warnings.filterwarnings("ignore", message="Palette images with Transparency", category=UserWarning)
+            rgba = img.convert("RGBA")
         # alpha_composite is exact at the ends: alpha 0 gives pure white, alpha 255 the pixel itself.
         return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE + (255,)), rgba).convert("RGB")
     return img.convert("RGB")
