@@ -12,3 +12,4 @@ from classify.methods import coop  # noqa: F401
 from classify.methods import conse  # noqa: F401
 from classify.methods import fixmatch  # noqa: F401
 from classify.methods import ptmap  # noqa: F401
+from classify.methods import auto  # noqa: F401
