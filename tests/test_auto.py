@@ -135,6 +135,29 @@ def test_the_candidates_get_the_store_context(tmp_path):
     assert type(probe).method_name == "linear" and probe.text_embeddings is not None
 
 
+def test_benchmark_tables_show_the_oracle_and_the_gap_closed(tmp_path):
+    from benchmarks.run import gap_closed, load_task, markdown_tables, run_task
+
+    path, _ = make_store(tmp_path / "s.h5")
+    task = load_task("synthetic", path, A)
+    records = run_task(task, ["linear", "knn"], shots=[1, 3], seeds=1, anchors=[], progress=lambda _: None,
+                       oracle=True)
+    oracle = [r for r in records if r.get("oracle")]
+    assert len(oracle) == 1 and oracle[0]["n_labels"] == 15
+    acc = {(r["method"], r["shots"]): r["accuracy"] for r in records if not r.get("oracle")}
+    gaps = gap_closed(records)
+    for (method, shots), value in acc.items():
+        key = ("synthetic", A, method, shots)
+        if oracle[0]["accuracy"] - acc[("linear", shots)] >= 0.005:
+            expected = (value - acc[("linear", shots)]) / (oracle[0]["accuracy"] - acc[("linear", shots)])
+            assert gaps[key] == pytest.approx(expected)
+        else:
+            assert key not in gaps
+    table = markdown_tables(records)
+    assert "| 1-shot | gap closed 1 | 3-shot | gap closed 3 |" in table
+    assert "| oracle: linear on every train label |" in table and "on all 15 train labels" in table
+
+
 def test_string_labels_with_object_unlabeled_rows():
     X, y, y_true, test = skewed_pool(0)
     names = np.array(["cat", "dog", "eel"])
