@@ -183,7 +183,7 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     the draws, with ``<metric>_std`` (the standard deviation over draws, as the benchmark tables show), ``shots``, and
     ``draws``: one dict per draw (seed, accuracy, macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds,
     predict_seconds, n_labeled, and fit_report and the method's entry when it has them). By cross-validation:
-    ``folds``, one dict per fold with the method's entry, when it has one.
+    ``per_fold``, one dict per fold with the method's entry, when it has one.
     """
     check_params("evaluate", {"shots": shots, "draws": draws}, {"shots": [NONE, Int(1)], "draws": [Int(1)]})
     data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
@@ -213,7 +213,7 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
                                                                        with_proba=True, details=per_fold)
     return {**scores(y_cv, predictions, proba, n_classes), "fit_seconds": fit_s, "predict_seconds": pred_s,
             "n_test": int(len(y_cv)), "protocol": f"{k}-fold stratified CV on the labeled train rows", **base,
-            **({"folds": per_fold} if any(per_fold) else {})}
+            **({"per_fold": per_fold} if any(per_fold) else {})}
 
 
 def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method, params, combine, transductive,

@@ -119,6 +119,10 @@ def test_the_cli_default_is_auto_and_its_results_carry_the_choice(tmp_path, caps
     fitted = load_model(model)
     assert fitted.method == "auto" and fitted.estimator.chosen_ == result["auto"]["chosen"]
     assert fitted.estimator.reason_ == result["auto"]["reason"]
+    no_test, _ = make_store(tmp_path / "cv.h5", labeled_test=False)  # scored by CV: one choice per fold
+    out = run(capsys, "evaluate", "--store", no_test, "--backbone", A, "--folds", 2, "--json")
+    cv = json.loads(out.splitlines()[-1])
+    assert [set(fold["auto"]) >= {"chosen", "reason", "candidates"} for fold in cv["per_fold"]] == [True, True]
     for command in (cli_labels.suggest, cli_labels.audit):
         assert inspect.signature(command).parameters["method"].default == "auto"
 

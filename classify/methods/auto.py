@@ -23,7 +23,10 @@ The rule, and why:
 - With a class of a single labeled row no fold can hold it out and keep it in training: nothing is
   cross-validated and the baseline is kept.
 
-Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row.
+Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row; with the defaults
+measured at 4.5-7 times the fit of the slowest candidate (``benchmarks/results/auto.md``). Two folds would cost about
+5 times but chose worse on the development draws (0.4 points on average, 1.2 on clip art at 10 labels:
+``benchmarks/results/auto-rule*-folds2.md``).
 
 ``z=0.5`` was chosen on development draws (seeds 100-109, 5 and 10 labels per class drawn from the train rows, scored
 on the hidden train rows, never on test rows) of digits and clip art (224 and 112 px) with EfficientNet-Lite0 features
