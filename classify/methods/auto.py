@@ -24,7 +24,7 @@ The rule, and why:
   cross-validated and the baseline is kept.
 
 Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row; with the defaults
-measured at 4.5-7 times the fit of the slowest candidate (``benchmarks/results/auto.md``). Two folds would cost about
+measured at 5-7 times the fit of the slowest candidate (``benchmarks/results/auto.md``). Two folds would cost about
 5 times but chose worse on the development draws (0.4 points on average, 1.2 on clip art at 10 labels:
 ``benchmarks/results/auto-rule*-folds2.md``).
 
