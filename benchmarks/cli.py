@@ -75,7 +75,8 @@ def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 4000, batch_size:
 
 def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0", methods=None, shots="1,5,15",
         seeds: int = 3, quick: bool = False, image_size: int | str | None = "auto", anchors: bool = True,
-        views: int = 0, out: str | None = None, cache: str | None = None, name: str = "latest") -> None:
+        views: int = 0, out: str | None = None, cache: str | None = None, name: str = "latest",
+        oracle: bool = True) -> None:
     """Accuracy tables across methods, backbones and label budgets, with plain scikit-learn anchors.
 
     Parameters
@@ -109,6 +110,9 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         ~/.cache/fewshot-suite).
     name : str
         Basename of the result files.
+    oracle : bool
+        Also fit the linear probe on every train label (the oracle) and show each method's share of the probe-to-oracle
+        gap closed.
     """
     from pathlib import Path
 
@@ -144,7 +148,7 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     method_list = as_list(methods) or list(DEFAULT_METHODS)
     records = []
     for task in tasks:
-        records += run_task(task, method_list, shot_values, seeds, list(ANCHORS) if anchors else [])
+        records += run_task(task, method_list, shot_values, seeds, list(ANCHORS) if anchors else [], oracle=oracle)
     command = "python -m benchmarks run " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "python -m benchmarks run"
     result = write_results(records, tasks, Path(out) if out else RESULTS, command, name)
     print(result["tables"])

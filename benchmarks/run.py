@@ -44,7 +44,9 @@ log = logging.getLogger(__name__)
 #: default results folder: in the working directory, never inside the installed package
 RESULTS = Path("benchmarks-results")
 DEFAULT_METHODS = ("zeroshot", "conse", "linear", "knn", "labelprop", "selftrain", "selftrain(teacher=conse)", "moe",
-                   "ptmap", "tip", "crossmodal", "fixmatch")
+                   "ptmap", "tip", "crossmodal", "fixmatch", "auto")
+#: the reference of the gap-closed columns: the few-shot probe, and the same probe on every train label (the oracle)
+PROBE = "linear"
 
 
 def _anchor(estimator) -> Callable[[], object]:
@@ -167,12 +169,29 @@ def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: n
         predicted, fit_seconds, predict_seconds = evaluation.fit_predict(estimator, X, y, X_test)
     report = getattr(estimator, "fit_report_", None)
     return {"predicted": predicted, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
-            "peak_mb": memory.peak_mb, "fit_report": report}
+            "peak_mb": memory.peak_mb, "fit_report": report, **evaluation.described(estimator)}
+
+
+def oracle_record(task: Task, progress: Callable[[str], None] = log.info) -> dict:
+    """The probe (:data:`PROBE`) fitted on every labeled train row, scored on the test split: what the few-shot
+    methods would reach with every train label revealed, the top of the gap-closed scale."""
+    data = task.data
+    test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
+    train = (data.splits == "train") & (data.y >= 0)
+    y = np.where(train, data.y, UNLABELED)
+    result = _measure(lambda: pipeline.build(PROBE, {}, task.context), data.X[train], y[train], data.X[test])
+    scores = evaluation.scores(data.y[test], result.pop("predicted"))
+    progress(f"{task.dataset} {task.backbone} oracle ({PROBE} on all {int(train.sum())} train labels): "
+             f"acc {scores['accuracy']:.4f}")
+    return {"dataset": task.dataset, "backbone": task.backbone, "method": f"oracle: {PROBE} on every train label",
+            "oracle": True, "anchor": False, "n_labels": int(train.sum()), **scores, **result}
 
 
 def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: int,
-             anchors: Sequence[str] = tuple(ANCHORS), progress: Callable[[str], None] = log.info) -> list[dict]:
-    """Every method and anchor, for each shot count and seed, on one store/backbone; one record per fit."""
+             anchors: Sequence[str] = tuple(ANCHORS), progress: Callable[[str], None] = log.info,
+             oracle: bool = False) -> list[dict]:
+    """Every method and anchor, for each shot count and seed, on one store/backbone; one record per fit. With
+    ``oracle``, first one record of the probe on every train label (:func:`oracle_record`)."""
     parsed = {m: pipeline.parse_method(m) for m in methods}
     for name, _ in parsed.values():
         get(name)  # an unknown method name fails here, not silently per fit
@@ -180,7 +199,7 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
     if not test.size:
         raise UserError(f"{task.dataset} has no labeled test split (test/<class>/); benchmarks score on it")
-    records = []
+    records = [oracle_record(task, progress)] if oracle else []
 
     def skipped(name: str, n_shots: int, reason: str) -> None:
         progress(f"{task.dataset} {name} {n_shots}-shot: skipped ({reason})")
@@ -214,7 +233,38 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
 
 
 def _ran(records: list[dict]) -> list[dict]:
-    return [r for r in records if "skipped" not in r]
+    return [r for r in records if "skipped" not in r and not r.get("oracle")]
+
+
+def _oracles(records: list[dict]) -> dict[tuple[str, str], dict]:
+    return {(r["dataset"], r["backbone"]): r for r in records if r.get("oracle")}
+
+
+def gap_closed(records: list[dict]) -> dict[tuple, float]:
+    """Share of the probe-to-oracle gap each (dataset, backbone, method, shots) closes, from mean accuracies over
+    seeds: ``(method - probe) / (oracle - probe)`` (0: no better than the probe, 1: as good as every train label,
+    negative: below the probe). Needs the probe's runs and an oracle record; left out where the gap is under half a
+    point (the ratio would be noise)."""
+    summary, oracles = summarise(records), _oracles(records)
+    out = {}
+    for key, stat in summary.items():
+        probe, oracle = summary.get((key[0], key[1], PROBE, key[3])), oracles.get(key[:2])
+        if probe is None or oracle is None or oracle["accuracy"] - probe["accuracy_mean"] < 0.005:
+            continue
+        out[key] = (stat["accuracy_mean"] - probe["accuracy_mean"]) / (oracle["accuracy"] - probe["accuracy_mean"])
+    return out
+
+
+def choices(records: list[dict]) -> dict[tuple, dict[str, int]]:
+    """How often each (dataset, backbone, method, shots) chose each candidate, for methods that choose (``auto``:
+    the ``chosen`` of their :func:`classify.evaluation.described` entry)."""
+    out: dict[tuple, dict[str, int]] = {}
+    for r in _ran(records):
+        entry = r.get(pipeline.parse_method(r["method"])[0]) if not r.get("anchor") else None
+        if isinstance(entry, dict) and "chosen" in entry:
+            counts = out.setdefault((r["dataset"], r["backbone"], r["method"], r["shots"]), {})
+            counts[entry["chosen"]] = counts.get(entry["chosen"], 0) + 1
+    return out
 
 
 def summarise(records: list[dict]) -> dict:
@@ -234,8 +284,10 @@ def summarise(records: list[dict]) -> dict:
 
 
 def markdown_tables(records: list[dict]) -> str:
-    """One table per dataset × backbone: rows = methods (anchors last), columns = shots, cells = acc mean ± std."""
-    summary = summarise(records)
+    """One table per dataset × backbone: rows = methods (anchors last), columns = shots, cells = acc mean ± std; with an
+    oracle record also the share of the probe-to-oracle gap closed at each shot count (:func:`gap_closed`) and the
+    oracle's row, and for methods that choose (auto) what they chose."""
+    summary, gaps, oracles, chosen = summarise(records), gap_closed(records), _oracles(records), choices(records)
     lines = []
     for dataset, backbone in dict.fromkeys((r["dataset"], r["backbone"]) for r in _ran(records)):
         rs = [r for r in _ran(records) if r["dataset"] == dataset and r["backbone"] == backbone]
@@ -243,19 +295,35 @@ def markdown_tables(records: list[dict]) -> str:
         methods = list(dict.fromkeys(r["method"] for r in rs if not r["anchor"]))
         methods += list(dict.fromkeys(r["method"] for r in rs if r["anchor"]))
         seeds = max(s["seeds"] for k, s in summary.items() if k[:2] == (dataset, backbone))
+        oracle = oracles.get((dataset, backbone))
+        columns = [f"{s}-shot" + (f" | gap closed {s}" if oracle else "") for s in shots]
         lines += [f"#### {dataset} — {backbone} (test accuracy %, mean ± std over {seeds} seeds; fit seconds and "
-                  f"peak memory at {shots[-1]} shots)", "",
-                  "| method | " + " | ".join(f"{s}-shot" for s in shots) + " | fit s | peak MB (added RSS) |",
-                  "|---|" + "---|" * (len(shots) + 2)]
+                  f"peak memory at {shots[-1]} shots)", ""]
+        if oracle:
+            lines += [f"Gap closed: (method − {PROBE}) / (oracle − {PROBE}) from the mean accuracies; the oracle is "
+                      f"{PROBE} on all {oracle['n_labels']} train labels.", ""]
+        lines += ["| method | " + " | ".join(columns) + " | fit s | peak MB (added RSS) |",
+                  "|---|" + "---|" * (len(shots) * (2 if oracle else 1) + 2)]
         for m in methods:
             cells = []
             for s in shots:
                 stat = summary.get((dataset, backbone, m, s))
                 cells.append(f"{100 * stat['accuracy_mean']:.1f} ± {100 * stat['accuracy_std']:.1f}"
                              if stat else "—")
+                if oracle:
+                    gap = gaps.get((dataset, backbone, m, s))
+                    cells.append("—" if gap is None else f"{100 * gap:.0f} %")
             last = summary.get((dataset, backbone, m, shots[-1]))
             tail = f" | {last['fit_seconds_mean']:.2f} | {last['peak_mb_max']:.0f} |" if last else " | — | — |"
             lines.append(f"| {m} | " + " | ".join(cells) + tail)
+        if oracle:
+            cell = f"{100 * oracle['accuracy']:.1f} | 100 %"
+            lines.append(f"| {oracle['method']} | " + " | ".join([cell] * len(shots))
+                         + f" | {oracle['fit_seconds']:.2f} | {oracle['peak_mb']:.0f} |")
+        picks = [f"{m} {s}-shot: " + ", ".join(f"{c} ×{n}" for c, n in counts.items())
+                 for (d, b, m, s), counts in chosen.items() if (d, b) == (dataset, backbone)]
+        if picks:
+            lines += ["", "Chosen: " + "; ".join(picks)]
         not_run = {r["method"]: r["skipped"] for r in records if "skipped" in r and r["dataset"] == dataset
                    and r["backbone"] == backbone and r["method"] not in methods}
         if not_run:
@@ -276,7 +344,7 @@ def plot(records: list[dict], path: Path, columns: int = 3) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = summarise(records)
+    summary, oracles = summarise(records), _oracles(records)
     records = _ran(records)
     panels = list(dict.fromkeys((r["dataset"], r["backbone"]) for r in records))
     methods = list(dict.fromkeys(r["method"] for r in records))
@@ -297,6 +365,9 @@ def plot(records: list[dict], path: Path, columns: int = 3) -> None:
             stds = np.array([p[1]["accuracy_std"] for p in pts]) * 100
             handles[m] = ax.errorbar([p[0] for p in pts], means, yerr=stds, label=m, marker="o", capsize=3,
                                      linestyle="--" if m in ANCHORS else "-", color=colour[m])
+        if (dataset, backbone) in oracles:
+            handles["oracle"] = ax.axhline(100 * oracles[(dataset, backbone)]["accuracy"], color="grey", linestyle=":",
+                                           label="oracle")
         ax.set_xscale("symlog", linthresh=1)  # log-like spacing of 1/5/15 shots that also shows 0 shots
         ax.set_xticks(sorted({k[3] for k in summary if k[:2] == (dataset, backbone)}))
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -306,7 +377,9 @@ def plot(records: list[dict], path: Path, columns: int = 3) -> None:
         ax.grid(alpha=0.3)
     fig.tight_layout(h_pad=1.5)
     # below the panels, as wide as they are; the tight bounding box grows the image to hold it
-    fig.legend([handles[m] for m in methods if m in handles], [m for m in methods if m in handles],
+    names = [m for m in methods if m in handles] + (["oracle"] if "oracle" in handles else [])
+    fig.legend([handles[m] for m in names], [f"oracle: {PROBE} on every train label" if m == "oracle" else m
+                                            for m in names],
                loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(2 * n_cols, 4, max(1, len(handles))),
                fontsize=8, frameon=False)
     with atomic_write(path) as tmp:
@@ -339,7 +412,9 @@ def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command
                                                                 "python": sys.version.split()[0]},
                   "versions": {"numpy": np.__version__, "sklearn": sklearn.__version__, "torch": torch.__version__},
                   "stores": {f"{t.dataset}|{t.backbone}": t.fingerprint for t in tasks}}
-    summary = {"|".join(map(str, k)): v for k, v in summarise(records).items()}
+    gaps = gap_closed(records)
+    summary = {"|".join(map(str, k)): {**v, **({"gap_closed": gaps[k]} if k in gaps else {})}
+               for k, v in summarise(records).items()}
     write_text(out / f"{name}.json", json.dumps({"provenance": provenance, "summary": summary, "records": records},
                                                 indent=1, default=pipeline.jsonable))
     plot(records, out / f"{name}.png")

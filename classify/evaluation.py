@@ -65,6 +65,15 @@ def _store_proba(estimator, X: np.ndarray, n_classes: int) -> np.ndarray | None:
     return align_proba(np.asarray(estimator.predict_proba(X)), estimator.classes_, np.arange(n_classes))
 
 
+def described(estimator) -> dict[str, Any]:
+    """``{method name: estimator.describe()}`` for a fitted method that accounts for its own choices (``auto``: the
+    candidate it chose, each candidate's CV estimate and why), else ``{}``: the entry results carry per fit."""
+    describe = getattr(estimator, "describe", None)
+    if not callable(describe):
+        return {}
+    return {getattr(type(estimator), "method_name", type(estimator).__name__): describe()}
+
+
 def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
     """Where an evaluation's numbers come from: the store (path, data root, image-list fingerprint, classes), each
     backbone's origin (weights hash, preprocessing, dim) and the library versions of this run."""
@@ -202,10 +211,13 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     macro_f1), fit_seconds, predict_seconds, protocol, n_test, method, params, backbones, combine, seed,
     ``provenance`` (:func:`provenance`) and, for methods that report on their fit (self-training's pseudo-label
     counts), ``fit_report``; ``unpredictable_classes``: the store's classes the fits cannot predict (every train image
-    failed to decode, or none is labeled), each also logged as a warning. With ``shots``: each metric is the mean over
-    the draws, with ``<metric>_std`` (the standard deviation over draws, as the benchmark tables show), ``shots``, and
-    ``draws``: one dict per draw (seed, accuracy, macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds,
-    predict_seconds, n_labeled, and fit_report when the method has one).
+    failed to decode, or none is labeled), each also logged as a warning; for methods that describe their choices
+    (:func:`described`), an entry under the method's name (``"auto": {"chosen": ..., "reason": ...,
+    "candidates": ...}``). With ``shots``: each metric is the mean over the draws, with ``<metric>_std`` (the standard
+    deviation over draws, as the benchmark tables show), ``shots``, and ``draws``: one dict per draw (seed, accuracy,
+    macro_f1, mean_per_class_recall, acc5 when reported, fit_seconds, predict_seconds, n_labeled, and fit_report and
+    the method's entry when it has them). By cross-validation: ``per_fold``, one dict per fold with the method's
+    entry, when it has one.
     """
     check_params("evaluate", {"shots": shots, "draws": draws}, {"shots": [NONE, Int(1)], "draws": [Int(1)]})
     data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
@@ -230,12 +242,14 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
         result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": fit_seconds,
                   "predict_seconds": predict_seconds, "n_test": int(test.sum()), "protocol": protocol}
         report = getattr(estimator, "fit_report_", None)
-        return {**result, **base, **({"fit_report": report} if report is not None else {})}
+        return {**result, **base, **({"fit_report": report} if report is not None else {}), **described(estimator)}
+    per_fold: list[dict] = []
     y_cv, predictions, fit_s, pred_s, k, proba = cross_val_predictions(store, data, backbones, method, params,
                                                                        combine, transductive, folds, seed,
-                                                                       with_proba=True)
+                                                                       with_proba=True, details=per_fold)
     return {**scores(y_cv, predictions, proba, n_classes), "fit_seconds": fit_s, "predict_seconds": pred_s,
-            "n_test": int(len(y_cv)), "protocol": f"{k}-fold stratified CV on the labeled train rows", **base}
+            "n_test": int(len(y_cv)), "protocol": f"{k}-fold stratified CV on the labeled train rows", **base,
+            **({"per_fold": per_fold} if any(per_fold) else {})}
 
 
 def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method, params, combine, transductive,
@@ -266,7 +280,7 @@ def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method,
         run = {"seed": draw_seed, **{k: v for k, v in metrics.items() if k != "acc1"}, "fit_seconds": fit_seconds,
                "predict_seconds": predict_seconds, "n_labeled": int(labeled.size)}
         report = getattr(estimator, "fit_report_", None)
-        runs.append({**run, **({"fit_report": report} if report is not None else {})})
+        runs.append({**run, **({"fit_report": report} if report is not None else {}), **described(estimator)})
     result: dict[str, Any] = {}
     for name in per_draw[0]:
         values = np.array([m[name] for m in per_draw])
@@ -281,11 +295,12 @@ def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method,
 
 
 def cross_val_predictions(store, data: Data, backbones, method, params, combine, transductive=True, folds=5,
-                          seed=0, with_proba=False):
+                          seed=0, with_proba=False, details: list | None = None):
     """Out-of-fold predictions for the labeled train rows; each fold's held-out rows are passed unlabeled.
 
     Returns ``(y_true, predictions, fit_seconds, predict_seconds, k)`` per fold on average, and with
-    ``with_proba`` also the out-of-fold probabilities (n, n_classes) (None for a method without them).
+    ``with_proba`` also the out-of-fold probabilities (n, n_classes) (None for a method without them). ``details``,
+    a list, receives each fold's :func:`described` estimator.
     """
     labeled = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     if not labeled.size:
@@ -313,6 +328,8 @@ def cross_val_predictions(store, data: Data, backbones, method, params, combine,
         predictions[held_idx] = estimator.predict(data.X[labeled[held_idx]])
         pred_s += time.perf_counter() - t1
         fit_s += t1 - t0
+        if details is not None:
+            details.append(described(estimator))
         if proba is not None:
             fold_proba = _store_proba(estimator, data.X[labeled[held_idx]], proba.shape[1])
             if fold_proba is None:

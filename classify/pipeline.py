@@ -135,17 +135,19 @@ def build(method, params: dict | None = None, context: dict | None = None):
     """An estimator for ``method`` with ``params``; store context fills the parameters the user left unset.
 
     Parameters named in :data:`NESTED_PARAMS` may themselves name methods (``"labelprop"``, or
-    ``{"method": "labelprop", "k": 20}``); they are built recursively with the same context.
+    ``{"method": "labelprop", "k": 20}``); they are built recursively with the same context, also when such a name
+    is the parameter's default (``auto``'s candidates).
     """
     if not isinstance(method, str):  # already an estimator
         return method
     params, context = dict(params or {}), context or {}
+    accepted = inspect.signature(get(method).__init__).parameters
     for name in NESTED_PARAMS:
-        if name in params:
-            value = params[name]
+        default = accepted[name].default if name in accepted else None
+        if name in params or isinstance(default, (str, dict, list, tuple)):  # a default naming methods (auto's) too
+            value = params.get(name, default)
             params[name] = [_build_nested(v, context) for v in value] if isinstance(value, (list, tuple)) \
                 else _build_nested(value, context)
-    accepted = inspect.signature(get(method).__init__).parameters
     for key, value in context.items():
         if key in accepted and params.get(key) is None:
             params[key] = value

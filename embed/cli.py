@@ -232,7 +232,7 @@ def _print_summary(summary, first_spec: str) -> None:
     print(f"store: {display_id(str(summary.store.resolve()))}")
     print("next:  python -m store info " + display_id(str(summary.store)))
     print(f"       python -m classify evaluate --store {display_id(str(summary.store))} --backbone {first_spec} "
-          "--method labelprop")
+          "--method auto")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -91,18 +91,19 @@ def _backbones(store: FeatureStore, backbone) -> list[str]:
     return specs
 
 
-def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat", transductive: bool = True,
-        stream: bool | None = None, offline: bool = False, **params) -> None:
+def fit(store: str, out: str, method: str = "auto", backbone=None, combine: str = "concat",
+        transductive: bool = True, stream: bool | None = None, offline: bool = False, **params) -> None:
     """Fit a method on a store and save the model.
 
     Parameters
     ----------
     store : str
         The feature store (.h5) written by ``python -m embed run``.
-    method : str
-        A registered method (``python -m classify list``).
     out : str
         Where to save the model (a skops file, e.g. model.skops: loading it runs no code).
+    method : str
+        A registered method (``python -m classify list``); auto keeps the linear probe unless cross-validation on
+        the labels shows a semi-supervised method beating it (the model records which and why).
     backbone : str
         Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
     combine : str
@@ -119,7 +120,7 @@ def fit(store: str, method: str, out: str, backbone=None, combine: str = "concat
 
     Examples
     --------
-    python -m classify fit --store feats.h5 --method selftrain --out st.skops
+    python -m classify fit --store feats.h5 --out model.skops
     python -m classify fit --store feats.h5 --backbone timm:resnet50 --method labelprop --k 20 --out lp.skops
     python -m classify fit --store feats.h5 --backbone a,b --combine ensemble --method linear --out probe.skops
     """
@@ -204,7 +205,7 @@ def predict(model: str, store: str, out: str = "predictions.csv", split: str = "
     print(f"wrote {len(rows)} predictions of the {split} split to {out}")
 
 
-def evaluate(store: str, method: str, backbone=None, combine: str = "concat", transductive: bool = True,
+def evaluate(store: str, method: str = "auto", backbone=None, combine: str = "concat", transductive: bool = True,
              folds: int = 5, seed: int = 0, shots: int | None = None, draws: int = 3, json_output: bool = False,
              out: str | None = None, offline: bool = False, **params) -> None:
     """Score a method: on the labeled test split, or by stratified CV on the labeled train rows.
@@ -220,7 +221,8 @@ def evaluate(store: str, method: str, backbone=None, combine: str = "concat", tr
     store : str
         The feature store (.h5) written by ``python -m embed run``.
     method : str
-        A registered method (``python -m classify list``).
+        A registered method (``python -m classify list``); auto keeps the linear probe unless cross-validation on
+        the labels shows a semi-supervised method beating it (the result records which and why).
     backbone : str
         Backbone spec(s) in the store, comma-separated (default: the store's only backbone).
     combine : str

@@ -41,7 +41,7 @@ def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path) -> Path
     return write_text(sheet_path(csv_path), page(title, sheet, subtitle))
 
 
-def suggest(store: str, backbone: str | None = None, method: str = "labelprop", budget: int = 20,
+def suggest(store: str, backbone: str | None = None, method: str = "auto", budget: int = 20,
             out: str = "to_label.csv", seed: int = 0, strategy: str = "diverse", html: bool = True,
             **params) -> None:
     """The unlabeled images whose labels would help most: informative, diverse and class-balanced.
@@ -55,7 +55,8 @@ def suggest(store: str, backbone: str | None = None, method: str = "labelprop", 
     backbone : str
         Backbone spec in the store (default: the store's only backbone).
     method : str
-        The method whose transductive probabilities measure uncertainty (default labelprop).
+        The method whose transductive probabilities measure uncertainty (default auto: the probe, or the
+        semi-supervised method that beats it in cross-validation on the labels).
     budget : int
         How many images to suggest (at most the size of the unlabeled pool).
     out : str
@@ -87,7 +88,7 @@ def suggest(store: str, backbone: str | None = None, method: str = "labelprop", 
         print(f"wrote {sheet} (open it in a browser)")
 
 
-def audit(store: str, backbone: str | None = None, method: str = "labelprop", out: str = "suspects.csv",
+def audit(store: str, backbone: str | None = None, method: str = "auto", out: str = "suspects.csv",
           folds: int = 5, seed: int = 0, all_rows: bool = False, html: bool = True, **params) -> None:
     """Labeled images ranked by how likely their given label is wrong (out-of-fold confident learning, cleanlab).
 
@@ -98,7 +99,8 @@ def audit(store: str, backbone: str | None = None, method: str = "labelprop", ou
     backbone : str
         Backbone spec in the store (default: the store's only backbone).
     method : str
-        The method giving the out-of-fold probabilities (default labelprop).
+        The method giving the out-of-fold probabilities (default auto: the probe, or the semi-supervised method that
+        beats it in cross-validation on the labels).
     out : str
         The CSV to write: id, path, given, suggested, score (most suspect first).
     folds : int

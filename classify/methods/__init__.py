@@ -10,7 +10,7 @@ import importlib
 
 #: the built-in method modules, each registering one method
 BUILTIN = ("zeroshot", "linear", "knn", "ensemble", "moe", "labelprop", "selftrain", "tip", "crossmodal", "coop",
-           "conse", "fixmatch", "ptmap")
+           "conse", "fixmatch", "ptmap", "auto")
 
 
 def load_builtins() -> None:

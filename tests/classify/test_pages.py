@@ -1,4 +1,4 @@
-"""classify.pages: thumbnails are decoded as the embedding decodes images (transparency on white, its limits), quietly."""
+"""classify.pages: thumbnails decode as the embedding decodes images (transparency on white, its limits), quietly."""
 import warnings
 
 import numpy as np
