@@ -74,6 +74,26 @@ def described(estimator) -> dict[str, Any]:
     return {getattr(type(estimator), "method_name", type(estimator).__name__): describe()}
 
 
+def effective_params(estimator, given: dict | None = None) -> dict[str, Any]:
+    """Every parameter the method ran with, defaults included (what a result needs to be reproduced), as plain JSON:
+    a nested estimator by its method name, arrays the store supplied (text embeddings, ...) left out. With several
+    backbones combined per backbone (``--combine ensemble``), the parameters given."""
+    if not hasattr(estimator, "get_params"):
+        return dict(given or {})
+    def plain(value):
+        if hasattr(value, "get_params"):  # a teacher, a base model, auto's candidates
+            return getattr(value, "method_name", type(value).__name__)
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value if isinstance(value, (str, int, float, bool, type(None), dict)) else str(value)
+
+    return {name: plain(value) for name, value in estimator.get_params(deep=False).items()
+            # store context (text embeddings, templates) is recorded in provenance, not here
+            if not isinstance(value, np.ndarray) and not (isinstance(value, (list, tuple)) and len(value) > 64)}
+
+
 def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
     """Where an evaluation's numbers come from: the store (path, data root, image-list fingerprint, classes), each
     backbone's origin (weights hash, preprocessing, dim) and the library versions of this run."""
@@ -226,8 +246,9 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     estimator = build_for_store(store, backbones, method, params, combine, data.slices)
     label_free = getattr(estimator, "needs_labels", True) is False  # zeroshot, conse: every class, without labels
     unpredictable = unpredictable_classes(store, np.arange(n_classes) if label_free else None)
-    base = {"method": method, "params": dict(params or {}), "backbones": list(backbones), "combine": combine,
-            "seed": seed, "provenance": provenance(store, backbones), "unpredictable_classes": unpredictable}
+    base = {"method": method, "params": effective_params(estimator, params), "transductive": bool(transductive),
+            "backbones": list(backbones), "combine": combine, "seed": seed,
+            "provenance": provenance(store, backbones), "unpredictable_classes": unpredictable}
     if shots is not None:
         if protocol is None:
             raise UserError(f"--shots scores on a labeled held-out split and {store.path} has none: add labeled test "

@@ -69,7 +69,7 @@ def test_evaluate_out_writes_the_json_it_prints(tmp_path, capsys, labeled_test):
     assert written == printed
     assert {"accuracy", "acc1", "acc5", "mean_per_class_recall", "macro_f1", "fit_seconds"} <= set(written)
     assert 0 <= written["acc1"] <= written["acc5"] <= 1 and written["acc1"] < 1
-    assert written["method"] == "knn" and written["params"] == {"k": 3} and written["seed"] == 4
+    assert written["method"] == "knn" and written["params"]["k"] == 3 and written["seed"] == 4
     prov = written["provenance"]
     with FeatureStore(path) as fs:
         assert prov["store_fingerprint"] == fs.fingerprint
@@ -192,3 +192,14 @@ def test_report_scores_a_saved_model_as_evaluate_scores_its_method(tmp_path, cap
     assert evaluated["protocol"] == "validation folder (held out of the fit)" and evaluated["n_test"] == 12
     assert reported["protocol"].startswith(evaluated["protocol"])  # before: 5-fold CV on the labeled train rows
     assert reported["n"] == evaluated["n_test"] and reported["accuracy"] == pytest.approx(evaluated["accuracy"])
+
+
+def test_the_result_records_every_parameter_the_method_ran_with(tmp_path, capsys):
+    path, _ = make_store(tmp_path / "s.h5")
+    main(["evaluate", "--store", str(path), "--backbone", A, "--method", "knn", "--k", "3", "--json"])
+    result = last_json(capsys.readouterr().out)
+    assert result["params"]["k"] == 3 and "weights" in result["params"]  # defaults too (before: only what was typed)
+    assert result["transductive"] is True
+    main(["evaluate", "--store", str(path), "--backbone", A, "--method", "selftrain", "--json"])
+    params = last_json(capsys.readouterr().out)["params"]
+    assert isinstance(params["teacher"], (str, type(None))) and json.dumps(params)  # nested estimators by name
