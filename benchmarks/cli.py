@@ -62,7 +62,21 @@ def embed(backbone: str = "timm:tf_efficientnet_lite0", n: int = 2000, batch_siz
 
 def ray(backbone: str = "timm:tf_efficientnet_lite0", n: int = 4000, batch_size: int = 64, image_size: int = 112,
         num_cpus: int = 2) -> None:
-    """Local runner vs `--engine ray` on the same n image files and backbone: throughput of each and the overhead."""
+    """Local runner vs `--engine ray` on the same n image files and backbone: throughput of each and the overhead.
+
+    Parameters
+    ----------
+    backbone : str
+        Backbone spec, embedded by both engines.
+    n : int
+        Number of image files written for the measurement.
+    batch_size : int
+        Images per model call, as for `python -m embed run`.
+    image_size : int
+        Input side in pixels, as for `python -m embed run`.
+    num_cpus : int
+        CPUs of the local Ray cluster started for the run.
+    """
     from benchmarks.embed_speed import measure_ray
 
     check_flags(dict(n=n, batch_size=batch_size, image_size=image_size, num_cpus=num_cpus), FLAGS)
@@ -158,7 +172,30 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
 def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", image_size: int | None = 112,
              shots: int = 15, device: str = "auto", init: bool = True, out: str | None = None,
              cache: str | None = None, **options) -> None:
-    """Accuracy of cached-feature methods before / after fine-tuning the backbone (digits), and of the head."""
+    """Accuracy of cached-feature methods before / after fine-tuning the backbone (digits), and of the head.
+
+    Parameters
+    ----------
+    quick : bool
+        The CPU setting (a few epochs, the last layers unfrozen); else the full recipe.
+    backbone : str
+        The backbone to fine-tune (its pretrained weights must be available offline).
+    image_size : int
+        Input side in pixels (112 suits the 8-px digits).
+    shots : int
+        Labeled training images per class; the other training images form the unlabeled pool.
+    device : str
+        auto, cpu or cuda.
+    init : bool
+        Start the head from the first method's model fitted on every labeled image; else from a probe fitted on the
+        fine-tuning split (LP-FT).
+    out : str
+        Results folder (default ./benchmarks-results): finetune.md and finetune.json.
+    cache : str
+        Folder of the digits images, stores and checkpoints (default ~/.cache/fewshot-suite/benchmarks).
+    **options
+        Any further option of `python -m classify finetune` (e.g. --epochs 10, --methods linear,labelprop).
+    """
     from benchmarks.finetune import RESULTS, finetune as run_finetune
 
     check_flags(dict(quick=quick, shots=shots, init=init), FLAGS)

@@ -268,3 +268,24 @@ def test_classify_help_loads_no_scikit_learn(argv):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-500:]
     assert "usage:" in done.stdout
+
+
+def _benchmark_commands() -> dict:
+    import benchmarks.active
+    import benchmarks.audit
+    import benchmarks.cli as cli
+
+    return {"embed": cli.embed, "ray": cli.ray, "run": cli.run, "finetune": cli.finetune,
+            "labelprop-scale": cli.labelprop_scale, "active": benchmarks.active.active, "audit": benchmarks.audit.audit}
+
+
+@pytest.mark.parametrize("name", ["embed", "ray", "run", "finetune", "labelprop-scale", "active", "audit"])
+def test_every_benchmark_command_describes_every_flag(name, capsys):
+    import benchmarks.cli
+
+    benchmarks.cli.main([name, "--help"])
+    entries = flag_entries(capsys.readouterr().out)
+    for param in inspect.signature(_benchmark_commands()[name]).parameters.values():
+        if param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            flag = flag_name(param.name)
+            assert entries.get(flag), f"python -m benchmarks {name}: {flag} has no description"
