@@ -78,7 +78,7 @@ def write_report(out: str | Path, y_true: np.ndarray, y_pred: np.ndarray, classe
     labels = np.arange(len(classes))
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    per_class = [{"class": c, "n": int(n), "accuracy": float(r), "precision": float(p), "f1": float(f)}
+    per_class = [{"class": c, "n": int(n), "recall": float(r), "precision": float(p), "f1": float(f)}
                  for c, n, r, p, f in zip(classes, support, recall, precision, f1)]
     pairs = confused_pairs(cm, classes, top=20)
     heatmap = _heatmap(cm, classes, title)
@@ -136,19 +136,18 @@ def _page(out: Path, summary: dict, y_true: np.ndarray, y_pred: np.ndarray, clas
     from classify.pages import Group, contact_sheet, page, table
 
     per_class = summary["per_class"]
-    recalls = [row["accuracy"] for row in per_class if row["n"]]
+    recalls = [row["recall"] for row in per_class if row["n"]]
     mean_recall = float(np.mean(recalls)) if recalls else 0.0
     subtitle = (f"{summary['n']} images, accuracy {summary['accuracy']:.3f}, mean per-class recall {mean_recall:.3f}"
                 + (f" — {summary['protocol']}" if summary.get("protocol", "") not in summary["title"] else ""))
-    order = sorted(range(len(per_class)), key=lambda i: (per_class[i]["accuracy"], per_class[i]["class"]))
-    weak = {i for i in order[:max(1, len(order) // 5)] if per_class[i]["accuracy"] < summary["accuracy"]}
-    rows = [(r["class"], r["n"], r["precision"], r["accuracy"], r["f1"]) for r in per_class]
+    rows = [(r["class"], r["n"], r["precision"], r["recall"], r["f1"]) for r in per_class]
+    weak = weak_classes(per_class, summary["accuracy"])
     body = ['<h2>Confusion matrix</h2><p class="meta">Rows: true class; columns: predicted; colour: share of the true '
             'class.</p><img class="heatmap" src="confusion.png" alt="confusion matrix heatmap">',
             "<h2>Per class</h2><p class='meta'>Recall is the share of a class's images predicted as that class; "
             "the weakest classes are highlighted.</p>",
             table(["class", "images", "precision", "recall", "F1"], rows,
-                  ["weak" if i in weak else "" for i in range(len(rows))]),
+                  ["weak" if r["class"] in weak else "" for r in per_class]),
             "<h2>Most confused pairs</h2>"]
     pairs = summary["confused_pairs"][:pairs_shown]
     if not pairs:
@@ -169,3 +168,14 @@ def _page(out: Path, summary: dict, y_true: np.ndarray, y_pred: np.ndarray, clas
     body.append('<p class="meta">Files: <a href="report.json">report.json</a>, <a href="per_class.csv">per_class.csv'
                 '</a>, <a href="confused_pairs.csv">confused_pairs.csv</a>.</p>')
     return page(summary["title"], "\n".join(body), subtitle)
+
+
+def weak_classes(per_class: list[dict], accuracy: float) -> set[str]:
+    """The classes a report highlights: the weakest fifth by recall (at least one), every class tied with the last of
+    them included (one recall, one colour), and only those below the overall accuracy."""
+    recalls = sorted(row["recall"] for row in per_class if row["n"])
+    if not recalls:
+        return set()
+    cutoff = recalls[max(1, len(recalls) // 5) - 1]
+    return {row["class"] for row in per_class if row["n"] and row["recall"] <= cutoff and row["recall"] < accuracy}
+

@@ -338,8 +338,8 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=[root / i for i in ids],
                            captions=[display_id(i) for i in ids], pairs_shown=pairs, per_pair=per_pair)
     print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
-    worst = sorted(summary["per_class"], key=lambda row: row["accuracy"])[:5]
-    print("weakest classes: " + ", ".join(f"{row['class']} {row['accuracy']:.2f}" for row in worst))
+    worst = sorted(summary["per_class"], key=lambda row: row["recall"])[:5]
+    print("weakest classes (recall): " + ", ".join(f"{row['class']} {row['recall']:.2f}" for row in worst))
     for pair in summary["confused_pairs"][:5]:
         print(f"  {pair['true']} -> {pair['predicted']}: {pair['count']} ({pair['share_of_true']:.0%} of the class)")
     print(f"wrote {Path(out) / 'index.html'} (open it in a browser), confusion.png, per_class.csv, "

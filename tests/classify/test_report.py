@@ -103,7 +103,9 @@ def test_report_page_links_resolve_and_show_the_confusions(fitted_store, tmp_pat
             assert max(image.size) <= 128
     for row in summary["per_class"]:  # the table: one row per class with precision and recall
         assert row["class"] in links.cells and f"{row['precision']:.3f}" in links.cells
-        assert f"{row['accuracy']:.3f}" in links.cells
+        assert f"{row['recall']:.3f}" in links.cells
+    header = (out / "per_class.csv").read_text().splitlines()[0].split(",")
+    assert "recall" in header and "accuracy" not in header  # a class's share found is its recall
 
 
 def test_contact_sheet_writes_thumbnails_and_escapes_captions(tmp_path):
@@ -118,3 +120,13 @@ def test_contact_sheet_writes_thumbnails_and_escapes_captions(tmp_path):
     assert "<script>" not in html_text and "&lt;script&gt;" in html_text and "a&amp;b" in html_text
     with Image.open(tmp_path / "sheet" / links.links[0]) as image:
         assert image.size == (128, 85)
+
+
+def test_weak_classes_are_every_class_at_the_cutoff_recall():
+    from classify.report import weak_classes
+
+    rows = [{"class": name, "n": 10, "recall": r} for name, r in zip("abcdefghij", [0.2, 0.4, 0.4, 0.4, 0.9, 0.9,
+                                                                               0.95, 1.0, 1.0, 1.0])]
+    assert weak_classes(rows, accuracy=0.8) == {"a", "b", "c", "d"}  # before: a and b only, c and d at 0.4 not
+    assert weak_classes(rows, accuracy=0.3) == {"a"}
+    assert weak_classes([], accuracy=1.0) == set()
