@@ -163,12 +163,14 @@ class PeakRSS:
             return 0.0
 
 
-def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: np.ndarray) -> dict:
+def _measure(make: Callable[[], object], X: np.ndarray, y: np.ndarray, X_test: np.ndarray,
+             n_classes: int) -> dict:
     estimator = make()
     with PeakRSS() as memory:  # fit and predict as `classify evaluate` runs them (one BLAS thread)
         predicted, fit_seconds, predict_seconds = evaluation.fit_predict(estimator, X, y, X_test)
     report = getattr(estimator, "fit_report_", None)
-    return {"predicted": predicted, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
+    proba = evaluation.class_proba(estimator, X_test, n_classes) if n_classes >= 5 else None  # acc5, as evaluate
+    return {"predicted": predicted, "proba": proba, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds,
             "peak_mb": memory.peak_mb, "fit_report": report, **evaluation.described(estimator)}
 
 
@@ -179,8 +181,10 @@ def oracle_record(task: Task, progress: Callable[[str], None] = log.info) -> dic
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
     train = (data.splits == "train") & (data.y >= 0)
     y = np.where(train, data.y, UNLABELED)
-    result = _measure(lambda: pipeline.build(PROBE, {}, task.context), data.X[train], y[train], data.X[test])
-    scores = evaluation.scores(data.y[test], result.pop("predicted"))
+    n_classes = int(data.y.max()) + 1  # class indices 0 .. C-1 of the labeled rows
+    result = _measure(lambda: pipeline.build(PROBE, {}, task.context), data.X[train], y[train], data.X[test],
+                      n_classes)
+    scores = evaluation.scores(data.y[test], result.pop("predicted"), result.pop("proba"), n_classes)
     progress(f"{task.dataset} {task.backbone} oracle ({PROBE} on all {int(train.sum())} train labels): "
              f"acc {scores['accuracy']:.4f}")
     return {"dataset": task.dataset, "backbone": task.backbone, "method": f"oracle: {PROBE} on every train label",
@@ -220,11 +224,12 @@ def run_task(task: Task, methods: Sequence[str], shots: Sequence[int], seeds: in
                     X = task.views.X
                 rows = labeled if name in SUPERVISED_ANCHORS else slice(None)
                 try:
-                    result = _measure(make, X[rows], y[rows], X[test])
+                    result = _measure(make, X[rows], y[rows], X[test], int(data.y.max()) + 1)
                 except NotApplicable as err:  # e.g. zeroshot without text embeddings: recorded; bugs are raised
                     skipped(name, n_shots, str(err))
                     continue
-                scores = evaluation.scores(data.y[test], result.pop("predicted"))
+                scores = evaluation.scores(data.y[test], result.pop("predicted"), result.pop("proba"),
+                                           int(data.y.max()) + 1)
                 records.append({"dataset": task.dataset, "backbone": task.backbone, "method": name,
                                 "anchor": name in ANCHORS, "shots": n_shots, "seed": seed, **scores, **result})
                 progress(f"{task.dataset} {task.backbone} {name} {n_shots}-shot seed {seed}: "

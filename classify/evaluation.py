@@ -9,6 +9,7 @@ import dataclasses
 import importlib.metadata
 import logging
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None = No
     return result
 
 
-def _store_proba(estimator, X: np.ndarray, n_classes: int) -> np.ndarray | None:
+def class_proba(estimator, X: np.ndarray, n_classes: int) -> np.ndarray | None:
     """``predict_proba`` with column c for class index c (0 for classes the estimator does not know); None when the
     estimator has no probabilities."""
     if not hasattr(estimator, "predict_proba"):
@@ -239,6 +240,29 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     the method's entry when it has them). By cross-validation: ``per_fold``, one dict per fold with the method's
     entry, when it has one.
     """
+    result = _evaluate(store, backbones, method, params, combine, transductive, folds, seed, shots, draws)
+    metrics = {k: result[k] for k in ("acc1", "acc5", "mean_per_class_recall", "macro_f1") if k in result}
+    return {**result, **clip_benchmark_fields(store, backbones, method), "metrics": metrics}
+
+
+def clip_benchmark_fields(store: FeatureStore, backbones: Sequence[str], method: str) -> dict[str, Any]:
+    """``dataset``, ``model``, ``pretrained`` and ``task`` as CLIP_benchmark names a result, so that result files of
+    both tools line up: the data folder's name, each backbone's architecture and weights (``clip:ViT-B-32/openai`` ->
+    ``ViT-B-32`` and ``openai``; a checkpoint path for ``@``), and the task (the method's name)."""
+    models, pretrained = [], []
+    for spec in backbones:
+        name = spec.split(":", 1)[-1]
+        arch, _, rest = name.partition("@") if "@" in name else name.partition("/")
+        models.append(arch)
+        pretrained.append(rest or "default")
+    root = str(store.root or "").rstrip("/\\")
+    return {"dataset": Path(root).name if root else Path(store.path).stem, "model": "+".join(models),
+            "pretrained": "+".join(pretrained), "task": f"fewshot_classification/{method}"}
+
+
+def _evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params: dict | None, combine: str,
+              transductive: bool, folds: int, seed: int, shots: int | None, draws: int) -> dict[str, Any]:
+    """:func:`evaluate` without the CLIP_benchmark fields."""
     check_params("evaluate", {"shots": shots, "draws": draws}, {"shots": [NONE, Int(1)], "draws": [Int(1)]})
     data, protocol = held_out(load_data(store, backbones, views=uses_views(method)))
     test = (data.splits == "test") & (data.y >= 0)
@@ -259,7 +283,7 @@ def evaluate(store: FeatureStore, backbones: Sequence[str], method: str, params:
     if protocol is not None:
         X, y = fit_rows(data, transductive)
         pred, fit_seconds, predict_seconds = fit_predict(estimator, X, y, data.X[test])
-        proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
+        proba = class_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
         result = {**scores(data.y[test], pred, proba, n_classes), "fit_seconds": fit_seconds,
                   "predict_seconds": predict_seconds, "n_test": int(test.sum()), "protocol": protocol}
         report = getattr(estimator, "fit_report_", None)
@@ -295,7 +319,7 @@ def _few_shot(store: FeatureStore, data: Data, protocol: str, backbones, method,
         y, labeled = few_shot_labels(data, shots, draw_seed)
         estimator = build_for_store(store, backbones, method, params, combine, data.slices)
         predicted, fit_seconds, predict_seconds = fit_predict(estimator, X, y[keep], data.X[test])
-        proba = _store_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
+        proba = class_proba(estimator, data.X[test], n_classes) if n_classes >= 5 else None
         metrics = scores(data.y[test], predicted, proba, n_classes)
         per_draw.append(metrics)
         run = {"seed": draw_seed, **{k: v for k, v in metrics.items() if k != "acc1"}, "fit_seconds": fit_seconds,
@@ -352,7 +376,7 @@ def cross_val_predictions(store, data: Data, backbones, method, params, combine,
         if details is not None:
             details.append(described(estimator))
         if proba is not None:
-            fold_proba = _store_proba(estimator, data.X[labeled[held_idx]], proba.shape[1])
+            fold_proba = class_proba(estimator, data.X[labeled[held_idx]], proba.shape[1])
             if fold_proba is None:
                 proba = None
             else:

@@ -197,3 +197,24 @@ def test_plot_lays_many_panels_out_in_rows_with_one_legend(tmp_path, monkeypatch
             colours.setdefault(bars.get_label(), set()).add(tuple(bars.lines[0].get_color()))
     assert set(colours) == set(methods) and all(len(c) == 1 for c in colours.values())
     assert len({next(iter(c)) for c in colours.values()}) == 3
+
+
+def test_records_carry_acc5_with_five_classes_or_more(tmp_path):
+    from store import OK, FeatureStore
+
+    rng = np.random.default_rng(0)
+    classes = [f"c{i}" for i in range(6)]
+    ids, splits, labels = [], [], []
+    for split, per_class in (("train", 6), ("test", 5)):
+        for c in range(6):
+            ids += [f"{split}/c{c}/{k}.png" for k in range(per_class)]
+            splits += [split] * per_class
+            labels += [c] * per_class
+    X = np.eye(6, 8)[labels] * 2 + rng.normal(size=(len(ids), 8))
+    with FeatureStore.create(tmp_path / "six.h5", ids, splits, labels, classes) as fs:
+        fs.begin_backbone({"spec": A, "weights_sha256": "w", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, 8)
+        fs.write_rows(A, np.arange(len(ids)), np.full(len(ids), OK), [None] * len(ids), [None] * len(ids), features=X)
+    records = run_task(load_task("six", tmp_path / "six.h5", A), ["linear"], shots=[2], seeds=1, anchors=[],
+                       progress=lambda _: None)
+    assert records and all(0 <= r["acc5"] <= 1 and r["acc5"] >= r["acc1"] for r in records)  # before: no acc5

@@ -203,3 +203,12 @@ def test_the_result_records_every_parameter_the_method_ran_with(tmp_path, capsys
     main(["evaluate", "--store", str(path), "--backbone", A, "--method", "selftrain", "--json"])
     params = last_json(capsys.readouterr().out)["params"]
     assert isinstance(params["teacher"], (str, type(None))) and json.dumps(params)  # nested estimators by name
+
+
+def test_the_result_also_reads_as_a_clip_benchmark_record(tmp_path, capsys):
+    path, _ = make_store(tmp_path / "s.h5", root=tmp_path / "fruit")
+    main(["evaluate", "--store", str(path), "--backbone", A, "--method", "knn", "--json"])
+    result = last_json(capsys.readouterr().out)
+    assert result["dataset"] == "fruit" and result["model"] == "a" and result["task"] == "fewshot_classification/knn"
+    assert result["metrics"]["acc1"] == result["accuracy"]  # CLIP_benchmark's layout beside today's keys
+    assert set(result["metrics"]) >= {"acc1", "mean_per_class_recall"}
