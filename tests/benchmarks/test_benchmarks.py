@@ -218,3 +218,25 @@ def test_records_carry_acc5_with_five_classes_or_more(tmp_path):
     records = run_task(load_task("six", tmp_path / "six.h5", A), ["linear"], shots=[2], seeds=1, anchors=[],
                        progress=lambda _: None)
     assert records and all(0 <= r["acc5"] <= 1 and r["acc5"] >= r["acc1"] for r in records)  # before: no acc5
+
+
+def test_plot_shows_one_label_count_as_bars_and_keeps_equal_methods_apart(tmp_path, monkeypatch):
+    # a line chart with one x value ("over 1 seeds") said nothing; selftrain and moe at equal scores hid each other
+    import matplotlib.figure
+
+    def records(shots):
+        return [{"dataset": "d", "backbone": "timm:a", "method": m, "shots": s, "seed": 0, "accuracy": 0.8,
+                 "macro_f1": 0.8, "fit_seconds": 0.1, "predict_seconds": 0.0, "peak_mb": 0.0}
+                for m in ("linear", "selftrain", "moe") for s in shots]
+
+    figures = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda fig, *a, **k: (figures.append(fig), real_savefig(fig, *a, **k))[1])
+    plot(records([0]), tmp_path / "one.png")
+    bars = figures[0].axes[0]
+    assert len(bars.patches) == 3 and [t.get_text() for t in bars.get_yticklabels()] == ["linear", "selftrain", "moe"]
+    plot(records([5, 10]), tmp_path / "two.png")
+    lines = [line for line in figures[1].axes[0].get_lines() if len(line.get_xdata()) == 2]
+    xs = {tuple(round(float(x), 6) for x in line.get_xdata()) for line in lines}
+    assert len(lines) == 3 and len(xs) == 3  # three methods with equal scores, three visible positions
