@@ -237,6 +237,6 @@ def test_plot_shows_one_label_count_as_bars_and_keeps_equal_methods_apart(tmp_pa
     bars = figures[0].axes[0]
     assert len(bars.patches) == 3 and [t.get_text() for t in bars.get_yticklabels()] == ["linear", "selftrain", "moe"]
     plot(records([5, 10]), tmp_path / "two.png")
-    lines = [line for line in figures[1].axes[0].get_lines() if len(line.get_xdata()) == 2]
+    lines = [container.lines[0] for container in figures[1].axes[0].containers]  # errorbar: the data lines
     xs = {tuple(round(float(x), 6) for x in line.get_xdata()) for line in lines}
     assert len(lines) == 3 and len(xs) == 3  # three methods with equal scores, three visible positions
