@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from benchmarks.datasets import _read_idx, write_digits
-from benchmarks.run import ANCHORS, PeakRSS, load_task, plot, run_task, write_results
+from benchmarks.plots import plot
+from benchmarks.run import ANCHORS, PeakRSS, load_task, run_task, write_results
 from classify.evaluation import draw_labels
 from synthstore import A, make_store
 
