@@ -1,0 +1,173 @@
+"""The background work of a labeling session, on a snapshot of the labels taken when the work was asked for, so that
+answering never waits for it: the next batch (``suggest``'s pick: the method fitted on the labels so far), the
+cross-validated accuracy of the method on those labels, and ``audit``'s suspected wrong labels. One worker thread runs
+them in turn (:class:`Worker`).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from classify import pipeline
+from classify.labeling.audit import audit_arrays, out_of_fold_proba
+from classify.labeling.selection import duplicate_free
+from classify.labeling.suggest import suggest_arrays
+from classify.methods.features import UNLABELED
+from store.validation import UserError, one_line
+
+log = logging.getLogger(__name__)
+
+#: folds of the accuracy shown after each batch (``auto`` reports its own cross-validation, 3 folds by default)
+CV_FOLDS = 3
+#: folds of the audit, as ``classify audit``'s default
+AUDIT_FOLDS = 5
+
+
+@dataclass
+class Snapshot:
+    """The labels at one moment, with what the methods need (arrays are copies; ``X`` is shared, never written)."""
+
+    X: np.ndarray  # (n, D)
+    y: np.ndarray  # (n,) fit labels, -1 unlabeled
+    candidates: np.ndarray  # (n,) bool: rows a batch may show (the pool less skipped images)
+    keys: np.ndarray  # (n,) file sha256
+    classes: list[str]
+    context: dict
+    version: int  # the session's answer count when taken
+
+    @property
+    def n_labels(self) -> int:
+        return int((self.y != UNLABELED).sum())
+
+
+def pick_batch(snap: Snapshot, method: str, params: dict | None, size: int, seed: int):
+    """The next batch: ``suggest``'s diverse pick (:func:`classify.labeling.suggest.suggest_arrays`) with the method
+    fitted on the labels so far; a seeded random draw while fewer than two classes have labels (no method can be
+    fitted yet).
+
+    Returns
+    -------
+    items : list of dict
+        ``pos`` (row position), ``predicted`` (class name or ""), ``score``, ``reason``; empty when nothing is left.
+    note : str
+        One line on how the batch was chosen.
+    estimator : estimator or None
+        The method as fitted for the pick (``auto`` carries its cross-validation), None for a random draw.
+    """
+    labeled = snap.y != UNLABELED
+    open_rows = duplicate_free(snap.candidates & ~labeled, snap.keys, labeled)  # never a copy of a labeled image
+    budget = int(min(size, open_rows.sum()))
+    if budget == 0:
+        return [], "every image of the pool is labeled (or skipped)", None
+    if np.unique(snap.y[labeled]).size < 2:
+        picked = np.random.default_rng(seed + snap.version).choice(np.flatnonzero(open_rows), budget, replace=False)
+        note = "a random batch: fewer than two classes have labels, so no method can be fitted yet"
+        return [{"pos": int(i), "predicted": "", "score": 0.0, "reason": "random draw"} for i in picked], note, None
+    estimator = pipeline.build(method, params, snap.context)
+    sel = suggest_arrays(snap.X, snap.y, budget, estimator, None, seed, open_rows, "diverse", snap.keys, None,
+                         snap.classes)
+    items = [{"pos": int(i), "predicted": snap.classes[int(c)], "score": float(s), "reason": r}
+             for i, c, s, r in zip(sel.index, sel.predicted, sel.score, sel.reason)]
+    return items, f"the {budget} images {method} is least sure about, one per group of look-alikes", estimator
+
+
+def accuracy(snap: Snapshot, estimator, method: str, params: dict | None, seed: int) -> dict:
+    """The cross-validated accuracy of the method on the labels of ``snap``: ``auto``'s own cross-validation of the
+    candidate it chose, else stratified out-of-fold predictions (each fold's labels hidden in a fit on every row).
+
+    Returns
+    -------
+    dict
+        ``labels`` (count), ``accuracy`` (fraction, or None when it cannot be measured), ``detail`` (one line).
+    """
+    n = snap.n_labels
+    result = {"labels": n, "accuracy": None}
+    if estimator is not None and hasattr(estimator, "cv_results_"):  # auto: its cross-validation is the measure
+        if not estimator.n_splits_:
+            return {**result, "detail": f"not measured: {estimator.reason_}"}
+        chosen = estimator.cv_results_[estimator.chosen_]
+        return {**result, "accuracy": chosen["mean"],
+                "detail": f"{estimator.n_splits_}-fold CV of {estimator.chosen_} (auto's choice) on {n} labels"}
+    if np.unique(snap.y[snap.y != UNLABELED]).size < 2:
+        return {**result, "detail": "not measured: fewer than two classes have labels"}
+    try:
+        labeled, proba, classes, k = out_of_fold_proba(snap.X, snap.y, pipeline.build(method, params, snap.context),
+                                                       CV_FOLDS, seed, snap.classes)
+    except UserError as err:
+        return {**result, "detail": f"not measured: {err}"}
+    hits = classes[proba.argmax(axis=1)] == snap.y[labeled]
+    return {**result, "accuracy": float(hits.mean()), "detail": f"{k}-fold CV of {method} on {n} labels"}
+
+
+def audit(snap: Snapshot, method: str, params: dict | None, seed: int) -> dict:
+    """``audit``'s suspected wrong labels (:func:`classify.labeling.audit.audit_arrays`) among the train labels.
+
+    Returns
+    -------
+    dict
+        ``items`` (flagged rows, most suspect first: ``pos``, ``given``, ``suggested``, ``score``), ``agreement``,
+        ``note`` (one line), ``version``.
+    """
+    result = audit_arrays(snap.X, snap.y, method, params, AUDIT_FOLDS, seed, snap.context, snap.classes)
+    items = [{"pos": int(i), "given": snap.classes[int(g)], "suggested": snap.classes[int(s)], "score": float(sc)}
+             for i, g, s, sc, f in zip(result.index, result.given, result.suggested, result.score, result.flagged)
+             if f]
+    note = (f"{len(items)} of {result.index.size} labels look wrong ({result.folds}-fold out-of-fold {method}, "
+            "confident learning)")
+    if result.agreement < 0.7:
+        note += (f"; caution: the out-of-fold predictions agree with only {100 * result.agreement:.0f} % of the "
+                 "labels, so many flags may be the model's mistakes")
+    return {"items": items, "agreement": result.agreement, "note": note, "version": snap.version}
+
+
+class Worker:
+    """One background thread running jobs in turn; each job's result (or its one-line error) goes to its callback.
+
+    Parameters
+    ----------
+    on_error : callable
+        ``on_error(job name, one-line message)`` for a job that raised.
+    """
+
+    def __init__(self, on_error: Callable[[str, str], None]):
+        self._jobs: queue.Queue = queue.Queue()
+        self._on_error = on_error
+        self.running: str | None = None
+        self._pending: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name="label-refit", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str, job: Callable[[], object], done: Callable[[object], None]) -> None:
+        """Queue ``job`` (no arguments); ``done(result)`` runs on the worker thread when it returns."""
+        with self._lock:
+            self._pending.append(name)
+        self._jobs.put((name, job, done))
+
+    def busy(self) -> list[str]:
+        """Names of the running and queued jobs."""
+        with self._lock:
+            return list(self._pending)
+
+    def _loop(self) -> None:
+        while True:
+            name, job, done = self._jobs.get()
+            start = time.perf_counter()
+            try:
+                done(job())
+                log.info("%s took %.2f s", name, time.perf_counter() - start)
+            except (UserError, ValueError) as err:
+                log.info("%s failed: %s", name, err)
+                self._on_error(name, one_line(err))
+            except Exception as err:  # a bug: keep the thread alive, say it on the page, keep the traceback in the log
+                log.exception("%s failed", name)
+                self._on_error(name, f"{type(err).__name__}: {one_line(err)}")
+            finally:
+                with self._lock:
+                    self._pending.remove(name)
