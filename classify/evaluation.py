@@ -96,8 +96,8 @@ def effective_params(estimator, given: dict | None = None) -> dict[str, Any]:
 
 
 def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
-    """Where an evaluation's numbers come from: the store (path, data root, image-list fingerprint, classes), each
-    backbone's origin (weights hash, preprocessing, dim) and the library versions of this run."""
+    """Where an evaluation's numbers come from: the store (path, data root, fingerprints of its rows and of its label
+    state, classes), each backbone's origin (weights hash, preprocessing, dim) and the library versions of this run."""
     import platform
 
     versions = {"python": platform.python_version(), "numpy": np.__version__, "sklearn": sklearn.__version__}
@@ -111,8 +111,8 @@ def provenance(store: FeatureStore, backbones: Sequence[str]) -> dict[str, Any]:
         info = store.provenance(spec)
         origins[spec] = {key: info[key] for key in ("weights_sha256", "preprocessing", "dim", "dtype") if key in info}
     return {"store": str(store.path), "data_root": store.root, "store_fingerprint": store.fingerprint,
-            "classes": store.classes, "backbones": origins, "versions": versions,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "store_labels_fingerprint": store.labels_fingerprint, "classes": store.classes, "backbones": origins,
+            "versions": versions, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 

@@ -219,8 +219,9 @@ class FittedModel:
         return persist.save({"format": MODEL_FORMAT, **self.__dict__}, path)
 
     def check_store(self, store: FeatureStore) -> None:
-        """Refuse a store of other images, or whose features of these backbones come from other weights."""
-        if store.fingerprint != self.store_fingerprint:
+        """Refuse a store of other images, or whose features of these backbones come from other weights (labels are
+        metadata: a store relabeled since the fit still matches)."""
+        if not store.matches_rows(self.store_fingerprint):
             raise UserError(f"the model was fitted on another store (image list {self.store_fingerprint[:12]}, "
                              f"{store.path} has {store.fingerprint[:12]}); use the store it was fitted on or refit")
         for spec, sha in self.backbone_weights.items():

@@ -1,11 +1,11 @@
 r"""The HDF5 feature store: one file per image list, one group per backbone, provenance on every group.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2)::
 
-    /                      attrs: format, format_version, image_list_sha256, classes (JSON), root, created
+    /                      attrs: format, format_version, rows_sha256, classes (JSON, as created), root, created
     /images/id             (N,)  path relative to the data root, UTF-8 (see "File names" below)
-    /images/split          (N,)  uint8 index into SPLITS
-    /images/label          (N,)  int32 class index, -1 unknown
+    /images/split          (N,)  uint8 index into SPLITS (now; contiguous, overwritten on a label change)
+    /images/label          (N,)  int32 class index, -1 unknown (now; likewise)
     /images/sha256         (N,)  S64 hex digest of the file bytes ("" until read)
     /images/status         (N,)  uint8: 0 pending, 1 ok, 2 error
     /images/error          (N,)  S256 utf-8 one-line error message ("" when ok)
@@ -19,7 +19,14 @@ Layout (``FORMAT_VERSION`` 1)::
                                       normalised shards), whose head is not offered either
         head_weight/_bias  (K, D), (K,) optional: the classifier giving those probabilities from the features
         text               (C, T, D)  optional CLIP text embeddings, attrs: templates, logit_scale
+    /labels/...            the current classes, the label history and what the data source said of each row
+                           (see :mod:`store.labellog`)
     /partial/<kind>/<quoted spec>        objects under construction (see "Crash safety"); never read
+
+What the rows are (ids, and so the features) is fixed when a store is created and named by ``rows_sha256`` (the
+sha256 of the ids), which backbone groups and fitted models must match; labels, splits and classes are metadata that
+:mod:`store.labels` changes in place, atomically and with a history. Version 1 (no ``/labels``, the fingerprint
+``image_list_sha256`` of ids, splits, labels and classes) still reads; its first label change adds ``/labels``.
 
 File names: ids are the file names' exact bytes (see :mod:`store.layout`).
 
@@ -54,8 +61,9 @@ import numpy as np
 
 from store.atomic import atomic_write
 from store.integrity import DAMAGE_ERRORS, damaged_error, open_error, reads
+from store.labellog import GROUP, apply_entries, check_label_values, create_label_group, current_group, pending_entries
 from store.layout import (ERROR, ERROR_BYTES, FORMAT, FORMAT_VERSION, OK, PENDING, SPLITS, Rows,
-                          create_rows_dataset, display_id, id_bytes, image_list_sha256, short)
+                          create_rows_dataset, display_id, id_bytes, image_list_sha256, rows_sha256, short)
 from store.reading import RowChunks, StoreReading
 from store.structure import check_format, check_id_lengths, check_structure
 from store.writing import StoreWriting
@@ -143,14 +151,38 @@ class FeatureStore(StoreReading, StoreWriting):
     @property
     @reads
     def fingerprint(self) -> str:
-        """sha256 of the image list (ids, splits, labels, classes) the store was built for."""
-        return str(self._f.attrs["image_list_sha256"])
+        """What the rows are: sha256 of the ids (``rows_sha256``), or of the whole image list for a store of format
+        version 1 (``image_list_sha256``, whose labels never changed). Backbone groups and fitted models must match
+        it; label changes leave it as it is (see :attr:`labels_fingerprint`)."""
+        key = "rows_sha256" if "rows_sha256" in self._f.attrs else "image_list_sha256"
+        return str(self._f.attrs[key])
+
+    @property
+    @reads
+    def labels_fingerprint(self) -> str:
+        """The label state: sha256 of the ids, splits, labels and classes as they are now (provenance of a result,
+        so that two evaluations on other labels are told apart). Equals :attr:`fingerprint` for a store of format
+        version 1 that was never relabeled."""
+        return image_list_sha256(self.ids, self.splits, self.labels, self.classes)
+
+    def matches_rows(self, fingerprint: str) -> bool:
+        """Whether ``fingerprint`` names this store's rows: :attr:`fingerprint`, or the sha256 of its ids (what a
+        model fitted outside any store, the fine-tuned head, records)."""
+        return fingerprint in (self.fingerprint, rows_sha256(self.ids))
 
     @property
     @reads
     def classes(self) -> list[str]:
         """Class names, in class-index order."""
-        return json.loads(self._f.attrs["classes"])
+        if "classes" not in self._cache:
+            attrs = current_group(self._f).attrs if GROUP in self._f else self._f.attrs
+            self._cache["classes"] = json.loads(attrs["classes"])
+        return list(self._cache["classes"])
+
+    @property
+    def version(self) -> int:
+        """The file's format version (1: labels fixed at creation, 2: labels with a history)."""
+        return 2 if GROUP in self._f else 1
 
     @property
     @reads
@@ -164,18 +196,29 @@ class FeatureStore(StoreReading, StoreWriting):
         return int(self._f["images/id"].shape[0])
 
     def _images(self, name: str) -> np.ndarray:
-        if name not in self._cache:  # ids, splits and labels never change after creation
-            dataset = self._f[f"images/{name}"]
+        if name not in self._cache:  # cached until the labels change (see store.labels)
             if name == "id":  # exact file names back, bytes that are not UTF-8 included (see store.layout)
+                dataset = self._f["images/id"]
                 check_id_lengths(dataset, self.path)
-                data = np.array(dataset.asstr(errors="surrogateescape")[:].tolist(), dtype=str).reshape(-1)
+                self._cache[name] = np.array(dataset.asstr(errors="surrogateescape")[:].tolist(),
+                                             dtype=str).reshape(-1)
             else:
-                data = dataset[:]
-                high = len(SPLITS) if name == "split" else len(self.classes)
-                if data.size and (data.min() < (0 if name == "split" else -1) or data.max() >= high):
-                    raise IndexError(f"/images/{name} holds values outside [0, {high})")
-            self._cache[name] = data
+                self._cache["label"], self._cache["split"] = self._label_state()
         return self._cache[name]
+
+    def _label_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(N,) int32 labels and (N,) uint8 split indices as they are now: ``/images`` with the committed history
+        entries that a stopped writer had not applied yet (see :mod:`store.labellog`)."""
+        labels, splits = self._f["images/label"][:], self._f["images/split"][:]
+        if GROUP in self._f:
+            apply_entries(labels, splits, pending_entries(self._f))
+        check_label_values(labels, splits, len(self.classes), "/images")
+        return labels, splits
+
+    def _forget_labels(self) -> None:
+        """Drop the cached label state (after a change)."""
+        for name in ("label", "split", "classes"):
+            self._cache.pop(name, None)
 
     @property
     @reads
@@ -242,33 +285,35 @@ def _write_image_list(f: h5py.File, ids: Sequence[str], splits: Sequence[str], l
     """The root attributes and ``/images`` of a new store file ``f``, and an empty ``/backbones``."""
     n = len(ids)
     f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, classes=json.dumps(list(classes)),
-                   image_list_sha256=image_list_sha256(ids, splits, labels, classes),
-                   created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   rows_sha256=rows_sha256(ids), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     root_text = os.fspath(root or "")
     # A root that is not UTF-8 is kept as its bytes (read back with surrogateescape, like the ids).
     f.attrs["root"] = root_text if root_text == display_id(root_text) else np.bytes_(id_bytes(root_text))
     g = f.create_group("images")
     g.create_dataset("id", data=np.array([id_bytes(i) for i in ids], dtype=object).reshape(n),
                      dtype=h5py.string_dtype())
-    g.create_dataset("split", data=np.array([SPLITS.index(s) for s in splits], dtype=np.uint8).reshape(n))
-    g.create_dataset("label", data=labels.reshape(n))
+    split_index = np.array([SPLITS.index(s) for s in splits], dtype=np.uint8).reshape(n)
+    for name, values in (("split", split_index), ("label", labels.reshape(n))):  # overwritten in place on a change
+        create_rows_dataset(g, name, (n,), values.dtype, fill=True)[:] = values
     create_rows_dataset(g, "sha256", (n,), "S64", fill=True)
     create_rows_dataset(g, "status", (n,), np.uint8, fill=True)
     create_rows_dataset(g, "error", (n,), f"S{ERROR_BYTES}", fill=True)
     f.create_group("backbones")
+    create_label_group(f, ids, classes, labels.reshape(n), split_index)
 
 
 def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],
                     classes: Sequence[str], root: str | Path | None = None) -> FeatureStore:
     """Open the store at ``path`` for appending when it was built for this image list, or create it.
 
-    A store built from another image list is refused (and left untouched).
+    A store of other rows (other ids, or another order) is refused and left untouched. Labels are metadata: a store
+    of the same rows keeps its own labels, splits and classes (change them with :mod:`store.labels`).
     """
     path = Path(path)
     if not path.exists():
         return FeatureStore.create(path, ids, splits, labels, classes, root=root)
     with FeatureStore(path, "r") as existing:  # check read-only first: a refusal must not touch the file
-        if existing.fingerprint != image_list_sha256(ids, splits, labels, classes):
+        if len(existing) != len(ids) or list(existing.ids) != list(ids):
             raise UserError(f"store {path} was built from a different image list ({len(existing)} images, classes "
                              f"{short(existing.classes)}); use a new --store path for this data")
     return FeatureStore(path, "a")

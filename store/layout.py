@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 FORMAT = "fewshot-feature-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: labels, splits and classes may change after creation, with a history (store.labellog)
 SPLITS = ("train", "unlabeled", "test")
 #: Top folders of labeled images set apart for model selection: their rows are train rows whose id starts with one of
 #: them (``validation/cat/x.png``). ``classify evaluate`` scores them held out of the fit when there is no labeled test
@@ -65,8 +65,17 @@ def stays_inside(image_id: str) -> bool:
     return not posix.is_absolute() and not windows.anchor and ".." not in posix.parts + windows.parts
 
 
+def rows_sha256(ids: Sequence[str]) -> str:
+    """Fingerprint of what a store's rows are: the image ids, in order (features belong to rows; labels do not)."""
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(id_bytes(f"{i}\0"))
+    return h.hexdigest()
+
+
 def image_list_sha256(ids: Sequence[str], splits: Sequence[str], labels: Sequence[int], classes: Sequence[str]) -> str:
-    """Fingerprint of what a store is about: the image ids, their splits and labels, and the class names."""
+    """Fingerprint of an image list with its label state: the ids, their splits and labels, and the class names (a
+    store of format version 1 was named by it; now the provenance of the labels a result was computed with)."""
     h = hashlib.sha256()
     h.update(json.dumps(list(classes)).encode())
     for i, s, y in zip(ids, splits, labels):

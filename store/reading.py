@@ -151,6 +151,11 @@ class StoreReading:
         """CLIP text embeddings (C, T, D), their templates, and the logit scale; ValueError when absent."""
         g = self._group(spec)
         if not self.has_text(spec):
+            if "text" in g and g["text"].shape[0] < len(self.classes):
+                added = self.classes[g["text"].shape[0]:]
+                raise UserError(f"backbone {spec!r} in {self.path} has no text embeddings of the classes added since "
+                                 f"it was embedded ({', '.join(added)[:200]}); rerun `python -m embed run` with "
+                                 f"--backbone {spec} and the same data to embed them")
             raise UserError(f"backbone {spec!r} in {self.path} has no text embeddings; zero-shot needs a CLIP "
                              "backbone (clip:<arch>/<tag>) embedded with `python -m embed run`")
         d = g["text"]
@@ -159,10 +164,11 @@ class StoreReading:
 
     @reads
     def has_text(self, spec: str) -> bool:
-        """Whether a backbone group holds CLIP text embeddings (complete: an older release could leave them without
-        their attributes, which the runner then writes again)."""
+        """Whether a backbone group holds CLIP text embeddings of every class (complete: an older release could leave
+        them without their attributes, and classes added since leave them short; the runner then writes them again)."""
         g = self._group(spec)
-        return "text" in g and all(key in g["text"].attrs for key in ("templates", "logit_scale"))
+        return ("text" in g and all(key in g["text"].attrs for key in ("templates", "logit_scale"))
+                and g["text"].shape[0] == len(self.classes))
 
     @reads
     def head(self, spec: str) -> tuple[np.ndarray, np.ndarray, list[str]] | None:

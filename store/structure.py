@@ -30,6 +30,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from store.labellog import GROUP, LOG_DTYPE, generation_name
 from store.layout import ERROR_BYTES, FORMAT
 from store.validation import UserError
 
@@ -69,9 +70,11 @@ def check_structure(f: h5py.File, path: Path) -> None:
     classes = json_attr(f, "classes", path, list_of_str, "a JSON list of class names")
     if len(classes) > MAX_CLASSES:
         raise refuse(path, f"it lists {len(classes)} classes, more than {MAX_CLASSES}")
-    for key in ("image_list_sha256", "root"):
-        text_attr(f, key, path)
+    text_attr(f, "rows_sha256" if "rows_sha256" in f.attrs else "image_list_sha256", path)
+    text_attr(f, "root", path)
     n = _check_images(f, path)
+    if GROUP in f:
+        classes = _check_labels(f, path, n)
     backbones = _group(f, "backbones", path)
     for name in backbones:
         g = _group(backbones, name, path)
@@ -83,6 +86,8 @@ def check_structure(f: h5py.File, path: Path) -> None:
         raise refuse(path, f"its datasets declare {declared} bytes (/{biggest} alone "
                            f"{_declared_bytes(datasets[biggest])}) in a file of {size} bytes, which the suite's "
                            "uncompressed rows never exceed")
+    if GROUP in f:
+        _check_label_state(f, path)
 
 
 def _walk(f: h5py.File, path: Path) -> tuple[dict[str, h5py.Dataset], int]:
@@ -178,6 +183,52 @@ def _check_images(f: h5py.File, path: Path) -> int:
     return n
 
 
+def _check_labels(f: h5py.File, path: Path, n: int) -> list[str]:
+    """The current class names, after checking ``/labels`` (see :mod:`store.labellog`): a state of three int64 that
+    names an existing generation and counts no more entries than its log holds, a log of the layout's entries, source
+    labels of N rows. Reads only the state (24 bytes) and attributes."""
+    labels = _group(f, GROUP, path)
+    state = _dataset(labels, "state", path)
+    if state.shape != (3,) or state.dtype != np.int64:
+        raise refuse(path, f"{state.name} holds {state.dtype} of shape {state.shape}, not 3 int64")
+    id_hash = _dataset(labels, "id_hash", path)
+    if id_hash.shape != (n,) or id_hash.dtype != np.uint64:
+        raise refuse(path, f"{id_hash.name} holds {id_hash.dtype} of shape {id_hash.shape}, not {n} uint64")
+    classes = None
+    for name in labels:  # every generation (the current one and debris of a stopped writer) has the same shape
+        if name in ("state", "id_hash"):
+            continue
+        g = _group(labels, name, path)
+        log = _dataset(g, "log", path)
+        if log.dtype != LOG_DTYPE or len(log.shape) != 1:
+            raise refuse(path, f"{log.name} is not a label history of the suite's layout")
+        for key, dtype in (("source_label", np.int32), ("source_split", np.uint8)):
+            d = _dataset(g, key, path)
+            if d.shape != (n,) or d.dtype != dtype:
+                raise refuse(path, f"{d.name} holds {d.dtype} of shape {d.shape}, not {n} {np.dtype(dtype).name}")
+        names = json_attr(g, "classes", path, list_of_str, "a JSON list of class names")
+        if len(names) > MAX_CLASSES:
+            raise refuse(path, f"{g.name} lists {len(names)} classes, more than {MAX_CLASSES}")
+        classes = names if classes is None or len(names) > len(classes) else classes
+    if classes is None:
+        raise refuse(path, f"{labels.name} holds no label history")
+    return classes  # the longest list: text embeddings may cover no more classes
+
+
+def _check_label_state(f: h5py.File, path: Path) -> None:
+    """The 24 bytes of ``/labels/state``, read last (once every dataset is known to hold its own bytes and fit the
+    file): the generation it names exists and it counts no more entries than that generation's log holds."""
+    labels = f[GROUP]
+    committed, applied, generation = (int(v) for v in labels["state"][:])
+    name = generation_name(generation) if 0 <= generation < MAX_IMAGES else "?"
+    if name not in labels:
+        raise refuse(path, f"{labels.name}/state names generation {generation}, which it lacks")
+    capacity = labels[name]["log"].shape[0]
+    if not 0 <= applied <= committed <= capacity:
+        raise refuse(path, f"{labels.name}/state counts {committed} entries ({applied} applied) of a history "
+                           f"holding {capacity}")
+
+
 def _check_float(d: h5py.Dataset, path: Path, shape: tuple, itemsize: int | None = None) -> None:
     """A float dataset of exactly ``shape`` (and ``itemsize`` bytes per value when given)."""
     if d.shape != shape:
@@ -221,7 +272,9 @@ def _check_backbone(g: h5py.Group, path: Path, n: int, n_classes: int) -> None:
             templates = json_attr(text, "templates", path, list_of_str, "a JSON list of strings")
             if not 0 < len(templates) <= MAX_TEMPLATES:
                 raise refuse(path, f"{text.name} has {len(templates)} templates, not 1 to {MAX_TEMPLATES}")
-            _check_float(text, path, (n_classes, len(templates), dim))
+            # classes added since the text was embedded (store label --add-classes) leave it short until a rerun
+            _check_float(text, path, (min(text.shape[0], n_classes) if text.shape else n_classes, len(templates),
+                                      dim))
         if "logit_scale" in text.attrs:
             scale = text.attrs["logit_scale"]
             if not isinstance(scale, numbers.Real) or isinstance(scale, (bool, np.bool_)):

@@ -39,6 +39,7 @@ from embed.backbones import Backbone, load_backbone, parse_spec
 from embed.engines.local import default_workers, resolve_device
 from embed.sources import ImageSet, from_folder
 from store import FeatureStore, image_list_sha256
+from store.layout import rows_sha256
 from store.clitools import as_list
 from store.validation import UserError
 
@@ -228,7 +229,7 @@ def _export(net: FineTuneNet, loaded: Backbone, parsed, out: Path, image_size, c
     head = FineTunedHead(net.head.weight.detach().double().cpu().numpy(),
                          net.head.bias.detach().double().cpu().numpy()).fit(np.zeros((1, loaded.dim)))
     pipeline.FittedModel(estimator=head, method="finetune", params={k: v for k, v in cfg.items() if k != "fingerprint"},
-                         backbones=[str(new_spec)], combine="concat", store_fingerprint=cfg["fingerprint"],
+                         backbones=[str(new_spec)], combine="concat", store_fingerprint=rows_sha256(images.ids),
                          classes=list(images.classes), fit_seconds=seconds,
                          backbone_weights={str(new_spec): check.weights_sha256}).save(head_path)
     return FinetuneResult(spec=str(new_spec), checkpoint=str(out), head_model=str(head_path), image_size=image_size,

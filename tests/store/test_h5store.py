@@ -82,9 +82,11 @@ def test_other_dataset_is_refused_and_file_untouched(store_path):
     with pytest.raises(ValueError, match="different image list"):
         open_for_images(store_path, IDS[:3], SPLITS[:3], LABELS[:3], CLASSES)
     with pytest.raises(ValueError, match="different image list"):
-        open_for_images(store_path, IDS, SPLITS, [1, 0, -1, -1], CLASSES)
+        open_for_images(store_path, IDS[::-1], SPLITS[::-1], LABELS[::-1], CLASSES)  # same ids, other rows
     assert file_digest(store_path) == before
     open_for_images(store_path, IDS, SPLITS, LABELS, CLASSES).close()  # the same list opens
+    with open_for_images(store_path, IDS, SPLITS, [1, 0, -1, -1], CLASSES) as fs:  # labels are metadata: the
+        assert list(fs.labels) == LABELS  # same rows open, with the store's own labels
 
 
 def test_incomplete_backbone_cannot_be_read(tmp_path):
