@@ -47,7 +47,7 @@ class StoreData:
     ids, rows, splits, keys : ndarray of shape (n,)
         Id, store row, split and file sha256 of each decoded row.
     labels : ndarray of shape (n,)
-        Class index of each row, -1 unlabeled (test and validation labels included: :meth:`fit_labels` hides them).
+        Class index of each row, -1 unlabeled (test labels included: :meth:`fit_labels` hides them).
     classes : list of str
     root : Path or None
         The data folder the ids are relative to.
@@ -81,7 +81,8 @@ class StoreData:
 
     # ------------------------------------------------------------------ rows and labels
     def fit_labels(self) -> np.ndarray:
-        """(n,) the labels a fit sees: train labels, -1 elsewhere (test and validation labels are never fitted)."""
+        """(n,) the labels a fit sees: train labels (validation/ rows are train rows), -1 elsewhere (test labels are
+        never fitted)."""
         return np.where(self.splits == "train", self.labels, UNLABELED)
 
     def pool(self) -> np.ndarray:
