@@ -73,7 +73,7 @@ class StoreData:
             self.failed = dict(fs.errors())
         self.X, self.ids, self.rows = data.X, data.ids, data.index
         self.labels = np.asarray(data.y, dtype=np.int64).copy()
-        self.splits = np.asarray(data.splits, dtype=object).copy()
+        self.splits = np.asarray(data.splits, dtype="<U9").copy()  # fixed width: fast comparisons, "train" fits
         self.position = {str(image_id): i for i, image_id in enumerate(self.ids.tolist())}
         self.row_position = {int(row): i for i, row in enumerate(self.rows.tolist())}
         log.info("labeling %s: %d decoded rows of %s, %d classes", self.path, len(self.ids), self.spec,

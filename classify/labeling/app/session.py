@@ -72,6 +72,7 @@ class LabelSession:
         self.error: dict | None = None
         self.audit_result: dict | None = None
         self._picking = False
+        self._counted: tuple | None = None
         self._lock = threading.RLock()
         self._replay()
         self._restore_batch()
@@ -284,8 +285,7 @@ class LabelSession:
         """Everything the page shows, JSON-able: classes with their label counts, the batch, the accuracy history,
         what the worker is doing and its last error."""
         with self._lock:
-            counts = self.data.counts()
-            pool = self.snapshot().candidates.sum()
+            counts, pool = self._summary()
             items = [{**item, "thumb": f"/thumb/{int(self.data.rows[self.data.position[item['id']]])}"}
                      for item in self.state.batch]
             busy = [BUSY[name] for name in self.worker.busy()]
@@ -296,6 +296,14 @@ class LabelSession:
                     "batch": {"number": self.state.batch_number, "note": self.state.batch_note, "items": items},
                     "busy": busy[0] if busy else None, "error": self.error, "accuracy": self.state.accuracy,
                     "version": self.version}
+
+    def _summary(self) -> tuple:
+        """Labels per class and images left to label: whole-store counts, made again only after a change (the
+        page polls every second)."""
+        key = (self.version, len(self.state.skipped), len(self.data.classes))
+        if self._counted is None or self._counted[0] != key:
+            self._counted = (key, self.data.counts(), int(self.snapshot().candidates.sum()))
+        return self._counted[1:]
 
     def thumbnail(self, row: int) -> Path | None:
         """The JPEG thumbnail of store row ``row`` (made on first request, cached by content beside the store), or
