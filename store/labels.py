@@ -14,6 +14,7 @@ Every batch is atomic and cheap -- a few small raw writes into the store, never 
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import unicodedata
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from store.h5store import FeatureStore
 from store.integrity import reads, writes
 from store.layout import SPLITS, display_id, is_validation_id
 from store.structure import MAX_CLASSES, check_id_lengths
-from store.validation import UserError, close_matches, did_you_mean
+from store.outputs import read_csv
+from store.validation import UserError, close_matches, did_you_mean, one_line
 
 TRAIN, UNLABELED, TEST = (SPLITS.index(s) for s in ("train", "unlabeled", "test"))
 
@@ -169,6 +171,40 @@ def _history(fs: FeatureStore) -> list[dict]:
                     "source": e["source"].decode("utf-8", "replace"), "batch": int(e["batch"]),
                     "undoes": int(e["undoes"])})
     return out
+
+
+def read_answers(path: str | Path) -> dict[str, str | None]:
+    """Answers from a CSV with a header row naming an ``id`` and a ``label`` column (others are ignored): id -> class
+    name, None where the label is empty. Cells are read as the suite writes them (:func:`store.outputs.read_csv`);
+    an id answered twice with different labels is refused, naming both lines."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"--labels file {source} does not exist; pass a CSV with the columns id,label")
+    try:
+        with source.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            rows = read_csv(handle)
+    except (csv.Error, UnicodeError) as err:
+        raise UserError(f"--labels file {source} is not a readable CSV ({one_line(err)})") from None
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "id" not in header or "label" not in header:
+        raise UserError(f"--labels file {source} has no header row naming the columns id and label (its first row is "
+                        f"{','.join(rows[0])[:80] if rows else 'empty'!r}); write `id,label` as its first line")
+    at, label_at = header.index("id"), header.index("label")
+    answers: dict[str, str | None] = {}
+    line_of: dict[str, int] = {}
+    for line, cells in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) <= max(at, label_at):
+            raise UserError(f"--labels file {source} line {line} has {len(cells)} cell(s), fewer than its header")
+        image_id, label = cells[at], cells[label_at] or None
+        if image_id in answers and answers[image_id] != label:
+            raise UserError(f"--labels file {source} answers {display_id(image_id)!r} twice, differently (lines "
+                            f"{line_of[image_id]} and {line}); keep one of them")
+        answers[image_id], line_of[image_id] = label, line
+    if not answers:
+        raise UserError(f"--labels file {source} lists no answers; expected rows id,label after its header")
+    return answers
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
