@@ -103,12 +103,12 @@ def _apply(fs: FeatureStore, answers: dict, source: str, add_classes: bool) -> L
     added = _new_classes(fs, wanted, classes, add_classes)
     index = {name: k for k, name in enumerate(classes + added)}
     new_label = np.array([-1 if a is None else index[a] for a in wanted], dtype=np.int32)
-    labels, splits = _writable_state(fs)
+    labels, splits = writable_state(fs)
     old_split = splits[rows]
     new_split = old_split.copy()
     new_split[(new_label >= 0) & (old_split == UNLABELED)] = TRAIN
     new_split[(new_label < 0) & (old_split == TRAIN)] = UNLABELED
-    return _commit(fs, labels, splits, rows, new_label, new_split, source, classes + added if added else None)
+    return commit_rows(fs, labels, splits, rows, new_label, new_split, source, classes + added if added else None)
 
 
 def undo_last(store_path: str | Path) -> LabelChanges:
@@ -127,7 +127,7 @@ def undo_last(store_path: str | Path) -> LabelChanges:
 @reads
 @writes
 def _undo(fs: FeatureStore) -> LabelChanges:
-    labels, splits = _writable_state(fs)
+    labels, splits = writable_state(fs)
     log = labellog.read_log(fs._f)
     target = _last_active_batch(log)
     if target is None:
@@ -135,7 +135,7 @@ def _undo(fs: FeatureStore) -> LabelChanges:
     entries = log[log["batch"] == target]
     _, first = np.unique(entries["row"], return_index=True)  # each row back to what it was before the batch
     entries = entries[first]
-    return _commit(fs, labels, splits, entries["row"], entries["old"].astype(np.int32),
+    return commit_rows(fs, labels, splits, entries["row"], entries["old"].astype(np.int32),
                    entries["old_split"].astype(np.uint8), "undo", None, undoes=target)
 
 
@@ -267,9 +267,9 @@ def _new_classes(fs: FeatureStore, wanted: list, classes: list[str], add_classes
     return added
 
 
-def _writable_state(fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
-    """The current labels and splits (copies), after giving a version-1 store its history and finishing what a
-    stopped writer left pending."""
+def writable_state(fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
+    """The current labels and splits (copies, as class and split indices), after giving a version-1 store its
+    history and finishing what a stopped writer left pending."""
     f = fs._f
     if fs.version < 2:
         labels, splits = fs._label_state()
@@ -294,14 +294,17 @@ def _last_active_batch(log: np.ndarray) -> int | None:
     return active[-1] if active else None
 
 
-def _commit(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.ndarray, new_label: np.ndarray,
-            new_split: np.ndarray, source: str, classes: list[str] | None, undoes: int = 0) -> LabelChanges:
-    """Record and apply the rows that change; a batch that changes nothing (and adds no class) is not recorded."""
+def commit_rows(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.ndarray, new_label: np.ndarray,
+                new_split: np.ndarray, source: str, classes: list[str] | None, undoes: int = 0,
+                source_labels: tuple[np.ndarray, np.ndarray] | None = None) -> LabelChanges:
+    """Record and apply the rows that change, with new ``classes`` and new source labels ``(label, split)`` when
+    given; a batch that changes nothing (no row, class or source label) is not recorded. ``labels`` and ``splits``
+    are the current state (:func:`writable_state`), updated in place."""
     order = np.argsort(rows, kind="stable")
     rows, new_label, new_split = rows[order], new_label[order], new_split[order]
     old_label, old_split = labels[rows], splits[rows]
     changed = (old_label != new_label) | (old_split != new_split)
-    if not changed.any() and classes is None:
+    if not changed.any() and classes is None and source_labels is None:
         return LabelChanges(0, 0)
     rows, old_label, old_split = rows[changed], old_label[changed], old_split[changed]
     new_label, new_split = new_label[changed], new_split[changed]
@@ -311,7 +314,7 @@ def _commit(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.n
     entries = labellog.batch_entries(rows, old_label, new_label, old_split, new_split, batch, source, undoes)
     labels[rows], splits[rows] = new_label, new_split
     added = tuple(classes[len(fs.classes):]) if classes is not None else ()
-    labellog.commit(fs._f, entries, labels, splits, classes=classes)
+    labellog.commit(fs._f, entries, labels, splits, classes=classes, source=source_labels)
     fs._forget_labels()
     return LabelChanges(int((old_label != new_label).sum()), int((old_split != new_split).sum()), added, batch,
                         undoes or None)
