@@ -231,3 +231,27 @@ def test_store_label_then_rerun_through_the_command_lines(tmp_path, tiny_spec, c
     assert "batch 1: 1 label(s) and 1 split(s) changed" in capsys.readouterr().out
     assert "1 label(s) given since the last run kept" in run(root, tiny_spec, store, capsys)
     assert state(store)["unlabeled/unlabeled_good_001.png"][:2] == ("cat", "train")
+
+
+def test_a_version_1_store_is_brought_in_line_too(tmp_path, tiny_spec, capsys, forwards):
+    from labelstore import make_version_1
+
+    root, store = folder(tmp_path / "data"), tmp_path / "s.h5"
+    run(root, tiny_spec, store, capsys, "--views", 1)
+    make_version_1(store)
+    before = state(store)
+    with FeatureStore(store) as fs:
+        views_before = dict(zip(fs.ids.tolist(), fs.views(fs.backbones[0], np.arange(len(fs)))))
+    move(root, "unlabeled/unlabeled_good_000.jpg", "train/dog/unlabeled_good_000.jpg")
+    forwards["images"] = 0
+    assert "1 row(s) changed label, 1 split" in run(root, tiny_spec, store, capsys, "--views", 1)
+    assert forwards["images"] == 0
+    after = state(store)
+    assert after["train/dog/unlabeled_good_000.jpg"][:2] == ("dog", "train")
+    np.testing.assert_array_equal(after["train/dog/unlabeled_good_000.jpg"][2],
+                                  before["unlabeled/unlabeled_good_000.jpg"][2])
+    with FeatureStore(store) as fs:
+        assert fs.version == 2
+        views_after = dict(zip(fs.ids.tolist(), fs.views(fs.backbones[0], np.arange(len(fs)))))
+    np.testing.assert_array_equal(views_after["train/dog/unlabeled_good_000.jpg"],
+                                  views_before["unlabeled/unlabeled_good_000.jpg"])  # augmented views travel too
