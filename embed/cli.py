@@ -215,6 +215,8 @@ def _hub_logs_once():
 
 
 def _print_summary(summary, first_spec: str) -> None:
+    if summary.sync is not None:
+        print(f"labels: {summary.sync.line()}")
     for spec, n in summary.embedded.items():
         print(f"{spec}: embedded {n} images in this run")
     if summary.changed:

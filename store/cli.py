@@ -1,11 +1,12 @@
-"""``python -m store info|import-shards|export``: the store package's command line (see :mod:`store.clitools` for
+"""``python -m store info|label|import-shards|export``: the store package's command line (see :mod:`store.clitools` for
 the machinery every CLI shares)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from store.clitools import run_cli
-from store.h5store import FeatureStore
+from store.h5store import FeatureStore, display_id
 from store.validation import BOOL, Int, UserError, check_flags
 
 
@@ -42,6 +43,67 @@ def info(path: str, json_output: bool = False) -> None:
         print(f"  failed: {item['id']}: {item['error']}")
     for group in summary["duplicates"]:
         print(f"  identical files: {', '.join(group)}")
+
+
+def label(store: str, labels: str | None = None, add_classes: bool = False, undo: bool = False,
+          history: bool = False, json_output: bool = False) -> None:
+    """Change the labels of an existing store without embedding anything again; undo; show the history.
+
+    Labels are metadata: the features stay, and a model fitted on the store still applies to it. An unlabeled image
+    that gets a class becomes a train image; a test image stays a test image; an empty label sends a train image back
+    to the unlabeled pool. Every batch is recorded in the store with the time and can be undone.
+
+    Parameters
+    ----------
+    store : str
+        The feature store (.h5) written by `python -m embed run`.
+    labels : str
+        A CSV of answers with a header row naming the columns id and label (others are ignored); ids as `store info`
+        and predictions.csv name them, an empty label for unlabeled. Applied as one batch; a bad row (an unknown id
+        or class) changes nothing.
+    add_classes : bool
+        Add the classes the answers name that the store lacks (without it they are refused).
+    undo : bool
+        Revert the last batch that is not undone yet (again: the one before, and so on).
+    history : bool
+        Show every change: batch, time, source, id, old and new label and split.
+    json_output : bool
+        With --history: one JSON object {"store", "history": [{id, old, new, old_split, new_split, time, source,
+        batch, undoes}, ...]}.
+
+    Examples
+    --------
+    python -m store label --store feats.h5 --labels answers.csv
+    python -m store label --store feats.h5 --labels answers.csv --add-classes
+    python -m store label --store feats.h5 --undo
+    python -m store label --store feats.h5 --history --json
+    """
+    from store.labels import apply_labels, label_history, read_answers, undo_last
+
+    check_flags(dict(add_classes=add_classes, undo=undo, history=history, json_output=json_output),
+                {"add_classes": [BOOL], "undo": [BOOL], "history": [BOOL], "json_output": [BOOL]})
+    store = str(store)
+    if sum([labels is not None, undo, history]) != 1:
+        raise UserError("pass one of --labels answers.csv, --undo or --history")
+    if json_output and not history:
+        raise UserError("--json goes with --history")
+    if history:
+        entries = label_history(store)
+        if json_output:
+            print(json.dumps({"store": store, "history": entries}))
+            return
+        for e in entries:
+            undoes = f" (undoes {e['undoes']})" if e["undoes"] else ""
+            print(f"batch {e['batch']}{undoes} {e['time']} {e['source']}: {display_id(e['id'])}: "
+                  f"{e['old'] or '(unlabeled)'} -> {e['new'] or '(unlabeled)'}, {e['old_split']} -> {e['new_split']}")
+        print(f"{store}: {len(entries)} change(s) in {len({e['batch'] for e in entries})} batch(es)")
+        return
+    if undo:
+        changes = undo_last(store)
+    else:
+        changes = apply_labels(store, read_answers(str(labels)), source=Path(str(labels)).name,
+                               add_classes=add_classes)
+    print(f"{store}: {changes.summary()}")
 
 
 def import_shards(folder: str, store: str, allow_outside: bool = False) -> None:
@@ -111,4 +173,5 @@ def export(store: str, backbone: str, out: str, format: str = "shards", shard_si
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_cli({"info": info, "import-shards": import_shards, "export": export}, argv, name="python -m store")
+    run_cli({"info": info, "label": label, "import-shards": import_shards, "export": export}, argv,
+            name="python -m store")

@@ -14,6 +14,7 @@ Every batch is atomic and cheap -- a few small raw writes into the store, never 
 """
 from __future__ import annotations
 
+import csv
 import datetime
 import unicodedata
 from dataclasses import dataclass
@@ -27,7 +28,8 @@ from store.h5store import FeatureStore
 from store.integrity import reads, writes
 from store.layout import SPLITS, display_id, is_validation_id
 from store.structure import MAX_CLASSES, check_id_lengths
-from store.validation import UserError, close_matches, did_you_mean
+from store.outputs import read_csv
+from store.validation import UserError, close_matches, did_you_mean, one_line
 
 TRAIN, UNLABELED, TEST = (SPLITS.index(s) for s in ("train", "unlabeled", "test"))
 
@@ -101,12 +103,12 @@ def _apply(fs: FeatureStore, answers: dict, source: str, add_classes: bool) -> L
     added = _new_classes(fs, wanted, classes, add_classes)
     index = {name: k for k, name in enumerate(classes + added)}
     new_label = np.array([-1 if a is None else index[a] for a in wanted], dtype=np.int32)
-    labels, splits = _writable_state(fs)
+    labels, splits = writable_state(fs)
     old_split = splits[rows]
     new_split = old_split.copy()
     new_split[(new_label >= 0) & (old_split == UNLABELED)] = TRAIN
     new_split[(new_label < 0) & (old_split == TRAIN)] = UNLABELED
-    return _commit(fs, labels, splits, rows, new_label, new_split, source, classes + added if added else None)
+    return commit_rows(fs, labels, splits, rows, new_label, new_split, source, classes + added if added else None)
 
 
 def undo_last(store_path: str | Path) -> LabelChanges:
@@ -125,7 +127,7 @@ def undo_last(store_path: str | Path) -> LabelChanges:
 @reads
 @writes
 def _undo(fs: FeatureStore) -> LabelChanges:
-    labels, splits = _writable_state(fs)
+    labels, splits = writable_state(fs)
     log = labellog.read_log(fs._f)
     target = _last_active_batch(log)
     if target is None:
@@ -133,7 +135,7 @@ def _undo(fs: FeatureStore) -> LabelChanges:
     entries = log[log["batch"] == target]
     _, first = np.unique(entries["row"], return_index=True)  # each row back to what it was before the batch
     entries = entries[first]
-    return _commit(fs, labels, splits, entries["row"], entries["old"].astype(np.int32),
+    return commit_rows(fs, labels, splits, entries["row"], entries["old"].astype(np.int32),
                    entries["old_split"].astype(np.uint8), "undo", None, undoes=target)
 
 
@@ -169,6 +171,40 @@ def _history(fs: FeatureStore) -> list[dict]:
                     "source": e["source"].decode("utf-8", "replace"), "batch": int(e["batch"]),
                     "undoes": int(e["undoes"])})
     return out
+
+
+def read_answers(path: str | Path) -> dict[str, str | None]:
+    """Answers from a CSV with a header row naming an ``id`` and a ``label`` column (others are ignored): id -> class
+    name, None where the label is empty. Cells are read as the suite writes them (:func:`store.outputs.read_csv`);
+    an id answered twice with different labels is refused, naming both lines."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"--labels file {source} does not exist; pass a CSV with the columns id,label")
+    try:
+        with source.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
+            rows = read_csv(handle)
+    except (csv.Error, UnicodeError) as err:
+        raise UserError(f"--labels file {source} is not a readable CSV ({one_line(err)})") from None
+    header = [cell.strip().lower() for cell in rows[0]] if rows else []
+    if "id" not in header or "label" not in header:
+        raise UserError(f"--labels file {source} has no header row naming the columns id and label (its first row is "
+                        f"{','.join(rows[0])[:80] if rows else 'empty'!r}); write `id,label` as its first line")
+    at, label_at = header.index("id"), header.index("label")
+    answers: dict[str, str | None] = {}
+    line_of: dict[str, int] = {}
+    for line, cells in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in cells):
+            continue
+        if len(cells) <= max(at, label_at):
+            raise UserError(f"--labels file {source} line {line} has {len(cells)} cell(s), fewer than its header")
+        image_id, label = cells[at], cells[label_at] or None
+        if image_id in answers and answers[image_id] != label:
+            raise UserError(f"--labels file {source} answers {display_id(image_id)!r} twice, differently (lines "
+                            f"{line_of[image_id]} and {line}); keep one of them")
+        answers[image_id], line_of[image_id] = label, line
+    if not answers:
+        raise UserError(f"--labels file {source} lists no answers; expected rows id,label after its header")
+    return answers
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -231,9 +267,9 @@ def _new_classes(fs: FeatureStore, wanted: list, classes: list[str], add_classes
     return added
 
 
-def _writable_state(fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
-    """The current labels and splits (copies), after giving a version-1 store its history and finishing what a
-    stopped writer left pending."""
+def writable_state(fs: FeatureStore) -> tuple[np.ndarray, np.ndarray]:
+    """The current labels and splits (copies, as class and split indices), after giving a version-1 store its
+    history and finishing what a stopped writer left pending."""
     f = fs._f
     if fs.version < 2:
         labels, splits = fs._label_state()
@@ -258,14 +294,17 @@ def _last_active_batch(log: np.ndarray) -> int | None:
     return active[-1] if active else None
 
 
-def _commit(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.ndarray, new_label: np.ndarray,
-            new_split: np.ndarray, source: str, classes: list[str] | None, undoes: int = 0) -> LabelChanges:
-    """Record and apply the rows that change; a batch that changes nothing (and adds no class) is not recorded."""
+def commit_rows(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.ndarray, new_label: np.ndarray,
+                new_split: np.ndarray, source: str, classes: list[str] | None, undoes: int = 0,
+                source_labels: tuple[np.ndarray, np.ndarray] | None = None) -> LabelChanges:
+    """Record and apply the rows that change, with new ``classes`` and new source labels ``(label, split)`` when
+    given; a batch that changes nothing (no row, class or source label) is not recorded. ``labels`` and ``splits``
+    are the current state (:func:`writable_state`), updated in place."""
     order = np.argsort(rows, kind="stable")
     rows, new_label, new_split = rows[order], new_label[order], new_split[order]
     old_label, old_split = labels[rows], splits[rows]
     changed = (old_label != new_label) | (old_split != new_split)
-    if not changed.any() and classes is None:
+    if not changed.any() and classes is None and source_labels is None:
         return LabelChanges(0, 0)
     rows, old_label, old_split = rows[changed], old_label[changed], old_split[changed]
     new_label, new_split = new_label[changed], new_split[changed]
@@ -275,7 +314,7 @@ def _commit(fs: FeatureStore, labels: np.ndarray, splits: np.ndarray, rows: np.n
     entries = labellog.batch_entries(rows, old_label, new_label, old_split, new_split, batch, source, undoes)
     labels[rows], splits[rows] = new_label, new_split
     added = tuple(classes[len(fs.classes):]) if classes is not None else ()
-    labellog.commit(fs._f, entries, labels, splits, classes=classes)
+    labellog.commit(fs._f, entries, labels, splits, classes=classes, source=source_labels)
     fs._forget_labels()
     return LabelChanges(int((old_label != new_label).sum()), int((old_split != new_split).sum()), added, batch,
                         undoes or None)

@@ -64,6 +64,7 @@ class RunSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)  # (id, message) of every failed file
     duplicates: list[list[str]] = field(default_factory=list)  # groups of ids with identical bytes
     changed: list[str] = field(default_factory=list)  # ids whose file changed since it was embedded: embedded again
+    sync: object = None  # store.sync.SyncSummary of an existing store brought in line with the data, else None
 
 
 class ImageRows(Dataset):
@@ -147,7 +148,7 @@ def default_workers(device: torch.device) -> int:
 def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *, device: str = "auto",
           batch_size: int = 64, workers: int | None = None, dtype: str = "float32", views: int = 0,
           templates: Sequence[str] | None = None, image_size: int | None = None, seed: int = 0,
-          progress: bool = True) -> RunSummary:
+          progress: bool = True, check_content: bool = True) -> RunSummary:
     """Embed ``images`` with each backbone into the store at ``store_path`` (created, or resumed).
 
     Parameters
@@ -171,6 +172,8 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
         Override the backbone's input size (e.g. 112 for small images).
     seed : int
         Seed of the augmented views.
+    check_content : bool
+        Hash the files embedded before and embed again those that changed (False: their content was just checked).
     """
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype must be float32 or float16, not {dtype!r}")
@@ -188,7 +191,7 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
         _fetch_weights(spec)
     with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
                          root=images.root) as store:
-        changed = changed_rows(images.paths, store.sha256, progress)
+        changed = changed_rows(images.paths, store.sha256, progress) if check_content else np.empty(0, np.int64)
         if changed.size:
             summary.changed = [str(store.ids[r]) for r in changed]
             shown = ", ".join(display_id(i) for i in summary.changed[:10]) + (", ..." if changed.size > 10 else "")
@@ -233,18 +236,23 @@ def file_sha256(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> 
         return None
 
 
+def file_digests(paths: Sequence[Path], progress: bool = False) -> list[str | None]:
+    """:func:`file_sha256` of every file, in threads (hashlib releases the GIL on large buffers)."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        digests = pool.map(file_sha256, paths)
+        return list(tqdm(digests, total=len(paths), unit="file", desc="checking files", disable=not progress,
+                         leave=False))
+
+
 def changed_rows(paths: Sequence[Path], sha256: np.ndarray, progress: bool = False) -> np.ndarray:
     """Rows whose file no longer has the recorded ``sha256`` (rows never read, ``""``, are skipped).
 
-    Reads every file read before, in threads (hashlib releases the GIL on large buffers).
+    Reads every file read before (:func:`file_digests`).
     """
     known = np.flatnonzero(np.asarray(sha256) != "")
     if not known.size:
         return known
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = pool.map(file_sha256, [paths[r] for r in known])
-        current = list(tqdm(digests, total=known.size, unit="file", desc="checking files", disable=not progress,
-                            leave=False))
+    current = file_digests([paths[r] for r in known], progress)
     return known[np.array([now != sha256[r] for now, r in zip(current, known)], dtype=bool)]
 
 

@@ -2,7 +2,6 @@
 crash safety (a writer killed at every step) and received stores whose label history lies."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -17,8 +16,8 @@ import numpy as np
 import pytest
 
 from classify import pipeline
-from labelstore import SPEC, make_store
-from store import FeatureStore, image_list_sha256
+from labelstore import SPEC, make_store, make_version_1
+from store import FeatureStore
 from store.labels import LabelChanges, apply_labels, label_history, undo_last
 from store.validation import UserError
 
@@ -164,23 +163,6 @@ def test_relabel_keeps_the_rows_fingerprint_and_fitted_models_but_not_the_labels
         assert fs.labels_fingerprint == labels_before
 
 
-def make_version_1(path):
-    """Rewrite a store as the first release wrote it: no /labels, the image-list fingerprint, format_version 1."""
-    with h5py.File(path, "a") as f:
-        ids = [i.decode() for i in f["images/id"][:]]
-        classes = json.loads(f.attrs["classes"])
-        labels, splits = f["images/label"][:], f["images/split"][:]
-        names = [("train", "unlabeled", "test")[s] for s in splits]
-        for name, values in (("label", labels), ("split", splits)):
-            del f[f"images/{name}"]
-            f["images"].create_dataset(name, data=values)
-        del f["labels"], f["partial"]
-        del f.attrs["rows_sha256"]
-        f.attrs["image_list_sha256"] = image_list_sha256(ids, names, labels, classes)
-        f.attrs["format_version"] = 1
-    return path
-
-
 def test_version_1_store_opens_relabels_and_keeps_its_fingerprint(store_path):
     make_version_1(store_path)
     with FeatureStore(store_path) as fs:
@@ -197,6 +179,18 @@ def test_version_1_store_opens_relabels_and_keeps_its_fingerprint(store_path):
     with FeatureStore(store_path) as fs:
         assert fs.labels_fingerprint != fingerprint  # the class added stays
     assert [h["new"] for h in label_history(store_path)] == ["owl", ""]
+
+
+def test_results_record_the_label_state_they_were_computed_with(store_path):
+    from classify.evaluation import provenance
+
+    with FeatureStore(store_path) as fs:
+        before = provenance(fs, [SPEC])
+    apply_labels(store_path, {"unlabeled/cat/3.png": "dog"})
+    with FeatureStore(store_path) as fs:
+        after = provenance(fs, [SPEC])
+    assert after["store_fingerprint"] == before["store_fingerprint"]
+    assert after["store_labels_fingerprint"] != before["store_labels_fingerprint"]
 
 
 # ---------------------------------------------------------------------------------------------- cost

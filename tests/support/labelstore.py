@@ -1,8 +1,11 @@
 """A small store for the labeling commands (suggest, audit): three separated classes, a pool with one failed image
 and one copy of a labeled image, labeled test rows."""
+import json
+
+import h5py
 import numpy as np
 
-from store import ERROR, OK, FeatureStore
+from store import ERROR, OK, FeatureStore, image_list_sha256
 
 SPEC = "timm:a"
 
@@ -34,3 +37,20 @@ def make_store(path, unlabeled=True):
         errors = [("broken" if s == ERROR else None) for s in status]
         fs.write_rows(SPEC, np.arange(len(ids)), status, sha, errors, features=feats[status == OK])
     return path, ids, splits, status
+
+
+def make_version_1(path):
+    """Rewrite a store as the first release wrote it: no /labels, the image-list fingerprint, format_version 1."""
+    with h5py.File(path, "a") as f:
+        ids = [i.decode() for i in f["images/id"][:]]
+        classes = json.loads(f.attrs["classes"])
+        labels, splits = f["images/label"][:], f["images/split"][:]
+        names = [("train", "unlabeled", "test")[s] for s in splits]
+        for name, values in (("label", labels), ("split", splits)):
+            del f[f"images/{name}"]
+            f["images"].create_dataset(name, data=values)
+        del f["labels"], f["partial"]
+        del f.attrs["rows_sha256"]
+        f.attrs["image_list_sha256"] = image_list_sha256(ids, names, labels, classes)
+        f.attrs["format_version"] = 1
+    return path
