@@ -71,8 +71,8 @@ def label(store: str, backbone: str | None = None, method: str = "auto", port: i
     batch : int
         Images per batch; the method is refitted after each.
     answers : str
-        The answers CSV (id,label,time; appended): default <store name>.answers.csv beside the store. It reads back
-        with `python -m store label --store S --labels FILE`.
+        The answers CSV (id,label,time; appended, newest last: a changed answer is a later line of the same id):
+        default <store name>.answers.csv beside the store.
     seed : int
         Seeds the picks and the cross-validation folds.
     **params
