@@ -99,6 +99,8 @@ function send(path, payload, item, change) {
       if (!app.pending) applyView(view);
     } catch (err) {
       app.local.delete(item.id);
+      const back = items().findIndex((it) => it.id === item.id);
+      if (back >= 0) app.current = back;  // show the image whose answer was refused
       setPending(-1);
       showMessage(err.message);
       render();
