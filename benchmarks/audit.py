@@ -18,16 +18,17 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from benchmarks.active import BACKBONE, cache_folder, default_datasets, load
-from classify import evaluation, pipeline
-from classify.labeling.audit import audit_arrays
-from classify.methods.features import UNLABELED
 from store.clitools import as_list
 from store.outputs import check_output, write_text
 from store.validation import Int, UserError, check_flags
+
+if TYPE_CHECKING:  # scikit-learn loads only when a benchmark runs: `python -m benchmarks CMD --help` stays fast
+    from classify import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ def flip_labels(y: np.ndarray, rows: np.ndarray, noise: float, n_classes: int, s
 def trial(data: pipeline.Data, context: dict, seed: int, shots: int, noise: float, method: str, refit: str,
           folds: int) -> dict:
     """One planted-noise trial: precision@k and recall of the flags, and the three refit accuracies."""
+    from classify import evaluation, pipeline
     from classify.evaluation import draw_labels
+    from classify.labeling.audit import audit_arrays
+    from classify.methods.features import UNLABELED
 
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))
