@@ -2,7 +2,8 @@ r"""The HDF5 feature store: one file per image list, one group per backbone, pro
 
 Layout (``FORMAT_VERSION`` 1)::
 
-    /                      attrs: format, format_version, image_list_sha256, classes (JSON), root, created
+    /                      attrs: format, format_version, image_list_sha256, classes (JSON), display_names (JSON,
+                                  optional), root, created
     /images/id             (N,)  path relative to the data root, UTF-8 (see "File names" below)
     /images/split          (N,)  uint8 index into SPLITS
     /images/label          (N,)  int32 class index, -1 unknown
@@ -22,6 +23,11 @@ Layout (``FORMAT_VERSION`` 1)::
     /partial/<kind>/<quoted spec>        objects under construction (see "Crash safety"); never read
 
 File names: ids are the file names' exact bytes (see :mod:`store.layout`).
+
+Classes: ``classes`` are the class ids users get back (folder names, or labels as a list writes them), in class-index
+order; ``display_names`` (one per class, written since class ids and display names were told apart) are what CLIP
+prompts and pages show (``musical_instrument`` -> ``musical instrument``, or ``classes.txt``). A store without them
+(older ones kept display names in ``classes``) shows its classes as they are.
 
 Crash safety: every per-row dataset is contiguous with its storage allocated when it is created, so the row loop
 only ever overwrites raw bytes -- no chunk index, heap or other metadata changes while embedding. Rows are
@@ -101,8 +107,10 @@ class FeatureStore(StoreReading, StoreWriting):
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],
-               classes: Sequence[str], root: str | Path | None = None) -> "FeatureStore":
-        """Write a new store for an image list (atomically: a temporary file renamed into place)."""
+               classes: Sequence[str], root: str | Path | None = None,
+               display_names: Sequence[str] | None = None) -> "FeatureStore":
+        """Write a new store for an image list (atomically: a temporary file renamed into place); ``display_names``:
+        one per class, for prompts and pages (default: the classes)."""
         path = Path(path)
         if path.exists():
             raise UserError(f"{path} already exists; open it instead or choose another --store path")
@@ -112,10 +120,12 @@ class FeatureStore(StoreReading, StoreWriting):
         labels = np.asarray(labels, dtype=np.int32)
         if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
             raise UserError(f"labels must be -1 (unknown) or a class index below {len(classes)}")
+        if display_names is not None and len(display_names) != len(classes):
+            raise UserError(f"{len(display_names)} display names for {len(classes)} classes; give one per class")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
-                _write_image_list(f, ids, splits, labels, classes, root)
+                _write_image_list(f, ids, splits, labels, classes, root, display_names)
         except OSError as err:
             if isinstance(err, FileNotFoundError):
                 raise
@@ -149,8 +159,18 @@ class FeatureStore(StoreReading, StoreWriting):
     @property
     @reads
     def classes(self) -> list[str]:
-        """Class names, in class-index order."""
+        """Class ids (folder names, or the labels of a list), in class-index order: what predictions, ``p_`` columns,
+        reports and answers carry."""
         return json.loads(self._f.attrs["classes"])
+
+    @property
+    @reads
+    def display_names(self) -> list[str]:
+        """One display name per class (``_`` read as a space, or ``classes.txt``), for CLIP prompts and pages; a
+        class without one (an older store, a class added later) shows its id."""
+        classes = self.classes
+        names = json.loads(self._f.attrs["display_names"]) if "display_names" in self._f.attrs else []
+        return [names[i] if i < len(names) else c for i, c in enumerate(classes)]
 
     @property
     @reads
@@ -238,12 +258,13 @@ class FeatureStore(StoreReading, StoreWriting):
 
 
 def _write_image_list(f: h5py.File, ids: Sequence[str], splits: Sequence[str], labels: np.ndarray,
-                      classes: Sequence[str], root: str | Path | None) -> None:
+                      classes: Sequence[str], root: str | Path | None, display_names: Sequence[str] | None) -> None:
     """The root attributes and ``/images`` of a new store file ``f``, and an empty ``/backbones``."""
     n = len(ids)
     f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, classes=json.dumps(list(classes)),
                    image_list_sha256=image_list_sha256(ids, splits, labels, classes),
                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    f.attrs["display_names"] = json.dumps(list(classes if display_names is None else display_names))
     root_text = os.fspath(root or "")
     # A root that is not UTF-8 is kept as its bytes (read back with surrogateescape, like the ids).
     f.attrs["root"] = root_text if root_text == display_id(root_text) else np.bytes_(id_bytes(root_text))
@@ -259,16 +280,20 @@ def _write_image_list(f: h5py.File, ids: Sequence[str], splits: Sequence[str], l
 
 
 def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],
-                    classes: Sequence[str], root: str | Path | None = None) -> FeatureStore:
+                    classes: Sequence[str], root: str | Path | None = None,
+                    display_names: Sequence[str] | None = None) -> FeatureStore:
     """Open the store at ``path`` for appending when it was built for this image list, or create it.
 
-    A store built from another image list is refused (and left untouched).
+    A store built from another image list is refused (and left untouched). A store written before class ids and
+    display names were told apart (its ``classes`` are the display names) still counts as built for this list.
     """
     path = Path(path)
     if not path.exists():
-        return FeatureStore.create(path, ids, splits, labels, classes, root=root)
+        return FeatureStore.create(path, ids, splits, labels, classes, root=root, display_names=display_names)
     with FeatureStore(path, "r") as existing:  # check read-only first: a refusal must not touch the file
-        if existing.fingerprint != image_list_sha256(ids, splits, labels, classes):
+        older = "display_names" not in existing._f.attrs and display_names is not None
+        if existing.fingerprint != image_list_sha256(ids, splits, labels, classes) and not (
+                older and existing.fingerprint == image_list_sha256(ids, splits, labels, display_names)):
             raise UserError(f"store {path} was built from a different image list ({len(existing)} images, classes "
                              f"{short(existing.classes)}); use a new --store path for this data")
     return FeatureStore(path, "a")
