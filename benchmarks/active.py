@@ -17,19 +17,19 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from classify import evaluation, pipeline
 from classify.labeling import STRATEGIES
-from classify.labeling.suggest import suggest_arrays
-from classify.methods.features import UNLABELED
 from store.clitools import as_list
 from store import FeatureStore
 from store.atomic import atomic_write
 from store.outputs import check_output, write_text
 from store.validation import NONE, Int, UserError, check_flags
+
+if TYPE_CHECKING:  # scikit-learn loads only when a benchmark runs: `python -m benchmarks CMD --help` stays fast
+    from classify import pipeline
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def load(dataset: str, cache: Path, backbone: str = BACKBONE):
     (pipeline.Data, dict) or None when the dataset's package is not installed (a message says which).
     """
     from benchmarks import datasets as ds
+    from classify import pipeline
     from embed import sources
     from embed.engines.local import embed
 
@@ -98,7 +99,10 @@ def simulate(data: pipeline.Data, context: dict, strategies: Sequence[str], seed
     list of dict
         One record per (strategy, round): strategy, seed, round, added, accuracy, macro_f1.
     """
+    from classify import evaluation, pipeline
     from classify.evaluation import draw_labels
+    from classify.labeling.suggest import suggest_arrays
+    from classify.methods.features import UNLABELED
 
     train = np.flatnonzero((data.splits == "train") & (data.y >= 0))  # (t,)
     test = np.flatnonzero((data.splits == "test") & (data.y >= 0))

@@ -235,7 +235,7 @@ def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
-    from benchmarks.active import active  # imported here: both load classify, which the other commands' --help skip
+    from benchmarks.active import active  # imported here: they load numpy, which the other commands need not
     from benchmarks.audit import audit
 
     run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale,

@@ -39,6 +39,9 @@ figure { margin: 0; width: 136px; }
 figure img { width: 128px; height: 128px; object-fit: contain; background: #f4f4f4; border: 1px solid #ddd;
              display: block; }
 figcaption { font-size: 0.75em; color: #555; word-break: break-all; margin-top: 2px; }
+p.caution { background: #fff4e5; border-left: 4px solid #e69500; padding: 0.5em 0.8em; }
+pre.command { background: #f4f4f4; padding: 0.4em 0.6em; overflow-x: auto; font-size: 0.85em; }
+ol.steps li { margin-bottom: 0.6em; }
 .missing { width: 128px; height: 128px; background: #fafafa; border: 1px dashed #ccc; color: #999;
            font-size: 0.75em; display: flex; align-items: center; justify-content: center; text-align: center; }
 """
@@ -59,13 +62,16 @@ def esc(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def thumbnail(source: str | Path, out: str | Path, side: int = THUMB_SIDE) -> str | None:
+def thumbnail(source: str | Path | None, out: str | Path, side: int = THUMB_SIDE) -> str | None:
     """Write a JPEG thumbnail of ``source`` into ``out/thumbs/`` and return its path relative to ``out``; None when
-    the file cannot be read as an image (missing, too large, not an image).
+    the file cannot be read as an image (missing, too large, not an image) or is None (no file may be read: see
+    :func:`store.paths.image_file`).
 
     Thumbnails are named by the sha256 of the file's bytes (and ``side``), so a file whose content changed gets a
     new thumbnail, and equal files share one; each is written whole or not at all, so a cached one is complete.
     """
+    if source is None or str(source) == "":
+        return None
     source = Path(source)
     try:
         if not source.is_file() or source.stat().st_size > MAX_SOURCE_BYTES:
@@ -124,6 +130,16 @@ def table(headers: Sequence[str], rows: Sequence[Sequence], row_classes: Sequenc
         css = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
         body.append(f"<tr{css}>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def steps(title: str, items: Sequence[tuple[str, Sequence[str]]], intro: str = "") -> str:
+    """An ordered list of what to do next: per step a sentence and the exact commands (each in its own box)."""
+    parts = []
+    for text, commands in items:
+        boxes = "".join(f'<pre class="command">{esc(command)}</pre>' for command in commands)
+        parts.append(f"<li>{esc(text)}{boxes}</li>")
+    lead = f'<p class="meta">{esc(intro)}</p>' if intro else ""
+    return f'<h2>{esc(title)}</h2>{lead}<ol class="steps">{"".join(parts)}</ol>'
 
 
 def page(title: str, body: str, subtitle: str = "") -> str:

@@ -109,13 +109,14 @@ def uses_views(method) -> bool:
 def store_context(store: FeatureStore, spec: str) -> dict[str, Any]:
     """What a method may take from the store for one backbone, by parameter name.
 
-    ``class_names``, ``backbone_spec`` and ``backbone_weights_sha256`` (the hash of the weights the features come
-    from, for methods that load the backbone again: coop's text tower) always; ``view_kinds`` when the store has
-    augmented views; ``text_embeddings``, ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``,
-    ``head_bias``, ``head_classes`` for backbones that are classifiers themselves (e.g. ImageNet timm models).
+    ``class_names`` (the display names: words for prompts and sentence encoders), ``backbone_spec`` and
+    ``backbone_weights_sha256`` (the hash of the weights the features come from, for methods that load the backbone
+    again: coop's text tower) always; ``view_kinds`` when the store has augmented views; ``text_embeddings``,
+    ``templates``, ``logit_scale`` for CLIP backbones; ``head_weight``, ``head_bias``, ``head_classes`` for backbones
+    that are classifiers themselves (e.g. ImageNet timm models).
     """
     origin = store.provenance(spec)
-    context: dict[str, Any] = {"class_names": store.classes, "backbone_spec": spec,
+    context: dict[str, Any] = {"class_names": store.display_names, "backbone_spec": spec,
                                "backbone_weights_sha256": origin["weights_sha256"]}
     if store.has_text(spec):
         text, templates, scale = store.text(spec)

@@ -2,7 +2,8 @@ r"""The HDF5 feature store: one file per image list, one group per backbone, pro
 
 Layout (``FORMAT_VERSION`` 2)::
 
-    /                      attrs: format, format_version, rows_sha256, classes (JSON, as created), root, created
+    /                      attrs: format, format_version, rows_sha256, classes (JSON, as created), display_names
+                                  (JSON, optional), root, created
     /images/id             (N,)  path relative to the data root, UTF-8 (see "File names" below)
     /images/split          (N,)  uint8 index into SPLITS (now; contiguous, overwritten on a label change)
     /images/label          (N,)  int32 class index, -1 unknown (now; likewise)
@@ -29,6 +30,11 @@ sha256 of the ids), which backbone groups and fitted models must match; labels, 
 ``image_list_sha256`` of ids, splits, labels and classes) still reads; its first label change adds ``/labels``.
 
 File names: ids are the file names' exact bytes (see :mod:`store.layout`).
+
+Classes: ``classes`` are the class ids users get back (folder names, or labels as a list writes them), in class-index
+order; ``display_names`` (one per class, written since class ids and display names were told apart) are what CLIP
+prompts and pages show (``musical_instrument`` -> ``musical instrument``, or ``classes.txt``). A store without them
+(older ones kept display names in ``classes``) shows its classes as they are.
 
 Crash safety: every per-row dataset is contiguous with its storage allocated when it is created, so the row loop
 only ever overwrites raw bytes -- no chunk index, heap or other metadata changes while embedding. Rows are
@@ -109,8 +115,10 @@ class FeatureStore(StoreReading, StoreWriting):
     # ------------------------------------------------------------------ creation
     @classmethod
     def create(cls, path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],
-               classes: Sequence[str], root: str | Path | None = None) -> "FeatureStore":
-        """Write a new store for an image list (atomically: a temporary file renamed into place)."""
+               classes: Sequence[str], root: str | Path | None = None,
+               display_names: Sequence[str] | None = None) -> "FeatureStore":
+        """Write a new store for an image list (atomically: a temporary file renamed into place); ``display_names``:
+        one per class, for prompts and pages (default: the classes)."""
         path = Path(path)
         if path.exists():
             raise UserError(f"{path} already exists; open it instead or choose another --store path")
@@ -120,10 +128,12 @@ class FeatureStore(StoreReading, StoreWriting):
         labels = np.asarray(labels, dtype=np.int32)
         if labels.size and (labels.min() < -1 or labels.max() >= len(classes)):
             raise UserError(f"labels must be -1 (unknown) or a class index below {len(classes)}")
+        if display_names is not None and len(display_names) != len(classes):
+            raise UserError(f"{len(display_names)} display names for {len(classes)} classes; give one per class")
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_write(path) as tmp, h5py.File(tmp, "w") as f:
-                _write_image_list(f, ids, splits, labels, classes, root)
+                _write_image_list(f, ids, splits, labels, classes, root, display_names)
         except OSError as err:
             if isinstance(err, FileNotFoundError):
                 raise
@@ -173,7 +183,8 @@ class FeatureStore(StoreReading, StoreWriting):
     @property
     @reads
     def classes(self) -> list[str]:
-        """Class names, in class-index order."""
+        """Class ids (folder names, or the labels of a list), in class-index order: what predictions, ``p_`` columns,
+        reports and answers carry."""
         if "classes" not in self._cache:
             attrs = current_group(self._f).attrs if GROUP in self._f else self._f.attrs
             self._cache["classes"] = json.loads(attrs["classes"])
@@ -183,6 +194,23 @@ class FeatureStore(StoreReading, StoreWriting):
     def version(self) -> int:
         """The file's format version (1: labels fixed at creation, 2: labels with a history)."""
         return 2 if GROUP in self._f else 1
+
+    @property
+    def has_display_names(self) -> bool:
+        """Whether the store keeps display names beside its class ids (older stores hold display names as classes)."""
+        return "display_names" in self._f.attrs
+
+    @property
+    @reads
+    def display_names(self) -> list[str]:
+        """One display name per class (``_`` read as a space, or ``classes.txt``), for CLIP prompts and pages (a
+        class added since the store was written reads its id with ``_`` as a space, an older store's classes show as
+        they are)."""
+        classes = self.classes
+        if not self.has_display_names:
+            return classes
+        names = json.loads(self._f.attrs["display_names"])
+        return [names[i] if i < len(names) else c.replace("_", " ") for i, c in enumerate(classes)]
 
     @property
     @reads
@@ -281,11 +309,12 @@ class FeatureStore(StoreReading, StoreWriting):
 
 
 def _write_image_list(f: h5py.File, ids: Sequence[str], splits: Sequence[str], labels: np.ndarray,
-                      classes: Sequence[str], root: str | Path | None) -> None:
+                      classes: Sequence[str], root: str | Path | None, display_names: Sequence[str] | None) -> None:
     """The root attributes and ``/images`` of a new store file ``f``, and an empty ``/backbones``."""
     n = len(ids)
     f.attrs.update(format=FORMAT, format_version=FORMAT_VERSION, classes=json.dumps(list(classes)),
                    rows_sha256=rows_sha256(ids), created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    f.attrs["display_names"] = json.dumps(list(classes if display_names is None else display_names))
     root_text = os.fspath(root or "")
     # A root that is not UTF-8 is kept as its bytes (read back with surrogateescape, like the ids).
     f.attrs["root"] = root_text if root_text == display_id(root_text) else np.bytes_(id_bytes(root_text))
@@ -303,7 +332,8 @@ def _write_image_list(f: h5py.File, ids: Sequence[str], splits: Sequence[str], l
 
 
 def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str], labels: Sequence[int],
-                    classes: Sequence[str], root: str | Path | None = None) -> FeatureStore:
+                    classes: Sequence[str], root: str | Path | None = None,
+                    display_names: Sequence[str] | None = None) -> FeatureStore:
     """Open the store at ``path`` for appending when it was built for this image list, or create it.
 
     A store of other rows (other ids, or another order) is refused and left untouched. Labels are metadata: a store
@@ -311,7 +341,7 @@ def open_for_images(path: str | Path, ids: Sequence[str], splits: Sequence[str],
     """
     path = Path(path)
     if not path.exists():
-        return FeatureStore.create(path, ids, splits, labels, classes, root=root)
+        return FeatureStore.create(path, ids, splits, labels, classes, root=root, display_names=display_names)
     with FeatureStore(path, "r") as existing:  # check read-only first: a refusal must not touch the file
         if len(existing) != len(ids) or list(existing.ids) != list(ids):
             raise UserError(f"store {path} was built from a different image list ({len(existing)} images, classes "

@@ -204,7 +204,8 @@ class StoreReading:
                 "errors": int((status == ERROR).sum()), "pending": int((status == PENDING).sum()),
                 "splits": {s: int(m.sum()) for s, m in split_masks.items()},
                 "labeled": {s: int((m & (self.labels >= 0)).sum()) for s, m in split_masks.items()},
-                "classes": self.classes, "backbones": backbones, "fingerprint": self.fingerprint,
+                "classes": self.classes, "display_names": self.display_names, "backbones": backbones,
+                "fingerprint": self.fingerprint,
                 "failed": [{"id": display_id(i), "error": e} for i, e in self.errors()],
                 "duplicates": [[display_id(i) for i in group] for group in self.duplicates()]}
 

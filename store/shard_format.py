@@ -34,6 +34,7 @@ OPTIONAL_KEYS = {
     "logit_scale": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool), "a number or null"),
     "head_classes": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_CLASSES, f"a list of 1 to {MAX_CLASSES} strings"),
     "prob_classes": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_CLASSES, f"a list of 1 to {MAX_CLASSES} strings"),
+    "display_names": (lambda v: list_of_str(v) and len(v) <= MAX_CLASSES, f"a list of at most {MAX_CLASSES} strings"),
 }
 #: Largest meta.json read (it lists the images left out of a normalised export).
 MAX_META_BYTES = 64 << 20

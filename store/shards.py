@@ -198,7 +198,9 @@ def import_shards(folder: str | Path, store_path: str | Path, allow_outside: boo
         if not allow_outside and meta.get("root"):
             log.info("%s names %s as its data folder; the store names the shard folder instead (pass --allow-outside "
                      "to use %s)", folder, display_id(meta["root"]), display_id(meta["root"]))
-    with open_for_images(store_path, ids, splits, labels, meta["classes"], root=root) as fs:
+    shown = meta.get("display_names")
+    shown = shown if isinstance(shown, list) and len(shown) == len(meta["classes"]) else None
+    with open_for_images(store_path, ids, splits, labels, meta["classes"], root=root, display_names=shown) as fs:
         done = fs.begin_backbone(provenance, meta["dim"], prob_classes=prob_classes)
         write_batches(_shard_batches(folder, meta, tables, fs, done), StoreWriter(fs, meta["spec"]))
         if (folder / "text_emb.npy").is_file():
@@ -248,8 +250,8 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
         n = int(index.size)
         meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
         fingerprint = fs.fingerprint if keep.all() else image_list_sha256(ids, splits, labels, fs.classes)
-        meta.update(image_list_sha256=fingerprint, classes=fs.classes, root=fs.root, n_images=n,
-                    shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),
+        meta.update(image_list_sha256=fingerprint, classes=fs.classes, display_names=fs.display_names, root=fs.root,
+                    n_images=n, shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),
                     normalized=bool(normalize) or bool(prov["preprocessing"].get("l2_normalized")),
                     dtype="float16" if normalize else str(prov["dtype"]))
         meta["preprocessing"] = {k: v for k, v in meta["preprocessing"].items() if k != "l2_normalized"}

@@ -70,6 +70,9 @@ def check_structure(f: h5py.File, path: Path) -> None:
     classes = json_attr(f, "classes", path, list_of_str, "a JSON list of class names")
     if len(classes) > MAX_CLASSES:
         raise refuse(path, f"it lists {len(classes)} classes, more than {MAX_CLASSES}")
+    if "display_names" in f.attrs:
+        json_attr(f, "display_names", path, lambda v: list_of_str(v) and len(v) <= MAX_CLASSES,
+                  f"a JSON list of at most {MAX_CLASSES} class names")
     text_attr(f, "rows_sha256" if "rows_sha256" in f.attrs else "image_list_sha256", path)
     text_attr(f, "root", path)
     n = _check_images(f, path)

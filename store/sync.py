@@ -186,7 +186,9 @@ def _rebuild(path: Path, ids: list[str], splits, labels, classes, root, sha256: 
             plan = _plan(old, ids, sha256)
             merged, src_label, src_split = _source_state(old, splits, labels, classes)
             label, split = _carried_labels(old, plan.match, src_label, src_split)
-            FeatureStore.create(tmp, ids, [SPLITS[s] for s in split], label, merged, root=root).close()
+            names = old.display_names + [c.replace("_", " ") for c in merged[len(old.classes):]]
+            FeatureStore.create(tmp, ids, [SPLITS[s] for s in split], label, merged, root=root,
+                                display_names=names).close()
             with FeatureStore(tmp, "a") as new:
                 _copy_rows(old, new, plan)
                 _copy_history(old, new, plan.match, src_label, src_split)

@@ -15,6 +15,7 @@ from classify.methods.registry import available, get
 from store import SPLITS, FeatureStore, display_id
 from store.clitools import as_list, flag_name, parse_numpydoc, plain, wrap_paragraph
 from store.outputs import check_output, write_csv, write_text
+from store.paths import data_root as data_root_of, image_files
 from store.validation import BOOL, NONE, Int, Options, UserError, check_flags, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -289,7 +290,7 @@ def evaluate(store: str, method: str = "auto", backbone=None, combine: str = "co
 
 
 def report(model: str, store: str, out: str = "report", folds: int = 5, seed: int = 0, pairs: int = 6,
-           per_pair: int = 8) -> None:
+           per_pair: int = 8, data_root: str | None = None) -> None:
     """Failure analysis as a static web page: confusion heatmap, per-class precision and recall, most-confused pairs.
 
     Writes OUT/index.html (open it in a browser; no server, no suite needed) with thumbnails of the misclassified
@@ -313,6 +314,9 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
         How many of the most confused class pairs the page shows with thumbnails.
     per_pair : int
         Thumbnails of misclassified images per pair.
+    data_root : str
+        The folder holding the images, when it moved since `python -m embed run` (default: the data folder the
+        store records).
 
     Examples
     --------
@@ -329,13 +333,13 @@ def report(model: str, store: str, out: str = "report", folds: int = 5, seed: in
     with FeatureStore(store) as fs:
         fitted.check_store(fs)
         unpredictable = pipeline.unpredictable_classes(fs, getattr(fitted.estimator, "classes_", None))
-        root = Path(fs.root)
+        root = data_root_of(fs, data_root)
         ids, y_true, y_pred, protocol = evaluation.saved_model_predictions(fs, fitted, folds, seed)
     title = f"{fitted.method} on {', '.join(fitted.backbones)} ({protocol})"
     extra = {"protocol": protocol, "fit_report": getattr(fitted.estimator, "fit_report_", None),
              "unpredictable_classes": unpredictable}
     extra = json.loads(json.dumps(extra, default=pipeline.jsonable))  # plain JSON types for report.json
-    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=[root / i for i in ids],
+    summary = write_report(out, y_true, y_pred, fitted.classes, title, extra, images=image_files(root, ids),
                            captions=[display_id(i) for i in ids], pairs_shown=pairs, per_pair=per_pair)
     print(f"{title}: accuracy {summary['accuracy']:.4f} on {summary['n']} images")
     worst = sorted(summary["per_class"], key=lambda row: row["recall"])[:5]

@@ -139,10 +139,14 @@ def finetune(data: str | None = None, backbone: str | None = None, out: str | No
         print(json.dumps(result.to_dict(), default=jsonable))
 
 
+#: the recipe's further options (keyword-only parameters of :func:`classify.finetune.finetune` beyond the ones above)
+#: and their defaults, written out so that ``--help`` needs no torch (a test keeps them equal to the recipe's)
+FURTHER_OPTIONS = {"weight_decay": 0.05, "layer_decay": 0.8, "warmup_epochs": 1.0, "val_fraction": 0.2, "patience": 5,
+                   "fixmatch_weight": 1.0, "mu": None, "threshold": 0.95, "pseudo_threshold": 0.5,
+                   "pseudo_steps": 1000, "wise_alphas": (0.0, 0.25, 0.5, 0.75, 1.0), "bn_train": False,
+                   "workers": None}
+
+
 def finetune_options() -> dict[str, tuple]:
     """The further options of ``classify finetune`` with the recipe's defaults, for its help."""
-    from classify.finetune import finetune as recipe
-
-    skip = set(inspect.signature(finetune).parameters) | {"callback"}
-    return {name: (p.default, "") for name, p in inspect.signature(recipe).parameters.items()
-            if p.kind is p.KEYWORD_ONLY and name not in skip}
+    return {name: (default, "") for name, default in FURTHER_OPTIONS.items()}

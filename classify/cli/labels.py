@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from classify.labeling import STRATEGIES
-from classify.pages import Group, contact_sheet, page
+from classify.labeling import SCORES, STRATEGIES
+from classify.pages import Group, contact_sheet, esc, page, steps
 from store.outputs import check_output, write_text
 from store.validation import BOOL, Int, Options, UserError, check_flags
 
@@ -31,19 +31,20 @@ def check_outputs(out, store: str, html: bool) -> Path:
     return out
 
 
-def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path) -> Path:
+def write_sheet(title: str, subtitle: str, groups, csv_path: str | Path, before: str = "", after: str = "") -> Path:
     """The contact sheet of ``groups`` (``[(title, [(image path, caption), ...]), ...]``) as ``<csv stem>.html``
-    beside the CSV, thumbnails under ``thumbs/`` there: static, opens without the suite."""
+    beside the CSV, thumbnails under ``thumbs/`` there: static, opens without the suite. ``before`` and ``after``:
+    HTML above and below the thumbnails."""
     csv_path = Path(csv_path)
     out = csv_path.parent
     out.mkdir(parents=True, exist_ok=True)
     sheet = contact_sheet([Group(name, [p for p, _ in items], [c for _, c in items]) for name, items in groups], out)
-    return write_text(sheet_path(csv_path), page(title, sheet, subtitle))
+    return write_text(sheet_path(csv_path), page(title, "\n".join(filter(None, [before, sheet, after])), subtitle))
 
 
 def suggest(store: str, backbone: str | None = None, method: str = "auto", budget: int = 20,
             out: str = "to_label.csv", seed: int = 0, strategy: str = "diverse", html: bool = True,
-            **params) -> None:
+            data_root: str | None = None, **params) -> None:
     """The unlabeled images whose labels would help most: informative, diverse and class-balanced.
 
     Failed images and duplicates (same sha256) of labeled images are never suggested.
@@ -60,14 +61,22 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
     budget : int
         How many images to suggest (at most the size of the unlabeled pool).
     out : str
-        The CSV to write: id, path, predicted, score, reason (most useful first).
+        The CSV to write: rank, id, path, predicted, score, reason; rank 1 (the highest score) first, so label from
+        the top when there is no time for all. The score, in [0, 1]: with diverse and margin, how undecided the
+        method is, 1 − (p1 − p2) of its two highest class probabilities (1: it cannot tell the two apart, 0: it is
+        sure), which diverse weighs by 0.5 to 1 for how central the image is in its group; with typiclust, the
+        image's typicality (1: the most typical); with random, 0.
     seed : int
         The same store and seed give the same suggestions.
     strategy : str
-        diverse (uncertain images clustered into budget groups, one central image each, class-balanced; default),
-        margin (uncertainty alone), typiclust (coverage alone) or random.
+        Which images: diverse (uncertain images clustered into budget groups, one central image each, spread over
+        the predicted classes; default), margin (uncertainty alone), typiclust (coverage alone) or random.
     html : bool
-        Also write OUT with .html: the suggestions' thumbnails grouped by predicted class.
+        Also write OUT with .html: the suggestions' thumbnails grouped by predicted class, what the score means and
+        what to do next.
+    data_root : str
+        The folder holding the images, when it moved since `python -m embed run` (default: the data folder the
+        store records).
     **params
         The method's parameters, e.g. --k 20.
 
@@ -80,17 +89,25 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
     out = check_outputs(out, store, html)
     from classify.labeling import suggest as suggest_module  # imported here: --help needs no scikit-learn
 
-    rows, summary = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, **params)
+    rows, summary = suggest_module.suggest_command(store, backbone, method, budget, out, seed, strategy, data_root,
+                                                   **params)
     print(summary)
     if html:
+        from classify.labeling.nextsteps import suggest_steps
+
+        intro = (f'<p>Ranked by score, rank 1 first: label from the top when there is no time for all. The score '
+                 f'({esc(strategy)}): {esc(SCORES[strategy])}. Grouped below by the class the method predicts; the '
+                 f'reason column of {esc(Path(out).name)} says why each image was chosen.</p>')
+        after = steps("What to do next", suggest_steps(store, out, budget, data_root))
         sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
-                            suggest_module.sheet_groups(rows), out)
+                            suggest_module.sheet_groups(rows), out, intro, after)
         print(f"wrote {sheet} (open it in a browser)")
 
 
 def audit(store: str, backbone: str | None = None, method: str = "auto", out: str = "suspects.csv",
-          folds: int = 5, seed: int = 0, all_rows: bool = False, html: bool = True, **params) -> None:
-    """Labeled images ranked by how likely their given label is wrong (out-of-fold confident learning, cleanlab).
+          folds: int = 5, seed: int = 0, all_rows: bool = False, html: bool = True, data_root: str | None = None,
+          **params) -> None:
+    """Labeled images that look wrongly labeled: out-of-fold probabilities ranked by cleanlab's label quality.
 
     Parameters
     ----------
@@ -102,15 +119,24 @@ def audit(store: str, backbone: str | None = None, method: str = "auto", out: st
         The method giving the out-of-fold probabilities (default auto: the probe, or the semi-supervised method that
         beats it in cross-validation on the labels).
     out : str
-        The CSV to write: id, path, given, suggested, score (most suspect first).
+        The CSV to write: rank, id, path, given, suggested, label_quality, is_label_issue, lowest label quality first.
+        label_quality is cleanlab's normalized margin of the out-of-fold probabilities, (p_given − p_other + 1) / 2
+        (lower = worse; below 0.5 another class is more probable than the given one). is_label_issue: another class
+        leads the given one by at least as much as the model typically leads with the labels it agrees with (and by
+        0.1 or more); nothing is flagged when the model agrees with under half of the given labels (too weak to
+        judge: the command and the page say so).
     folds : int
         Stratified folds over the labeled images (each class needs at least 2 labels).
     seed : int
         Seeds the folds.
     all_rows : bool
-        Write every labeled image, ranked, instead of only those confident learning flags.
+        Write every labeled image, ranked, instead of only the flagged ones.
     html : bool
-        Also write OUT with .html: the suspects' thumbnails in rank order with given and suggested labels.
+        Also write OUT with .html: the flagged images' thumbnails in rank order with given and suggested labels,
+        what the numbers mean and what to do next.
+    data_root : str
+        The folder holding the images, when it moved since `python -m embed run` (default: the data folder the
+        store records).
     **params
         The method's parameters.
 
@@ -123,10 +149,18 @@ def audit(store: str, backbone: str | None = None, method: str = "auto", out: st
     out = check_outputs(out, store, html)
     from classify.labeling import audit as audit_module  # imported here: --help needs no scikit-learn
 
-    rows, notes = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, **params)
+    rows, notes = audit_module.audit_command(store, backbone, method, out, folds, seed, all_rows, data_root,
+                                             **params)
     print("\n".join(notes))
     if html:
-        caution = "".join(f" {note}" for note in notes[1:])  # the page carries the caution, too
-        sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method}).{caution}",
-                            audit_module.sheet_groups(rows), out)
+        from classify.labeling.nextsteps import audit_steps
+
+        intro = "".join(f'<p class="{"caution" if note.startswith("caution") else "meta"}">{esc(note)}</p>'
+                        for note in notes)  # the page says what the command line says, the caution included
+        intro += ('<p>label_quality is cleanlab\'s normalized margin of the out-of-fold probabilities, (p_given − '
+                  'p_other + 1) / 2: 0 when another class is certain, 0.5 a tie, 1 when the given label is certain. '
+                  'Lowest first; flagged labels (is_label_issue) are the top of the ranking.</p>')
+        after = steps("What to do next", audit_steps(store, out, data_root))
+        sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method})",
+                            audit_module.sheet_groups(rows), out, intro, after)
         print(f"wrote {sheet} (open it in a browser)")

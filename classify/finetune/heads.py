@@ -30,15 +30,23 @@ def load_fitted(model) -> pipeline.FittedModel:
     return pipeline.load_model(model) if isinstance(model, (str, Path)) else model
 
 
-def head_from_model(model, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+def model_class_ids(fitted, images: ImageSet) -> list[str]:
+    """The class ids of ``images`` a fitted model predicts, in its ``classes_`` order; a model of a store written
+    before class ids and display names were told apart names its classes by their display names."""
+    shown = dict(zip(images.display_names, images.classes))
+    names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
+    return [name if name in images.classes else shown.get(name, name) for name in names]
+
+
+def head_from_model(model, classes: Sequence[str] | ImageSet) -> tuple[np.ndarray, np.ndarray]:
     """The head ``(W (C, D), b (C,))`` of a fitted ``linear`` / ``zeroshot`` model, rows in the order of ``classes``.
 
     Parameters
     ----------
     model : str, Path or FittedModel
         A model saved by ``python -m classify fit --method linear|zeroshot``.
-    classes : list of str
-        Class names of the data being fine-tuned on (matched by name).
+    classes : list of str, or ImageSet
+        Class ids of the data being fine-tuned on (matched by name), or its images.
     """
     fitted = load_fitted(model)
     if fitted.method not in INIT_METHODS or not hasattr(fitted.estimator, "linear_head"):
@@ -49,7 +57,10 @@ def head_from_model(model, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarr
         raise UserError(f"--init model was fitted on {len(fitted.backbones)} backbones; fit it on the one backbone "
                          "being fine-tuned")
     W, b = fitted.estimator.linear_head()  # (C', D), (C',) rows follow estimator.classes_
-    names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
+    if isinstance(classes, ImageSet):
+        names, classes = model_class_ids(fitted, classes), classes.classes
+    else:
+        names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
     if sorted(names) != sorted(classes):
         raise UserError(f"--init model predicts classes {names} but the data has {list(classes)}; fit it on a store "
                          "of this data folder")
@@ -97,7 +108,7 @@ def select_pseudo_labels(model, store: str | Path, images: ImageSet, train_count
         data = pipeline.load_data(fs, fitted.backbones, "unlabeled", views=fitted.views)
     if not len(data.ids):
         raise UserError(f"{store} has no decoded unlabeled rows to pseudo-label; drop --pseudo or embed unlabeled/")
-    names = [fitted.classes[int(c)] for c in fitted.estimator.classes_]
+    names = model_class_ids(fitted, images)
     unknown = sorted(set(names) - set(images.classes))
     if unknown:
         raise UserError(f"--pseudo model predicts classes {unknown} that the data folder lacks; use a model fitted on "

@@ -273,7 +273,7 @@ def _init_store_preprocessing(fitted_init, images: ImageSet, store, image_size):
     """Check ``--init`` against the data (and its store); returns the store's preprocessing and the image size."""
     store_pp = None
     if fitted_init is not None:
-        head_from_model(fitted_init, images.classes)  # refuse a wrong --init before anything heavy
+        head_from_model(fitted_init, images)  # refuse a wrong --init before anything heavy
     if store is not None and fitted_init is not None:
         with FeatureStore(store) as fs:
             fitted_init.check_store(fs)
@@ -336,7 +336,7 @@ def _network(state, fitted_init, images: ImageSet, loaded: Backbone, train_rows,
     if state is not None:
         W0, b0 = state["initial"]["head.weight"].numpy(), state["initial"]["head.bias"].numpy()
     elif fitted_init is not None:
-        W0, b0 = head_from_model(fitted_init, images.classes)
+        W0, b0 = head_from_model(fitted_init, images)
     else:
         W0, b0 = probe_head(images, loaded, train_rows, device, workers, seed)
     net = FineTuneNet(loaded, W0, b0, bn_train=bn_train)

@@ -27,16 +27,17 @@ PREFILTER = 10
 
 @dataclass
 class Selection:
-    """Rows chosen to label next, in the order they were chosen.
+    """Rows chosen to label next, ranked by score.
 
     Attributes
     ----------
     index : ndarray of shape (budget,)
-        Row indices into ``X``.
+        Row indices into ``X``, the highest score first (ties in the order chosen).
     predicted : ndarray of shape (budget,)
         The method's predicted class of each row (an entry of ``classes``).
     score : ndarray of shape (budget,)
-        How useful labeling the row looks, in [0, 1] (higher: more useful).
+        How useful labeling the row looks, in [0, 1] (higher: more useful; see :data:`classify.labeling.SCORES`),
+        falling (or equal) from one row to the next.
     reason : list of str
         One short explanation per row.
     classes : ndarray
@@ -151,7 +152,17 @@ def select(X: np.ndarray, y: np.ndarray, proba: np.ndarray, classes: Sequence, b
     Returns
     -------
     Selection
+        The chosen rows ranked by score: which rows are chosen follows the strategy (class balance, one per group),
+        the order follows the score alone.
     """
+    chosen = _choose(X, y, proba, classes, budget, candidates, strategy, seed, class_names)
+    order = np.argsort(-chosen.score, kind="stable")  # (budget,) highest score first, ties as chosen
+    return Selection(chosen.index[order], chosen.predicted[order], chosen.score[order],
+                     [chosen.reason[i] for i in order], chosen.classes)
+
+
+def _choose(X, y, proba, classes, budget, candidates, strategy, seed, class_names) -> Selection:
+    """:func:`select`'s rows in the order the strategy chooses them."""
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r}; choose from {', '.join(STRATEGIES)}")
     y = np.asarray(y)

@@ -11,6 +11,10 @@ The default strategy (``"diverse"``) combines three measurements on the cached f
 - class balance: suggestions are taken class by class (by predicted class), always for the class with the fewest
   labels plus suggestions so far, so a budget spreads over the classes instead of piling onto the largest one.
 
+What is chosen follows those rules; the order of the result follows the score alone (rank 1: the highest), so that
+the first rows are the ones to label when there is no time for all: see :data:`classify.labeling.SCORES` for what
+the score measures under each strategy.
+
 The other strategies are the baselines ``python -m benchmarks active`` measures it against: ``"margin"``
 (uncertainty alone), ``"typiclust"`` (coverage alone: k-means over every row with ``n_labeled + budget`` clusters, the
 most typical image of each cluster no label covers yet; Hacohen et al. 2022) and ``"random"``. Which wins depends on
@@ -39,11 +43,12 @@ from classify.labeling.selection import (Selection, check_budget, duplicate_free
 from store import FeatureStore, display_id
 from store.clitools import as_list
 from store.outputs import write_csv as write_rows
+from store.paths import data_root as resolve_root, image_files
 from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
-CSV_COLUMNS = ("id", "path", "predicted", "score", "reason")
+CSV_COLUMNS = ("rank", "id", "path", "predicted", "score", "reason")
 
 
 def suggest_arrays(X: np.ndarray, y: np.ndarray, budget: int = 20, method="labelprop", params: dict | None = None,
@@ -117,14 +122,15 @@ def _backbone(store: FeatureStore, backbone) -> str:
     return specs[0]
 
 
-def image_path(store: FeatureStore, image_id: str) -> str:
-    """The file of an id: under the store's data root (ids are relative to it)."""
-    root = store.root
-    return str(Path(root) / image_id) if root else str(image_id)
+def image_paths(store: FeatureStore, ids, data_root=None) -> list[str]:
+    """The file of each id under the store's data folder (or ``data_root``, see :func:`store.paths.data_root`); ""
+    where it cannot be named (no data folder, or an id that reaches outside it)."""
+    return [str(p) if p is not None else "" for p in image_files(resolve_root(store, data_root), ids)]
 
 
 def suggest_store(store: FeatureStore | str, backbone: str | None = None, method="labelprop", budget: int = 20,
-                  seed: int = 0, strategy: str = "diverse", params: dict | None = None) -> list[dict]:
+                  seed: int = 0, strategy: str = "diverse", params: dict | None = None,
+                  data_root: str | None = None) -> list[dict]:
     """Suggestions for a store: unlabeled-split images only, never a failed image or a duplicate of a labeled one.
 
     Parameters
@@ -134,16 +140,18 @@ def suggest_store(store: FeatureStore | str, backbone: str | None = None, method
         Backbone spec (default: the store's only backbone).
     method, budget, seed, strategy, params
         As for :func:`suggest_arrays`; the method sees every decoded row, test rows without their labels.
+    data_root : str, optional
+        The folder holding the images, when it moved (default: the one the store records).
 
     Returns
     -------
     list of dict
-        One per suggestion, in the order chosen: ``id``, ``path``, ``predicted`` (class name), ``score``,
-        ``reason``, and ``row`` (store row) and ``class_index``.
+        One per suggestion, highest score first: ``rank`` (1, 2, ...), ``id``, ``path``, ``predicted`` (class id),
+        ``score``, ``reason``, and ``row`` (store row) and ``class_index``.
     """
     if not isinstance(store, FeatureStore):
         with FeatureStore(store) as fs:
-            return suggest_store(fs, backbone, method, budget, seed, strategy, params)
+            return suggest_store(fs, backbone, method, budget, seed, strategy, params, data_root)
     spec = _backbone(store, backbone)
     data = pipeline.load_data(store, [spec])
     X, y = pipeline.fit_rows(data, transductive=True)  # (n, D), (n,): test labels hidden
@@ -157,9 +165,10 @@ def suggest_store(store: FeatureStore | str, backbone: str | None = None, method
     sel = suggest_arrays(X, y, budget, method, params, seed, pool, strategy, keys,
                          pipeline.store_context(store, spec), store.classes)
     classes = store.classes
-    return [{"id": str(data.ids[i]), "path": image_path(store, str(data.ids[i])), "predicted": classes[int(c)],
-             "score": float(s), "reason": r, "row": int(data.index[i]), "class_index": int(c)}
-            for i, c, s, r in zip(sel.index, sel.predicted, sel.score, sel.reason)]
+    paths = image_paths(store, [str(data.ids[i]) for i in sel.index], data_root)
+    return [{"rank": rank, "id": str(data.ids[i]), "path": path, "predicted": classes[int(c)], "score": float(s),
+             "reason": r, "row": int(data.index[i]), "class_index": int(c)}
+            for rank, (i, c, s, r, path) in enumerate(zip(sel.index, sel.predicted, sel.score, sel.reason, paths), 1)]
 
 
 def write_csv(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Path:
@@ -170,22 +179,23 @@ def write_csv(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Path
 
 
 def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Groups of the HTML contact sheet: the suggestions grouped by predicted class (classes in the order they were
-    first chosen), each image captioned with its rank, its id (the file to label) and its score.
+    """Groups of the HTML contact sheet: the suggestions grouped by predicted class (classes in the order of their
+    best rank), each image captioned with its rank, its id (the file to label) and its score.
 
     Returns
     -------
     list of (group title, [(image path, caption), ...])
     """
     groups: dict[str, list[tuple[str, str]]] = {}
-    for rank, row in enumerate(rows, 1):
-        caption = f"#{rank} {display_id(row['id'])} ({row['score']:.2f})"
+    for row in rows:
+        caption = f"#{row['rank']} {display_id(row['id'])} (score {row['score']:.2f})"
         groups.setdefault(str(row["predicted"]), []).append((row["path"], caption))
     return [(f"predicted {name} ({len(items)})", items) for name, items in groups.items()]
 
 
 def suggest_command(store: str, backbone: str | None = None, method: str = "labelprop", budget: int = 20,
-                    out: str = "to_label.csv", seed: int = 0, strategy: str = "diverse", **params) -> list[dict]:
+                    out: str = "to_label.csv", seed: int = 0, strategy: str = "diverse", data_root: str | None = None,
+                    **params) -> list[dict]:
     """The unlabeled images whose labels would help most: informative, diverse and class-balanced.
 
     Parameters
@@ -199,12 +209,14 @@ def suggest_command(store: str, backbone: str | None = None, method: str = "labe
     budget : int
         How many images to suggest.
     out : str
-        The CSV to write: id, path, predicted, score, reason (most useful first).
+        The CSV to write: rank, id, path, predicted, score, reason (rank 1, the highest score, first).
     seed : int
         The same store and seed give the same suggestions.
     strategy : str
         diverse (uncertainty x typicality over uncovered clusters, class-balanced; default), margin, typiclust or
         random.
+    data_root : str, optional
+        The folder holding the images, when it moved (default: the one the store records).
     **params
         The method's parameters, e.g. --k 20.
 
@@ -215,7 +227,7 @@ def suggest_command(store: str, backbone: str | None = None, method: str = "labe
     summary : str
         One line saying what was written, for the command line to print.
     """
-    rows = suggest_store(store, backbone, method, budget, seed, strategy, params)
+    rows = suggest_store(store, backbone, method, budget, seed, strategy, params, data_root)
     write_csv(rows, out, CSV_COLUMNS)
     per_class: dict[str, int] = {}
     for row in rows:

@@ -61,7 +61,11 @@ def _sync(images: ImageSet, store: str | Path, progress: bool):
     from embed.engines.local import file_digests
     from store.sync import sync_store
 
-    synced = sync_store(store, images.ids, images.splits, images.labels, images.classes, images.root,
+    from store import FeatureStore
+
+    with FeatureStore(store) as fs:  # a store written before class ids and display names were told apart holds
+        classes = images.classes if fs.has_display_names else images.display_names  # the display names as classes
+    synced = sync_store(store, images.ids, images.splits, images.labels, classes, images.root,
                         lambda: file_digests(images.paths, progress))
     log.info("%s: %s", store, synced.line())
     return synced

@@ -190,7 +190,7 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     for spec in backbones[1:]:
         _fetch_weights(spec)
     with open_for_images(store_path, images.ids, images.splits, images.labels, images.classes,
-                         root=images.root) as store:
+                         root=images.root, display_names=images.display_names) as store:
         changed = changed_rows(images.paths, store.sha256, progress) if check_content else np.empty(0, np.int64)
         if changed.size:
             summary.changed = [str(store.ids[r]) for r in changed]
@@ -368,6 +368,6 @@ def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) 
     if store.has_text(backbone.spec) and store.text(backbone.spec)[1] == templates:
         return
     with torch.inference_mode():
-        text = backbone.encode_text(store.classes, templates)  # (C, T, D)
+        text = backbone.encode_text(store.display_names, templates)  # (C, T, D): prompts read display names
     store.set_text(backbone.spec, text, templates, backbone.logit_scale)
     log.info("%s: embedded %d classes x %d prompt templates", backbone.spec, len(store.classes), len(templates))

@@ -72,7 +72,8 @@ def shard_meta(images: ImageSet, backbone, shard_size: int, templates: list[str]
 
     described = backbone.describe()
     meta = {key: value for key, value in provenance(backbone, dtype).items() if key not in ("views", "view_kinds")}
-    meta.update(normalized=False, classes=list(images.classes), root=str(images.root),
+    meta.update(normalized=False, classes=list(images.classes), display_names=list(images.display_names),
+                root=str(images.root),
                 image_list_sha256=image_list_sha256(images.ids, images.splits, images.labels, images.classes),
                 n_images=len(images), shard_size=shard_size, n_shards=math.ceil(len(images) / shard_size),
                 dim=described["dim"])
@@ -157,7 +158,7 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
     backbone = load_backbone(spec, image_size=image_size)  # provenance, text side and head: once, on the driver
     writer = ShardWriter(folder, shard_meta(images, backbone, shard_size, templates, dtype), images.ids,
                          images.splits, images.labels)
-    _write_side_arrays(writer, backbone, list(images.classes), templates)
+    _write_side_arrays(writer, backbone, list(images.display_names), templates)  # prompts read display names
     n_shards = writer.meta["n_shards"]
     changed = _forget_changed_shards(writer, images, shard_size, progress)
     pending = [s for s in range(n_shards) if not writer.done(s)]

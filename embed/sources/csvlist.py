@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
-from embed.sources.files import ImageSet, ListedPaths, _read_classes_file
+from embed.sources.files import ImageSet, ListedPaths, _label_display_names, _read_classes_file
 from store import SPLITS, display_id
 from store.validation import UserError
 
@@ -86,18 +86,17 @@ def from_csv(csv_path: str | Path, root: str | Path | None = None, allow_outside
     classes_file = csv_path.parent / "classes.txt"
     names = sorted({label for _, _, label in entries if label})
     if classes_file.is_file():
-        listed, classes = _read_classes_file(classes_file)
-        unknown = sorted(set(names) - set(listed))
+        classes, shown = _read_classes_file(classes_file)
+        unknown = sorted(set(names) - set(classes))
         if unknown:
             raise UserError(f"labels {unknown} in {csv_path} are not listed in {classes_file}; add them")
-        index = {name: i for i, name in enumerate(listed)}
     else:
-        classes = names
-        index = {name: i for i, name in enumerate(names)}
+        classes, shown = names, _label_display_names(names)
+    index = {name: i for i, name in enumerate(classes)}
     entries.sort(key=lambda e: (SPLITS.index(e[0]), e[1]))
     return ImageSet(root=root, ids=[e[1] for e in entries], splits=[e[0] for e in entries],
                     labels=np.asarray([index[lab] if lab else -1 for _, _, lab in entries], dtype=np.int64),
-                    classes=classes)
+                    classes=classes, display_names=shown)
 
 
 def _csv_header(cells: list[str], csv_path: Path) -> dict[str, int] | None:

@@ -23,13 +23,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageSet:
-    """The images of one dataset, in store row order."""
+    """The images of one dataset, in store row order.
+
+    ``classes`` are the class ids (folder names, or the labels a list gives), exactly as written: what predictions
+    and answers carry. ``display_names`` (one per class; default the ids) are for CLIP prompts and pages only.
+    """
 
     root: Path
     ids: list[str]
     splits: list[str]
     labels: np.ndarray  # (N,) int64, -1 unknown
     classes: list[str]
+    display_names: list[str] | None = None
+
+    def __post_init__(self):
+        if self.display_names is None:
+            object.__setattr__(self, "display_names", list(self.classes))
+        elif len(self.display_names) != len(self.classes):
+            raise ValueError(f"{len(self.display_names)} display names for {len(self.classes)} classes")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,6 +185,13 @@ def _display_names(folders: list[str], root: Path) -> list[str]:
     _check_display_names(folders, names, f"{root} has", f"rename one, or give each its own display name in "
                          f"{root / 'classes.txt'} (lines <folder>,<display name>)")
     return names
+
+
+def _label_display_names(labels: list[str]) -> list[str]:
+    """Display names of the labels a list gives (without a ``classes.txt``): ``_`` read as a space, unless two labels
+    would then read the same (they keep their spelling)."""
+    names = [label.replace("_", " ") for label in labels]
+    return names if len(set(names)) == len(names) else list(labels)
 
 
 def _check_display_names(folders: list[str], names: list[str], where: str, fix: str) -> None:

@@ -10,8 +10,8 @@ import numpy as np
 
 from embed.images import IMAGE_EXTENSIONS
 from embed.sources.csvlist import _COLUMN_HELP, LABEL_COLUMNS, PATH_COLUMNS
-from embed.sources.files import (ImageSet, ListedPaths, _class_folders, _display_names,
-                                 _find_images, _read_classes_file, _split_name, _warn_ignored)
+from embed.sources.files import (ImageSet, ListedPaths, _class_folders, _display_names, _find_images,
+                                 _label_display_names, _read_classes_file, _split_name, _warn_ignored)
 from store.layout import SPLITS, VALIDATION_FOLDERS
 from store.validation import UserError
 
@@ -34,9 +34,10 @@ def from_folder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     - torchvision ImageFolder: ``<class>/…`` folders and none of the names above: every image is a labeled train
       row (no pool, no test split).
 
-    Other folders are ignored with one warning each. Class names come from ``classes.txt`` at the root when present
-    (see :func:`_read_classes_file`), else from the class folder names with ``_`` read as a space; two classes
-    with one display name are refused.
+    Other folders are ignored with one warning each. Class ids are the class folder names, exactly; their display
+    names (CLIP prompts, pages) come from ``classes.txt`` at the root when present (see :func:`_read_classes_file`;
+    it also sets the class order), else from the folder names with ``_`` read as a space; two classes with one
+    display name are refused.
     """
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -59,13 +60,13 @@ def from_folder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     folders = _class_folders(train)
     classes_file = root / "classes.txt"
     if classes_file.is_file():
-        listed, classes = _read_classes_file(classes_file)
+        listed, names = _read_classes_file(classes_file)
         missing = sorted(set(folders) - set(listed))
         if missing:
             raise UserError(f"train/ has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
-        classes = _display_names(folders, root)
+        names = _display_names(folders, root)
     if not folders:
         raise UserError(f"{train} has no class folders; put labeled images in train/<class>/")
     index = {f: i for i, f in enumerate(folders)}
@@ -86,7 +87,8 @@ def from_folder(root: str | Path, allow_outside: bool = False) -> ImageSet:
         labels.append(label)
     if not ids:
         raise UserError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return ImageSet(root=root, ids=ids, splits=splits, labels=np.asarray(labels, dtype=np.int64), classes=classes)
+    return ImageSet(root=root, ids=ids, splits=splits, labels=np.asarray(labels, dtype=np.int64), classes=folders,
+                    display_names=names)
 
 
 def _split_of(folder: str) -> int:
@@ -102,13 +104,13 @@ def _from_class_folders(root: Path) -> ImageSet:
                          "unlabeled/*, test/* or <class>/* (or pass --csv FILE with path,label[,split])")
     classes_file = root / "classes.txt"
     if classes_file.is_file():
-        listed, classes = _read_classes_file(classes_file)
+        listed, names = _read_classes_file(classes_file)
         missing = sorted(set(folders) - set(listed))
         if missing:
             raise UserError(f"{root} has class folders missing from {classes_file}: {missing}; add them")
         folders = listed
     else:
-        classes = _display_names(folders, root)
+        names = _display_names(folders, root)
     _warn_ignored(root, tuple(folders))
     index = {f: i for i, f in enumerate(folders)}
     found = _find_images(*(root / f for f in folders if (root / f).is_dir()))
@@ -118,7 +120,8 @@ def _from_class_folders(root: Path) -> ImageSet:
     log.info("%s: no train/ folder, read as torchvision's ImageFolder (%d class folders): every image is a labeled "
              "train row", root, len(folders))
     return ImageSet(root=root, ids=ids, splits=["train"] * len(ids),
-                    labels=np.asarray([index[i.split("/", 1)[0]] for i in ids], dtype=np.int64), classes=classes)
+                    labels=np.asarray([index[i.split("/", 1)[0]] for i in ids], dtype=np.int64), classes=folders,
+                    display_names=names)
 
 
 def from_imagefolder(root: str | Path, allow_outside: bool = False) -> ImageSet:
@@ -168,14 +171,14 @@ def from_imagefolder(root: str | Path, allow_outside: bool = False) -> ImageSet:
         raise UserError(f"{root}: {METADATA} lists no images")
     classes_file = root / "classes.txt"
     if classes_file.is_file():
-        listed, classes = _read_classes_file(classes_file)
-        unknown = sorted(names - set(listed))
+        classes, shown = _read_classes_file(classes_file)
+        unknown = sorted(names - set(classes))
         if unknown:
             raise UserError(f"labels {unknown} in {root}'s {METADATA} are not listed in {classes_file}; add them")
-        index = {name: i for i, name in enumerate(listed)}
     else:
         classes = sorted(names)
-        index = {name: i for i, name in enumerate(classes)}
+        shown = _label_display_names(classes)
+    index = {name: i for i, name in enumerate(classes)}
     seen: dict[str, tuple[str, str]] = {}
     for split, id_, label in rows:
         if seen.setdefault(id_, (split, label)) != (split, label):
@@ -184,7 +187,7 @@ def from_imagefolder(root: str | Path, allow_outside: bool = False) -> ImageSet:
     log.info("%s: read as a Hugging Face imagefolder (%s)", root, METADATA)
     return ImageSet(root=root, ids=[e[1] for e in entries], splits=[e[0] for e in entries],
                     labels=np.asarray([index[lab] if lab else -1 for _, _, lab in entries], dtype=np.int64),
-                    classes=classes)
+                    classes=classes, display_names=shown)
 
 
 def _parent(image_id: str) -> str:

@@ -56,6 +56,7 @@ def test_audit_puts_its_low_agreement_caution_on_the_page(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "caution: the out-of-fold predictions agree with only" in printed
     assert "caution: the out-of-fold predictions agree with only" in out.with_suffix(".html").read_text()
+    assert "no label flagged" in printed
 
 
 def _sheet_files_exist(sheet):
@@ -80,7 +81,7 @@ def test_audit_writes_csv_and_contact_sheet(store, tmp_path, capsys):
     out = tmp_path / "suspects.csv"
     main(["audit", "--store", str(store), "--folds", "2", "--all-rows", "--out", str(out)])
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 12 and {"id", "path", "given", "suggested", "score"} <= set(rows[0])
+    assert len(rows) == 12 and {"id", "path", "given", "suggested", "label_quality", "is_label_issue"} <= set(rows[0])
     _sheet_files_exist(out.with_suffix(".html"))
 
 

@@ -160,7 +160,7 @@ def test_suggest_page_and_csv_have_different_names(store, tmp_path, capsys):
     assert "pick.csv" in line and "--nohtml" in line
     assert not (tmp_path / "k").exists()
     main(["suggest", "--store", str(store), "--backbone", A, "--budget", "3", "--out", str(tmp_path / "pick.csv")])
-    assert (tmp_path / "pick.csv").read_text().startswith("id,path,predicted")
+    assert (tmp_path / "pick.csv").read_text().startswith("rank,id,path,predicted")
     assert (tmp_path / "pick.html").read_text().startswith("<!DOCTYPE html>")
 
 

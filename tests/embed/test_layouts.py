@@ -60,9 +60,9 @@ def test_ignored_folders_get_one_warning_each(tmp_path, caplog):
 def test_torchvision_imagefolder_is_all_labeled_train_rows(tmp_path):
     touch(tmp_path, "cat/a.png", "cat/deep/b.png", "red_fox/c.png")
     images = sources.from_folder(tmp_path)
-    assert images.classes == ["cat", "red fox"]
+    assert images.classes == ["cat", "red_fox"] and images.display_names == ["cat", "red fox"]
     assert rows(images) == [("train", "cat/a.png", "cat"), ("train", "cat/deep/b.png", "cat"),
-                            ("train", "red_fox/c.png", "red fox")]
+                            ("train", "red_fox/c.png", "red_fox")]
 
 
 def test_a_split_folder_without_train_is_still_refused(tmp_path):

@@ -35,7 +35,7 @@ def split_folders(tmp_path):
 
 def test_split_folder_layout(split_folders):
     images = sources.from_folder(split_folders)
-    assert images.classes == ["cat", "red fox"]
+    assert images.classes == ["cat", "red_fox"] and images.display_names == ["cat", "red fox"]
     assert images.ids == ["train/cat/c.png", "train/red_fox/a.jpg", "train/red_fox/deep/b.PNG",
                           "unlabeled/batch2/u2.webp", "unlabeled/u1.png", "test/cat/t2.png", "test/t1.png",
                           "test/unknown_folder/t3.png"]
@@ -47,7 +47,7 @@ def test_split_folder_layout(split_folders):
 def test_classes_txt_sets_order_and_names(split_folders):
     (split_folders / "classes.txt").write_text("red_fox,Vulpes vulpes\ncat\n")
     images = sources.from_folder(split_folders)
-    assert images.classes == ["Vulpes vulpes", "cat"]
+    assert images.classes == ["red_fox", "cat"] and images.display_names == ["Vulpes vulpes", "cat"]
     np.testing.assert_array_equal(images.labels[:3], [1, 0, 0])
 
 
@@ -160,7 +160,7 @@ def test_odd_file_names_are_found_and_map_back_exactly(split_folders):
     latin1 = Path(os.fsdecode(os.path.join(os.fsencode(split_folders / "train"), b"caf\xe9")))  # a class folder too
     touch_image(latin1 / "a.png", 30)
     images = sources.from_folder(split_folders)
-    assert images.classes == ["caf\udce9", "cat", "red fox"]
+    assert images.classes == ["caf\udce9", "cat", "red_fox"]
     want = {f"train/cat/{imagegen.NON_ASCII_NAME}": (1, cat[0]), "unlabeled/" + imagegen.NON_ASCII_NAME: (-1, pool[0]),
             "train/cat/" + os.fsdecode(imagegen.NON_UTF8_NAME): (1, cat[1]),
             "unlabeled/" + os.fsdecode(imagegen.NON_UTF8_NAME): (-1, pool[1]),
@@ -249,7 +249,7 @@ def test_a_looping_link_is_not_a_class(split_folders):
     imagegen.make_link_loop(split_folders / "train", "up", "..")  # train/up -> the data root
     imagegen.make_link_loop(split_folders / "train", "kitten", "cat")  # a second name for train/cat
     images = sources.from_folder(split_folders)
-    assert images.classes == ["cat", "red fox"]
+    assert images.classes == ["cat", "red_fox"] and images.display_names == ["cat", "red fox"]
     assert images.ids == SPLIT_IDS
 
 

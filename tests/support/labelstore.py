@@ -54,3 +54,51 @@ def make_version_1(path):
         f.attrs["image_list_sha256"] = image_list_sha256(ids, names, labels, classes)
         f.attrs["format_version"] = 1
     return path
+
+
+def make_image_store(folder, per_class=5, pool=8, classes=("cat", "dog", "fox"), separation=6.0, dim=6, flips=(),
+                     seed=0, rename=None):
+    """A store over real PNG files under ``folder/data`` (its recorded data folder): ``per_class`` labeled train
+    images and ``pool`` unlabeled images per class, features that separate the classes by ``separation`` (0: noise
+    the labels do not follow). ``flips``: (class, k) of train images filed under the next class's folder, with its
+    label, as a person who clicked the wrong class would (their features stay those of the true class). ``rename``:
+    {id: id the store lists instead}, as a crafted store would (the files stay where they were written).
+
+    Returns
+    -------
+    (store path, data folder, ids, flipped ids)
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    data = folder / "data"
+    rng = np.random.default_rng(seed)
+    ids, splits, labels, truth, flipped = [], [], [], [], []
+    for c, name in enumerate(classes):
+        for k in range(per_class + pool):
+            if k < per_class:
+                given = (c + 1) % len(classes) if (c, k) in flips else c
+                image_id = f"train/{classes[given]}/{name}{k}.png"
+                splits.append("train")
+                labels.append(given)
+                if given != c:
+                    flipped.append(image_id)
+            else:
+                image_id = f"unlabeled/{name}{k}.png"
+                splits.append("unlabeled")
+                labels.append(-1)
+            (data / image_id).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (24, 24), ((90 * c) % 256, (23 * k) % 256, 140)).save(data / image_id)
+            ids.append(image_id)
+            truth.append(c)
+    feats = np.eye(len(classes), dim)[np.array(truth)] * separation + rng.normal(size=(len(ids), dim))
+    path = folder / "s.h5"
+    ids = [(rename or {}).get(i, i) for i in ids]
+    with FeatureStore.create(path, ids, splits, labels, list(classes), root=str(data)) as fs:
+        fs.begin_backbone({"spec": SPEC, "weights_sha256": "w", "weights_source": "test", "preprocessing": {},
+                           "versions": {}, "dtype": "float32", "views": 0, "view_kinds": []}, dim)
+        fs.write_rows(SPEC, np.arange(len(ids)), np.full(len(ids), OK), [f"{i:064x}" for i in range(len(ids))],
+                      [None] * len(ids), features=feats)
+    return path, data, ids, flipped

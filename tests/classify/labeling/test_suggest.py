@@ -104,9 +104,9 @@ def test_store_suggestions_come_from_the_pool_only(tmp_path, capsys):
     written, summary = active.suggest_command(str(path), backbone=SPEC, budget=6, out=str(out), seed=1)
     with open(out, newline="") as handle:
         table = list(csv.reader(handle))
-    assert table[0] == ["id", "path", "predicted", "score", "reason"]
-    assert [r[0] for r in table[1:]] == [r["id"] for r in written]
-    assert sorted(r[2] for r in table[1:]) == ["cat", "cat", "dog", "dog", "fox", "fox"]
+    assert table[0] == ["rank", "id", "path", "predicted", "score", "reason"]
+    assert [r[1] for r in table[1:]] == [r["id"] for r in written]
+    assert sorted(r[3] for r in table[1:]) == ["cat", "cat", "dog", "dog", "fox", "fox"]
     assert "suggested 6 images" in summary and capsys.readouterr().out == ""  # the library says, the CLI prints
     groups = active.sheet_groups(written)
     assert [title.split(" (")[0] for title, _ in groups] == [f"predicted {n}" for n in dict.fromkeys(
