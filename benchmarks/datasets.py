@@ -137,7 +137,8 @@ def _write_classes(folder: Path, root: Path, classes: dict[str, tuple[str, ...]]
                    test_per_class: int, size: int, seed: int, colour_only: bool) -> dict[str, int]:
     """Write up to ``per_class`` images of each class (``test_per_class`` to ``test/<class>/``, the rest to
     ``train/<class>/``) as PNG composited on white; an image filed twice (same bytes) belongs to the class listed
-    first. Returns the number of images written per class."""
+    first; two images of a class with the same file name (a photo and its drawing) are both kept. Returns the number of
+    images written per class."""
     import hashlib
 
     files = {name: _class_files(root, patterns) for name, patterns in classes.items()}
@@ -160,8 +161,11 @@ def _write_classes(folder: Path, root: Path, classes: dict[str, tuple[str, ...]]
                 kept.append((path, image))
             if len(kept) == per_class:
                 break
+        stems: set[str] = set()
         for i, (path, image) in enumerate(kept):
-            out = folder / ("test" if i < test_per_class else "train") / name / f"{path.stem}.png"
+            stem = path.stem if path.stem not in stems else f"{path.stem}-{i}"  # fruit/grapes, fruit/cartoon/grapes
+            stems.add(stem)
+            out = folder / ("test" if i < test_per_class else "train") / name / f"{stem}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             image.save(out)
         written[name] = len(kept)
@@ -190,8 +194,8 @@ def write_clipart(folder: Path, per_class: int = 50, test_per_class: int = 8, si
 
 TUXPAINT_DIR = Path(os.environ.get("TUXPAINT_DIR", "/usr/share/tuxpaint/stamps"))
 #: class folder -> folders of ``tuxpaint-stamps-default`` (relative to its stamps/ root), as for CLIPART_CLASSES.
-#: Object categories with at least 11 PNG stamps (17 of the 24 have 16-43); letters, digits and other symbols are left
-#: out, except the photographed hand signs. Most stamps are photographs cut out on a transparent background, the
+#: Object categories with at least 11 PNG stamps (19 of the 24 have 15-50); letters, digits and other symbols are left
+#: out, except the hand signs. Most stamps are photographs cut out on a transparent background, the
 #: others colour drawings (the ``cartoon`` subfolders); vector (SVG) stamps are not rendered.
 TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
     "bird": ("animals/birds/**",), "sea_animal": ("animals/fish/**", "animals/shellfish/**",
@@ -216,7 +220,7 @@ def write_tuxpaint(folder: Path, per_class: int = 50, test_per_class: int = 5, s
                    seed: int = 0) -> Path:
     """Tux Paint's stamps (Debian ``tuxpaint-stamps-default``): 24 object classes of mostly photographs.
 
-    ``test_per_class`` stamps per class go to ``test/<class>/``, the others (6-38 per class, 483 in all) to
+    ``test_per_class`` stamps per class go to ``test/<class>/``, the others (6-45 per class, 456 in all) to
     ``train/<class>/``, composited on white as PNG of longest side ``size``; grey photographs (coins, road signs) are
     kept. ``TUXPAINT_DIR`` points at an unpacked copy (``apt-get download tuxpaint-stamps-default && dpkg -x
     tuxpaint-stamps-default_*.deb DIR``: ``DIR/usr/share/tuxpaint/stamps``).

@@ -146,13 +146,16 @@ def test_tuxpaint_adapter_keeps_grey_photos_and_leaves_svg_and_duplicates_out(tm
             Image.fromarray(rgba).save(folder / f"s{c}_{i}.png")
         (folder / f"s{c}_0.svg").write_text("<svg/>")  # vector stamps are not rendered
         (folder / "copy.png").write_bytes((folder / f"s{c}_1.png").read_bytes())  # the same stamp twice: kept once
+        (folder / "cartoon").mkdir(exist_ok=True)  # a drawing with a photo's name (fruit/grapes, fruit/cartoon/grapes)
+        Image.fromarray(np.full((9, 9, 3), (20, 200, 9 * c), np.uint8)).save(folder / "cartoon" / f"s{c}_2.png")
     monkeypatch.setattr(ds, "TUXPAINT_DIR", root)
     folder = ds.prepare("tuxpaint", tmp_path / "cache")
     classes = sorted(p.name for p in (folder / "train").iterdir())
     assert classes == sorted(ds.TUXPAINT_CLASSES) and len(classes) >= 20
     for c, name in enumerate(ds.TUXPAINT_CLASSES):
         test, train = (sorted((folder / split / name).glob("*.png")) for split in ("test", "train"))
-        assert len(test) == 5 and len(train) == 13 - 5
+        recursive = ds.TUXPAINT_CLASSES[name][0].endswith("/**")  # then the cartoon subfolder belongs to the class
+        assert len(test) == 5 and len(train) == (14 if recursive else 13) - 5
         assert f"s{c}_0.png" in {p.name for p in test + train}  # grey photos (coins, road signs) are kept
     with Image.open(train[0]) as image:
         assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # composited on white
