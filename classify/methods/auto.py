@@ -26,8 +26,10 @@ The rule, and why:
 Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row. Work is shared
 where it is the same fit: ``selftrain``'s default teacher is ``labelprop`` with its defaults, fitted on the same rows
 and hidden labels, so in each fold the ``labelprop`` candidate is that fitted teacher rather than a second fit
-(``shared_with`` in ``cv_results_``). Fewer folds would cost less but chose worse on the development draws: two
-folds lost 0.4 points on average and 1.2 on clip art at 10 labels (``benchmarks/results/auto-rule*-folds2.md``).
+(``shared_with`` in ``cv_results_``); measured on a shared machine at a median 5.5 times the fit of the slowest
+candidate with the sharing and 6.5 without (``benchmarks/README.md``). Fewer folds would cost less but chose worse on
+the development draws: two folds lost 0.4 points on average and 1.2 on clip art at 10 labels
+(``benchmarks/results/auto-rule*-folds2.md``).
 
 ``z=0.5`` was chosen on development draws (seeds 100-109, 5 and 10 labels per class drawn from the train rows, scored
 on the hidden train rows, never on test rows) of digits and clip art (224 and 112 px) with EfficientNet-Lite0 features
