@@ -97,7 +97,8 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     ----------
     datasets : str
         Comma-separated: digits, fashion-mnist (Debian's dataset-fashion-mnist), clipart (Debian's openclipart-png:
-        21 classes of colour drawings of objects), or folders in the split-folder layout with a labeled test split.
+        21 classes of colour drawings of objects), tuxpaint (Debian's tuxpaint-stamps-default: 24 object classes of
+        mostly photographs), or folders in the split-folder layout with a labeled test split.
     backbones : str
         Comma-separated backbone specs; each dataset is embedded once per backbone (stores are reused). Specs joined
         by ``+`` are one more table on their features concatenated (``timm:tf_efficientnet_lite0+timm:...lite1``).

@@ -9,6 +9,9 @@ hides the rest, which becomes the unlabeled pool) and a labeled ``test/<class>/`
   everyday objects in 24 object categories, some of them confusable groups (food: fruit, desserts, beverages, breads,
   meats; animals: mammals, birds, bugs, fish; transport: vehicles, boats). The realistic regime: many classes, 5-10
   labels per class, a few hundred unlabeled images.
+- ``tuxpaint``: Debian's ``tuxpaint-stamps-default`` (Tux Paint's stamps): 24 object classes of mostly photographs
+  cut out on white (animals, food, plants, vehicles, buildings, coins, road signs, hand signs, ...) mixed with colour
+  drawings; the same regime with photographs.
 """
 from __future__ import annotations
 
@@ -95,7 +98,8 @@ CLIPART_CLASSES: dict[str, tuple[str, ...]] = {
 _MAX_PIXELS = 16_000_000  # a few drawings are rendered at 13k x 13k px; they are skipped unread
 
 
-def _clipart_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+def _class_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
+    """The PNG files of ``patterns`` (folders relative to ``root``; a trailing ``/**`` also takes every subfolder)."""
     files = []
     for pattern in patterns:
         folder = root / pattern.removesuffix("/**")
@@ -103,8 +107,9 @@ def _clipart_files(root: Path, patterns: tuple[str, ...]) -> list[Path]:
     return sorted(set(files))
 
 
-def _colour_on_white(path: Path, size: int):
-    """The clip art composited on white, longest side ``size``; None for a grey, huge or unreadable drawing."""
+def _on_white(path: Path, size: int, colour_only: bool = True):
+    """The image composited on white, longest side ``size``; None for a huge or unreadable image, and with
+    ``colour_only`` for a grey one (under 2 % coloured pixels)."""
     from PIL import Image
 
     try:
@@ -117,14 +122,54 @@ def _colour_on_white(path: Path, size: int):
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         log.warning("skipping %s: %s", path, err)
         return None
-    rgba = np.asarray(image, dtype=np.int16)  # (H, W, 4)
-    rgb = rgba[..., :3][rgba[..., 3] > 0]  # (n, 3) visible pixels
-    if not rgb.size or np.mean(rgb.max(axis=1) - rgb.min(axis=1) > 24) < 0.02:  # under 2 % coloured pixels: grey
-        return None
+    if colour_only:
+        rgba = np.asarray(image, dtype=np.int16)  # (H, W, 4)
+        rgb = rgba[..., :3][rgba[..., 3] > 0]  # (n, 3) visible pixels
+        if not rgb.size or np.mean(rgb.max(axis=1) - rgb.min(axis=1) > 24) < 0.02:
+            return None
     canvas = Image.new("RGB", image.size, (255, 255, 255))
     canvas.paste(image, mask=image.getchannel("A"))
     canvas.thumbnail((size, size), Image.Resampling.LANCZOS)
     return canvas
+
+
+def _write_classes(folder: Path, root: Path, classes: dict[str, tuple[str, ...]], per_class: int,
+                   test_per_class: int, size: int, seed: int, colour_only: bool) -> dict[str, int]:
+    """Write up to ``per_class`` images of each class (``test_per_class`` to ``test/<class>/``, the rest to
+    ``train/<class>/``) as PNG composited on white; an image filed twice (same bytes) belongs to the class listed
+    first; two images of a class with the same file name (a photo and its drawing) are both kept. Returns the number of
+    images written per class."""
+    import hashlib
+
+    files = {name: _class_files(root, patterns) for name, patterns in classes.items()}
+    owner: dict[str, str] = {}  # file digest -> the first class (in ``classes`` order) that has the image
+    digest = {}
+    for name, paths in files.items():
+        for path in paths:
+            digest[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            owner.setdefault(digest[path], name)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name, paths in files.items():
+        kept, seen = [], set()
+        for path in rng.permutation(np.array(paths, dtype=object)):
+            if owner[digest[path]] != name or digest[path] in seen:
+                continue
+            seen.add(digest[path])
+            image = _on_white(path, size, colour_only)
+            if image is not None:
+                kept.append((path, image))
+            if len(kept) == per_class:
+                break
+        stems: set[str] = set()
+        for i, (path, image) in enumerate(kept):
+            stem = path.stem if path.stem not in stems else f"{path.stem}-{i}"  # fruit/grapes, fruit/cartoon/grapes
+            stems.add(stem)
+            out = folder / ("test" if i < test_per_class else "train") / name / f"{stem}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            image.save(out)
+        written[name] = len(kept)
+    return written
 
 
 def write_clipart(folder: Path, per_class: int = 50, test_per_class: int = 8, size: int = 256, seed: int = 0) -> Path:
@@ -136,37 +181,58 @@ def write_clipart(folder: Path, per_class: int = 50, test_per_class: int = 8, si
     dish). ``OPENCLIPART_DIR`` points at an unpacked copy (``apt-get download openclipart-png && dpkg -x
     openclipart-png_*.deb DIR``: ``DIR/usr/share/openclipart/png``).
     """
-    import hashlib
-
     if not OPENCLIPART_DIR.is_dir():
         raise DatasetUnavailable(f"Open Clip Art is not installed ({OPENCLIPART_DIR} is missing): apt-get install "
                                  "openclipart-png, or set OPENCLIPART_DIR to an unpacked copy's png/ folder")
-    files = {name: _clipart_files(OPENCLIPART_DIR, patterns) for name, patterns in CLIPART_CLASSES.items()}
-    owner: dict[str, str] = {}  # file digest -> the first class (in CLIPART_CLASSES order) that has the drawing
-    digest = {}
-    for name, paths in files.items():
-        for path in paths:
-            digest[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-            owner.setdefault(digest[path], name)
-    rng = np.random.default_rng(seed)
-    for name, paths in files.items():
-        kept, seen = [], set()
-        for path in rng.permutation(np.array(paths, dtype=object)):
-            if owner[digest[path]] != name or digest[path] in seen:
-                continue
-            seen.add(digest[path])
-            image = _colour_on_white(path, size)
-            if image is not None:
-                kept.append((path, image))
-            if len(kept) == per_class:
-                break
-        if len(kept) < test_per_class + 13:  # 10 labels and a few unlabeled rows
-            raise DatasetUnavailable(f"openclipart-png at {OPENCLIPART_DIR} has only {len(kept)} colour drawings of "
+    written = _write_classes(folder, OPENCLIPART_DIR, CLIPART_CLASSES, per_class, test_per_class, size, seed, True)
+    for name, count in written.items():
+        if count < test_per_class + 13:  # 10 labels and a few unlabeled rows
+            raise DatasetUnavailable(f"openclipart-png at {OPENCLIPART_DIR} has only {count} colour drawings of "
                                      f"{name}: reinstall the package (version 0.18 expected)")
-        for i, (path, image) in enumerate(kept):
-            out = folder / ("test" if i < test_per_class else "train") / name / f"{path.stem}.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            image.save(out)
+    return folder
+
+
+TUXPAINT_DIR = Path(os.environ.get("TUXPAINT_DIR", "/usr/share/tuxpaint/stamps"))
+#: class folder -> folders of ``tuxpaint-stamps-default`` (relative to its stamps/ root), as for CLIPART_CLASSES.
+#: Object categories with at least 11 PNG stamps (19 of the 24 have 15-50); letters, digits and other symbols are left
+#: out, except the hand signs. Most stamps are photographs cut out on a transparent background, the
+#: others colour drawings (the ``cartoon`` subfolders); vector (SVG) stamps are not rendered.
+TUXPAINT_CLASSES: dict[str, tuple[str, ...]] = {
+    "bird": ("animals/birds/**",), "sea_animal": ("animals/fish/**", "animals/shellfish/**",
+                                                   "animals/mammals/aquatic/**"),
+    "hoofed_mammal": ("animals/mammals/bovines/**", "animals/mammals/equines/**", "animals/mammals/deer/**",
+                      "animals/mammals/camel/**"),
+    "mammal": ("animals/mammals", "animals/mammals/apes/**", "animals/mammals/bears/**", "animals/mammals/cats/**",
+               "animals/mammals/dogs/**", "animals/mammals/rodents/**", "animals/marsupials/**"),
+    "insect": ("animals/insects/**",), "clothing": ("clothes/**",), "fruit": ("food/fruit/**",),
+    "vegetable": ("food/vegetables/**", "food/nuts/**", "food/spices/**"), "flower": ("plants/flowers/**",),
+    "plant": ("plants", "plants/trees/**", "plants/mushrooms/**"), "christmas": ("seasonal/christmas/**",),
+    "halloween": ("seasonal/halloween/**",), "easter": ("seasonal/easter/**",), "hanukkah": ("seasonal/hanukkah/**",),
+    "space": ("space/**",), "sport": ("sports/**",), "coin": ("symbols/money/**",),
+    "road_sign": ("town/roadsigns/**",), "building": ("town/houses/**", "town/monuments/**", "town/cartoon/**"),
+    "vehicle": ("vehicles/**", "military/vehicles/**"), "musical_instrument": ("hobbies/music/**",),
+    "tool": ("household/tools/**", "household/arttools/**"), "household": ("household", "household/dishes/**"),
+    "hand_sign": ("symbols/alphabets/asl/**",),
+}
+
+
+def write_tuxpaint(folder: Path, per_class: int = 50, test_per_class: int = 5, size: int = 256,
+                   seed: int = 0) -> Path:
+    """Tux Paint's stamps (Debian ``tuxpaint-stamps-default``): 24 object classes of mostly photographs.
+
+    ``test_per_class`` stamps per class go to ``test/<class>/``, the others (6-45 per class, 456 in all) to
+    ``train/<class>/``, composited on white as PNG of longest side ``size``; grey photographs (coins, road signs) are
+    kept. ``TUXPAINT_DIR`` points at an unpacked copy (``apt-get download tuxpaint-stamps-default && dpkg -x
+    tuxpaint-stamps-default_*.deb DIR``: ``DIR/usr/share/tuxpaint/stamps``).
+    """
+    if not TUXPAINT_DIR.is_dir():
+        raise DatasetUnavailable(f"Tux Paint's stamps are not installed ({TUXPAINT_DIR} is missing): apt-get install "
+                                 "tuxpaint-stamps-default, or set TUXPAINT_DIR to an unpacked copy's stamps/ folder")
+    written = _write_classes(folder, TUXPAINT_DIR, TUXPAINT_CLASSES, per_class, test_per_class, size, seed, False)
+    for name, count in written.items():
+        if count < test_per_class + 5:  # 5 labels and a test split
+            raise DatasetUnavailable(f"tuxpaint-stamps-default at {TUXPAINT_DIR} has only {count} stamps of {name}: "
+                                     "reinstall the package (version 2022.06.04 expected)")
     return folder
 
 
@@ -175,7 +241,7 @@ def write_clipart(folder: Path, per_class: int = 50, test_per_class: int = 8, si
 NATIVE_SIZE: dict[str, int] = {"digits": 112, "fashion-mnist": 112}
 
 ADAPTERS: dict[str, Callable[[Path], Path]] = {"digits": write_digits, "fashion-mnist": write_fashion_mnist,
-                                               "clipart": write_clipart}
+                                               "clipart": write_clipart, "tuxpaint": write_tuxpaint}
 
 
 def prepare(name: str, cache: Path) -> Path:

@@ -52,7 +52,11 @@ def scores(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None = No
     result = {"accuracy": accuracy, "acc1": accuracy}
     n_classes = n_classes if n_classes is not None else None if proba is None else proba.shape[1]
     if proba is not None and n_classes is not None and n_classes >= 5:
-        result["acc5"] = float(top_k_accuracy_score(y_true, proba, k=5, labels=np.arange(proba.shape[1])))
+        y_true, proba = np.asarray(y_true), np.asarray(proba)
+        ranked = np.isfinite(proba).all(axis=1)  # a row without probabilities (NaN) ranks no class: a top-5 miss
+        hits = top_k_accuracy_score(y_true[ranked], proba[ranked], k=5, labels=np.arange(proba.shape[1]),
+                                    normalize=False) if ranked.any() else 0
+        result["acc5"] = float(hits / len(y_true))
     result["mean_per_class_recall"] = float(balanced_accuracy_score(y_true, y_pred))
     result["macro_f1"] = float(f1_score(y_true, y_pred, average="macro", zero_division=0))
     return result

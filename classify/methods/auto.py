@@ -23,10 +23,13 @@ The rule, and why:
 - With a class of a single labeled row no fold can hold it out and keep it in training: nothing is
   cross-validated and the baseline is kept.
 
-Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row; with the defaults
-measured at 5-7 times the fit of the slowest candidate (``benchmarks/results/auto.md``). Two folds would cost about
-5 times but chose worse on the development draws (0.4 points on average, 1.2 on clip art at 10 labels:
-``benchmarks/results/auto-rule*-folds2.md``).
+Cost: ``folds`` fits of every candidate on fewer labels, then one fit of the winner on every row. Work is shared
+where it is the same fit: ``selftrain``'s default teacher is ``labelprop`` with its defaults, fitted on the same rows
+and hidden labels, so in each fold the ``labelprop`` candidate is that fitted teacher rather than a second fit
+(``shared_with`` in ``cv_results_``); measured on a shared machine at a median 5.5 times the fit of the slowest
+candidate with the sharing and 6.5 without (``benchmarks/README.md``). Fewer folds would cost less but chose worse on
+the development draws: two folds lost 0.4 points on average and 1.2 on clip art at 10 labels
+(``benchmarks/results/auto-rule*-folds2.md``).
 
 ``z=0.5`` was chosen on development draws (seeds 100-109, 5 and 10 labels per class drawn from the train rows, scored
 on the hidden train rows, never on test rows) of digits and clip art (224 and 112 px) with EfficientNet-Lite0 features
@@ -111,7 +114,8 @@ class AutoSelect(FewShotClassifier):
     cv_results_ : dict
         Per candidate name: ``mean`` (out-of-fold accuracy over the labeled rows), ``std`` (standard deviation of the
         per-fold accuracies), ``gain`` and ``se`` (mean paired per-row gain over the baseline and its standard
-        error), ``fit_seconds`` (mean per fold). Empty when nothing was cross-validated.
+        error), ``fit_seconds`` (mean per fold), and ``shared_with`` (the candidate whose fitted teacher it was in
+        every fold, when it was not fitted on its own). Empty when nothing was cross-validated.
     reason_ : str
         One line: why ``chosen_`` was chosen ("beat linear by 8.5 ± 2.5 points ..." or "no candidate beat its ...").
     n_splits_ : int
@@ -164,8 +168,8 @@ class AutoSelect(FewShotClassifier):
             chosen, self.reason_ = 0, "a class has a single labeled row, so the candidates cannot be cross-validated"
         else:
             self.n_splits_ = k
-            correct, fold_acc, seconds = self._cross_validate(X, y, labeled, rows, k)
-            chosen = self._decide(names, correct, fold_acc, seconds)
+            correct, fold_acc, seconds, shared_with = self._cross_validate(X, y, labeled, rows, k)
+            chosen = self._decide(names, correct, fold_acc, seconds, shared_with)
         self.cv_seconds_ = time.perf_counter() - t0
         self.chosen_ = names[chosen]
         self.estimator_ = fit_candidate(resolve_estimator(self.methods[chosen]), X, y, labeled)
@@ -174,27 +178,47 @@ class AutoSelect(FewShotClassifier):
         return self
 
     def _cross_validate(self, X, y, labeled, rows, k):
-        """Out-of-fold correctness (m, n_l), per-fold accuracy (m, k) and summed fit seconds (m,) of each candidate."""
+        """Out-of-fold correctness (m, n_l), per-fold accuracy (m, k) and summed fit seconds (m,) of each candidate, and
+        which candidates were another's fitted teacher (:meth:`_shared_fit`)."""
         m, yl = len(self.methods), y[rows]
         correct = np.zeros((m, rows.size), dtype=bool)
         fold_acc = np.zeros((m, k))
         seconds = np.zeros(m)
+        shared_with: dict[int, int] = {}  # candidate -> the candidate whose fitted teacher it is, in every fold
         splits = StratifiedKFold(k, shuffle=True, random_state=self.random_state).split(rows, yl)
         for f, (_, held) in enumerate(splits):
             y_fold = y.copy()
             y_fold[rows[held]] = UNLABELED  # held-out labels hidden: those rows join the fit unlabeled
             fold_labeled = labeled.copy()
             fold_labeled[rows[held]] = False
+            fitted = {}
             for i, spec in enumerate(self.methods):
                 start = time.perf_counter()
-                estimator = fit_candidate(resolve_estimator(spec), X, y_fold, fold_labeled)
+                estimator = resolve_estimator(spec)
+                shared = self._shared_fit(estimator, fitted)
+                if shared is None:
+                    estimator = fit_candidate(estimator, X, y_fold, fold_labeled)
+                else:
+                    shared_with[i], estimator = shared
+                fitted[i] = estimator
                 seconds[i] += time.perf_counter() - start
                 hit = np.asarray(estimator.predict(X[rows[held]])) == yl[held]
                 correct[i, held] = hit
                 fold_acc[i, f] = hit.mean()
-        return correct, fold_acc, seconds
+        return correct, fold_acc, seconds, shared_with
 
-    def _decide(self, names, correct, fold_acc, seconds) -> int:
+    @staticmethod
+    def _shared_fit(estimator, fitted: dict):
+        """``(j, teacher)`` when candidate ``j``, already fitted in this fold, holds a fitted ``teacher_`` of the same
+        type and parameters as ``estimator`` (selftrain's default teacher is labelprop with its defaults): that
+        teacher was fitted on the same rows and hidden labels, so it is ``estimator`` fitted; else None."""
+        for j, other in fitted.items():
+            teacher = getattr(other, "teacher_", None)
+            if type(teacher) is type(estimator) and repr(teacher.get_params()) == repr(estimator.get_params()):
+                return j, teacher
+        return None
+
+    def _decide(self, names, correct, fold_acc, seconds, shared_with) -> int:
         """Index of the chosen candidate; sets ``cv_results_`` and ``reason_``."""
         n = correct.shape[1]
         acc = correct.mean(axis=1)  # (m,)
@@ -204,6 +228,8 @@ class AutoSelect(FewShotClassifier):
         self.cv_results_ = {name: {"mean": float(acc[i]), "std": float(fold_acc[i].std()), "gain": float(gain[i]),
                                    "se": float(se[i]), "fit_seconds": float(seconds[i] / fold_acc.shape[1])}
                             for i, name in enumerate(names)}
+        for i, j in shared_with.items():
+            self.cv_results_[names[i]]["shared_with"] = names[j]
         passing = [i for i in range(1, len(names)) if gain[i] > self.z * se[i]]
         where = f"{self.n_splits_}-fold CV on {n} labeled rows"
         if passing:

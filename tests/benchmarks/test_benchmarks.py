@@ -133,6 +133,37 @@ def test_clipart_adapter_writes_colour_drawings_on_white(tmp_path, monkeypatch):
         ds.write_clipart(tmp_path / "other")
 
 
+def test_tuxpaint_adapter_keeps_grey_photos_and_leaves_svg_and_duplicates_out(tmp_path, monkeypatch):
+    from benchmarks import datasets as ds
+
+    root = tmp_path / "stamps"
+    for c, patterns in enumerate(ds.TUXPAINT_CLASSES.values()):
+        folder = root / patterns[0].removesuffix("/**")
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(13):
+            rgba = np.zeros((20, 30, 4), np.uint8)
+            rgba[4:16, 5:25] = (9 * c, 9 * c, 9 * c, 255) if i == 0 else (230, 4 * i, 9 * c, 255)  # one grey photo
+            Image.fromarray(rgba).save(folder / f"s{c}_{i}.png")
+        (folder / f"s{c}_0.svg").write_text("<svg/>")  # vector stamps are not rendered
+        (folder / "copy.png").write_bytes((folder / f"s{c}_1.png").read_bytes())  # the same stamp twice: kept once
+        (folder / "cartoon").mkdir(exist_ok=True)  # a drawing with a photo's name (fruit/grapes, fruit/cartoon/grapes)
+        Image.fromarray(np.full((9, 9, 3), (20, 200, 9 * c), np.uint8)).save(folder / "cartoon" / f"s{c}_2.png")
+    monkeypatch.setattr(ds, "TUXPAINT_DIR", root)
+    folder = ds.prepare("tuxpaint", tmp_path / "cache")
+    classes = sorted(p.name for p in (folder / "train").iterdir())
+    assert classes == sorted(ds.TUXPAINT_CLASSES) and len(classes) >= 20
+    for c, name in enumerate(ds.TUXPAINT_CLASSES):
+        test, train = (sorted((folder / split / name).glob("*.png")) for split in ("test", "train"))
+        recursive = ds.TUXPAINT_CLASSES[name][0].endswith("/**")  # then the cartoon subfolder belongs to the class
+        assert len(test) == 5 and len(train) == (14 if recursive else 13) - 5
+        assert f"s{c}_0.png" in {p.name for p in test + train}  # grey photos (coins, road signs) are kept
+    with Image.open(train[0]) as image:
+        assert image.mode == "RGB" and image.getpixel((0, 0)) == (255, 255, 255)  # composited on white
+    monkeypatch.setattr(ds, "TUXPAINT_DIR", tmp_path / "missing")
+    with pytest.raises(ds.DatasetUnavailable, match="apt-get install tuxpaint-stamps-default"):
+        ds.write_tuxpaint(tmp_path / "other")
+
+
 def test_fair_anchors_self_train_and_tune_k(task):
     from benchmarks.run import CVLabelSpreading, KBestSelfTraining
 

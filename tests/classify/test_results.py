@@ -56,6 +56,9 @@ def test_scores_match_sklearn_and_clip_benchmark_names():
     assert result["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert result["acc5"] == 7 / 8
     assert "acc5" not in scores(y_true[:3] % 3, y_pred[:3] % 3, np.eye(3)[y_pred[:3] % 3])  # fewer than 5 classes
+    undefined = proba.copy()
+    undefined[[0, 6]] = np.nan  # sklearn's LabelSpreading gives NaN to a row no labeled neighbour reaches
+    assert scores(y_true, y_pred, undefined)["acc5"] == 5 / 8  # such a row ranks no class: a top-5 miss
 
 
 @pytest.mark.parametrize("labeled_test", [True, False])

@@ -170,3 +170,28 @@ def test_string_labels_with_object_unlabeled_rows():
     model = create("auto", methods=[PROBE, "knn"]).fit(X, labels)
     assert model.classes_.tolist() == names.tolist() and set(model.predict(X[test])) <= set(names)
 
+
+
+def test_a_fold_fits_label_propagation_once_when_self_training_is_taught_by_it(monkeypatch):
+    """selftrain's default teacher is labelprop with its defaults: in each fold the labelprop candidate is that fitted
+    teacher (same rows, same hidden labels), not a second fit, and the CV numbers are those of separate fits."""
+    from classify.methods.auto import AutoSelect
+    from classify.methods.labelprop import KNNLabelPropagation
+
+    X, _, y, _, _ = digits_few(per_class=4, seed=1)
+    separate = create("auto", methods=[PROBE, "selftrain", {"method": "labelprop", "k": 10}]).fit(X, y)
+    fits = []
+    real_fit = KNNLabelPropagation.fit
+    monkeypatch.setattr(KNNLabelPropagation, "fit", lambda self, *a: fits.append(1) or real_fit(self, *a))
+    shared = create("auto", methods=CANDIDATES).fit(X, y)
+    assert shared.n_splits_ == 3 and len(fits) == 3 + (shared.chosen_ in ("selftrain", "labelprop"))
+    assert shared.cv_results_["labelprop"]["shared_with"] == "selftrain"
+    fits.clear()
+    monkeypatch.setattr(AutoSelect, "_shared_fit", staticmethod(lambda estimator, fitted: None))
+    unshared = create("auto", methods=CANDIDATES).fit(X, y)
+    assert len(fits) == 6 + (unshared.chosen_ in ("selftrain", "labelprop"))
+    for name in ("linear(Cs=[1.0, 10.0])", "selftrain", "labelprop"):
+        for key in ("mean", "gain", "se"):
+            assert shared.cv_results_[name][key] == unshared.cv_results_[name][key]
+    assert shared.chosen_ == unshared.chosen_
+    assert "shared_with" not in separate.cv_results_["labelprop(k=10)"]  # other settings: fitted on its own
