@@ -72,8 +72,8 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
         Which images: diverse (uncertain images clustered into budget groups, one central image each, spread over
         the predicted classes; default), margin (uncertainty alone), typiclust (coverage alone) or random.
     html : bool
-        Also write OUT with .html: the suggestions' thumbnails grouped by predicted class, what the score means and
-        what to do next.
+        Also write OUT with .html: the suggestions' thumbnails in rank order, what the score means and what to do
+        next.
     data_root : str
         The folder holding the images, when it moved since `python -m embed run` (default: the data folder the
         store records).
@@ -96,8 +96,9 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
         from classify.labeling.nextsteps import suggest_steps
 
         intro = (f'<p>Ranked by score, rank 1 first: label from the top when there is no time for all. The score '
-                 f'({esc(strategy)}): {esc(SCORES[strategy])}. Grouped below by the class the method predicts; the '
-                 f'reason column of {esc(Path(out).name)} says why each image was chosen.</p>')
+                 f'({esc(strategy)}): {esc(SCORES[strategy])}. Each caption names the class the method predicts '
+                 f'(often wrong for exactly these images); the reason column of {esc(Path(out).name)} says why each '
+                 'image was chosen.</p>')
         after = steps("What to do next", suggest_steps(store, out, budget, data_root))
         sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
                             suggest_module.sheet_groups(rows), out, intro, after)
