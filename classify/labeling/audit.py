@@ -344,5 +344,6 @@ def _notes(rows: list[dict], result: Audit, method: str, out) -> list[str]:
                 "mistakes; --all-rows lists every label ranked by label_quality, lowest first, to check by eye; or "
                 "audit with a stronger backbone (--backbone) or method (--method), or after adding labels"]
     top = ", ".join(f"{r['id']} ({r['given']} → {r['suggested']})" for r in rows[:3] if r["is_label_issue"])
-    return [f"{flagged} of {len(rows)} labels look wrong ({how}; flagged where another class leads the given one by "
-            f"at least {result.lead:.2f}) -> {out}" + (f"; most likely wrong: {top}" if top else "")]
+    line = (f"{flagged} of {len(rows)} labels look wrong ({how}; the lowest label qualities, as many as the labels "
+            f"another class leads by {result.lead:.2f} or more) -> {out}")
+    return [line + (f"; most likely wrong: {top}" if top else "")]
