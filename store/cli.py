@@ -34,6 +34,8 @@ def info(path: str, json_output: bool = False) -> None:
           f"{summary['pending']} not read yet")
     print("splits: " + ", ".join(f"{s} {n} ({summary['labeled'][s]} labeled)" for s, n in summary["splits"].items()))
     print(f"classes ({len(summary['classes'])}): {', '.join(summary['classes'])}")
+    if summary["display_names"] != summary["classes"]:  # what prompts and pages show
+        print(f"display names: {', '.join(summary['display_names'])}")
     for spec, b in summary["backbones"].items():
         extras = [name for name in ("text", "probs") if b[name]] + ([f"{b['views']} views"] if b["views"] else [])
         state = "complete" if b["complete"] else "INCOMPLETE (rerun embed to resume)"

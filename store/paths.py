@@ -16,11 +16,6 @@ from store.layout import display_id
 
 log = logging.getLogger(__name__)
 
-#: the help text of every command's ``--data-root`` flag
-DATA_ROOT_HELP = ("The folder holding the images, when it moved since `python -m embed run` (default: the data "
-                  "folder the store records).")
-
-
 def data_root(store, given: str | os.PathLike | None = None) -> Path | None:
     """The folder a store's ids are relative to: ``given`` (``--data-root``), else the one the store records.
 

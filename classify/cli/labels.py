@@ -72,8 +72,8 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
         Which images: diverse (uncertain images clustered into budget groups, one central image each, spread over
         the predicted classes; default), margin (uncertainty alone), typiclust (coverage alone) or random.
     html : bool
-        Also write OUT with .html: the suggestions' thumbnails grouped by predicted class, what the score means and
-        what to do next.
+        Also write OUT with .html: the suggestions' thumbnails in rank order, what the score means and what to do
+        next.
     data_root : str
         The folder holding the images, when it moved since `python -m embed run` (default: the data folder the
         store records).
@@ -96,8 +96,9 @@ def suggest(store: str, backbone: str | None = None, method: str = "auto", budge
         from classify.labeling.nextsteps import suggest_steps
 
         intro = (f'<p>Ranked by score, rank 1 first: label from the top when there is no time for all. The score '
-                 f'({esc(strategy)}): {esc(SCORES[strategy])}. Grouped below by the class the method predicts; the '
-                 f'reason column of {esc(Path(out).name)} says why each image was chosen.</p>')
+                 f'({esc(strategy)}): {esc(SCORES[strategy])}. Each caption names the class the method predicts '
+                 f'(often wrong for exactly these images); the reason column of {esc(Path(out).name)} says why each '
+                 'image was chosen.</p>')
         after = steps("What to do next", suggest_steps(store, out, budget, data_root))
         sheet = write_sheet("Images to label next", f"{len(rows)} suggestions from {store} ({method}, {strategy})",
                             suggest_module.sheet_groups(rows), out, intro, after)
@@ -120,11 +121,10 @@ def audit(store: str, backbone: str | None = None, method: str = "auto", out: st
         beats it in cross-validation on the labels).
     out : str
         The CSV to write: rank, id, path, given, suggested, label_quality, is_label_issue, lowest label quality first.
-        label_quality is cleanlab's normalized margin of the out-of-fold probabilities, (p_given − p_other + 1) / 2
-        (lower = worse; below 0.5 another class is more probable than the given one). is_label_issue: another class
-        leads the given one by at least as much as the model typically leads with the labels it agrees with (and by
-        0.1 or more); nothing is flagged when the model agrees with under half of the given labels (too weak to
-        judge: the command and the page say so).
+        label_quality is cleanlab's self-confidence: the out-of-fold probability of the given label (lower = worse).
+        is_label_issue marks the n lowest, n the number of labels that another class leads by at least as much as
+        the model typically leads with the labels it agrees with (and by 0.1 or more); nothing is flagged when the
+        model agrees with under half of the given labels (too weak to judge: the command and the page say so).
     folds : int
         Stratified folds over the labeled images (each class needs at least 2 labels).
     seed : int
@@ -157,9 +157,10 @@ def audit(store: str, backbone: str | None = None, method: str = "auto", out: st
 
         intro = "".join(f'<p class="{"caution" if note.startswith("caution") else "meta"}">{esc(note)}</p>'
                         for note in notes)  # the page says what the command line says, the caution included
-        intro += ('<p>label_quality is cleanlab\'s normalized margin of the out-of-fold probabilities, (p_given − '
-                  'p_other + 1) / 2: 0 when another class is certain, 0.5 a tie, 1 when the given label is certain. '
-                  'Lowest first; flagged labels (is_label_issue) are the top of the ranking.</p>')
+        intro += ("<p>label_quality is cleanlab's self-confidence: the probability of the given label from a model "
+                  "that did not see it (out-of-fold), lower = worse. Lowest first; the flagged labels "
+                  "(is_label_issue) are the top of the ranking, as many as the labels another class clearly leads."
+                  "</p>")
         after = steps("What to do next", audit_steps(store, out, data_root))
         sheet = write_sheet("Labels that look wrong", f"{len(rows)} labeled images of {store} ({method})",
                             audit_module.sheet_groups(rows), out, intro, after)

@@ -179,18 +179,16 @@ def write_csv(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Path
 
 
 def sheet_groups(rows: list[dict]) -> list[tuple[str, list[tuple[str, str]]]]:
-    """Groups of the HTML contact sheet: the suggestions grouped by predicted class (classes in the order of their
-    best rank), each image captioned with its rank, its id (the file to label) and its score.
+    """The HTML contact sheet's one group: the suggestions in rank order, each captioned with its rank, its id (the
+    file to label), the class the method predicts and its score.
 
     Returns
     -------
     list of (group title, [(image path, caption), ...])
     """
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for row in rows:
-        caption = f"#{row['rank']} {display_id(row['id'])} (score {row['score']:.2f})"
-        groups.setdefault(str(row["predicted"]), []).append((row["path"], caption))
-    return [(f"predicted {name} ({len(items)})", items) for name, items in groups.items()]
+    items = [(row["path"], f"#{row['rank']} {display_id(row['id'])}: predicted {row['predicted']} (score "
+                           f"{row['score']:.2f})") for row in rows]
+    return [(f"images to label, highest score first ({len(items)})", items)] if items else []
 
 
 def suggest_command(store: str, backbone: str | None = None, method: str = "labelprop", budget: int = 20,

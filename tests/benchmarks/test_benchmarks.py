@@ -272,3 +272,18 @@ def test_plot_shows_one_label_count_as_bars_and_keeps_equal_methods_apart(tmp_pa
     lines = [container.lines[0] for container in figures[1].axes[0].containers]  # errorbar: the data lines
     xs = {tuple(round(float(x), 6) for x in line.get_xdata()) for line in lines}
     assert len(lines) == 3 and len(xs) == 3  # three methods with equal scores, three visible positions
+
+
+def test_audit_table_pools_flag_precision_and_says_when_the_model_was_too_weak():
+    from benchmarks.audit import markdown, summarise
+
+    base = {"labeled": 50, "flips": 5, "precision_at_k": 0.4, "agreement": 0.4, "flag_recall": 0.0,
+            "acc_clean": 0.8, "acc_noisy": 0.7, "acc_cleaned": 0.7}
+    weak = summarise([{**base, "seed": s, "judged": False, "flagged": 0, "flag_hits": 0, "flag_precision": None}
+                      for s in range(2)])
+    strong = summarise([{**base, "seed": 0, "judged": True, "flagged": 4, "flag_hits": 3, "flag_precision": 0.75},
+                        {**base, "seed": 1, "judged": True, "flagged": 0, "flag_hits": 0, "flag_precision": None}])
+    assert weak["flag_precision"] is None and strong["flag_precision"] == 0.75
+    table = markdown({"weak": weak, "strong": strong}, {"shots": 5, "noise": 0.1, "method": "labelprop", "folds": 5,
+                                                        "refit": "labelprop", "seeds": 2})
+    assert "(—, 0.00 ± 0.00; 2 seed(s) too weak to judge)" in table and "(0.75, 0.00 ± 0.00)" in table

@@ -55,6 +55,8 @@ def test_the_store_keeps_folder_names_and_prompts_read_display_names(clip_store,
     run("store", "info", store, "--json")
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert info["classes"] == CLASSES and info["display_names"] == ["cat", "musical instrument"]
+    run("store", "info", store)
+    assert "display names: cat, musical instrument" in capsys.readouterr().out
     with FeatureStore(store) as fs:
         text, templates, _ = fs.text(spec)  # (C, T, D)
         assert pipeline.store_context(fs, spec)["class_names"] == ["cat", "musical instrument"]

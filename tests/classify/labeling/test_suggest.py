@@ -109,11 +109,9 @@ def test_store_suggestions_come_from_the_pool_only(tmp_path, capsys):
     assert sorted(r[3] for r in table[1:]) == ["cat", "cat", "dog", "dog", "fox", "fox"]
     assert "suggested 6 images" in summary and capsys.readouterr().out == ""  # the library says, the CLI prints
     groups = active.sheet_groups(written)
-    assert [title.split(" (")[0] for title, _ in groups] == [f"predicted {n}" for n in dict.fromkeys(
-        r["predicted"] for r in written)]
-    assert sum(len(items) for _, items in groups) == 6
-    assert all(p.startswith("/data/unlabeled/") and caption.startswith("#") for _, items in groups
-               for p, caption in items)
+    assert len(groups) == 1 and [caption.split(" ")[0] for _, caption in groups[0][1]] == [f"#{k}" for k in range(1, 7)]
+    assert all(p.startswith("/data/unlabeled/") and f"predicted {r['predicted']} " in caption
+               for (p, caption), r in zip(groups[0][1], written))
 
 
 def test_store_errors(tmp_path):
