@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from classify import pipeline
-from classify.labeling.audit import audit_arrays, out_of_fold_proba
+from classify.labeling.audit import MIN_AGREEMENT, audit_arrays, out_of_fold_proba
 from classify.labeling.selection import duplicate_free
 from classify.labeling.suggest import suggest_arrays
 from classify.methods.features import UNLABELED
@@ -111,18 +111,20 @@ def audit(snap: Snapshot, method: str, params: dict | None, seed: int) -> dict:
     Returns
     -------
     dict
-        ``items`` (flagged rows, most suspect first: ``pos``, ``given``, ``suggested``, ``score``), ``agreement``,
-        ``note`` (one line), ``version``.
+        ``items`` (flagged rows, most suspect first: ``pos``, ``given``, ``suggested``, ``score`` = cleanlab's label
+        quality, lower = worse), ``agreement``, ``note`` (one line), ``version``.
     """
     result = audit_arrays(snap.X, snap.y, method, params, AUDIT_FOLDS, seed, snap.context, snap.classes)
-    items = [{"pos": int(i), "given": snap.classes[int(g)], "suggested": snap.classes[int(s)], "score": float(sc)}
-             for i, g, s, sc, f in zip(result.index, result.given, result.suggested, result.score, result.flagged)
+    items = [{"pos": int(i), "given": snap.classes[int(g)], "suggested": snap.classes[int(s)], "score": float(q)}
+             for i, g, s, q, f in zip(result.index, result.given, result.suggested, result.label_quality,
+                                      result.is_label_issue)
              if f]
-    note = (f"{len(items)} of {result.index.size} labels look wrong ({result.folds}-fold out-of-fold {method}, "
-            "confident learning)")
-    if result.agreement < 0.7:
-        note += (f"; caution: the out-of-fold predictions agree with only {100 * result.agreement:.0f} % of the "
-                 "labels, so many flags may be the model's mistakes")
+    how = f"{result.folds}-fold out-of-fold {method}, agreeing with {100 * result.agreement:.0f} % of the labels"
+    if result.judged:
+        note = f"{len(items)} of {result.index.size} labels look wrong ({how}); score: cleanlab's label quality"
+    else:
+        note = (f"no label flagged ({how}): the out-of-fold predictions agree with under {100 * MIN_AGREEMENT:.0f} % "
+                "of the labels, too few to tell a wrong label from the model's own mistakes; add labels first")
     return {"items": items, "agreement": result.agreement, "note": note, "version": snap.version}
 
 

@@ -298,7 +298,7 @@ function suspectCard(s) {
   return el("div", {class: "suspect", "data-id": s.id}, thumb(s.thumb, "", s.id),
     el("div", {class: "id", text: s.id}),
     el("div", {text: `given ${s.given}, the model says ${s.suggested}`}),
-    el("div", {class: "meta", text: `suspicion ${s.score.toFixed(2)}`}),
+    el("div", {class: "meta", text: `label quality ${s.score.toFixed(2)}`}),
     el("div", {class: "row"},
       el("button", {type: "button", class: "keep", onclick: () => decide("/api/keep", {id: s.id})}, `keep ${s.given}`),
       el("button", {type: "button", class: "fix", onclick: () => decide("/api/answer", {id: s.id, label: s.suggested})},
