@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     from benchmarks.active import active  # imported here: they load numpy, which the other commands need not
     from benchmarks.audit import audit
+    from benchmarks.label_loop import label_loop
 
     run_cli({"embed": embed, "ray": ray, "run": run, "finetune": finetune, "labelprop-scale": labelprop_scale,
-             "active": active, "audit": audit}, argv, name="python -m benchmarks")
+             "active": active, "audit": audit,
+             "label-loop": label_loop}, argv, name="python -m benchmarks")

@@ -139,6 +139,16 @@ def _undo(fs: FeatureStore) -> LabelChanges:
                    entries["old_split"].astype(np.uint8), "undo", None, undoes=target)
 
 
+def undoable(store_path: str | Path) -> list[dict]:
+    """The history entries (as :func:`label_history` gives them) of the batch :func:`undo_last` would revert now;
+    empty when there is nothing to undo."""
+    with FeatureStore(store_path) as fs:
+        if fs.version < 2:
+            return []
+        target = _last_active_batch(labellog.read_log(fs._f))
+        return [e for e in _history(fs) if e["batch"] == target] if target is not None else []
+
+
 def label_history(store_path: str | Path) -> list[dict]:
     """Every label change of a store, oldest first.
 

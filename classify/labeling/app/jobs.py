@@ -2,6 +2,12 @@
 answering never waits for it: the next batch (``suggest``'s pick: the method fitted on the labels so far), the
 cross-validated accuracy of the method on those labels, and ``audit``'s suspected wrong labels. One worker thread runs
 them in turn (:class:`Worker`).
+
+On a large pool the pick and the accuracy fit on every label plus a seeded subsample of at most :data:`FIT_CAP`
+unlabeled rows (:class:`CappedFit`): semi-supervised methods (and ``auto``, which cross-validates them) cost time in
+proportion to the rows they fit, and a few ten thousand unlabeled rows already carry the pool's structure. The pick
+still scores every pool row with the fitted estimator's ``predict_proba``. The audit (asked for, not run after each
+batch) fits on every row, as ``classify audit`` does.
 """
 from __future__ import annotations
 
@@ -13,6 +19,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from classify import pipeline
 from classify.labeling.audit import MIN_AGREEMENT, audit_arrays, out_of_fold_proba
@@ -27,6 +35,61 @@ log = logging.getLogger(__name__)
 CV_FOLDS = 3
 #: folds of the audit, as ``classify audit``'s default
 AUDIT_FOLDS = 5
+#: unlabeled rows that join a fit of the pick and accuracy jobs at most (a seeded subsample beyond it)
+FIT_CAP = 20_000
+
+
+def fit_rows(y: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """(k,) sorted row indices a capped fit sees: every labeled row and at most ``cap`` unlabeled rows, drawn with
+    ``seed`` (all of them when there are no more)."""
+    unlabeled = np.flatnonzero(y == UNLABELED)
+    if unlabeled.size > cap:
+        unlabeled = np.random.default_rng(seed).choice(unlabeled, cap, replace=False)
+    return np.sort(np.concatenate([np.flatnonzero(y != UNLABELED), unlabeled]))
+
+
+class CappedFit(ClassifierMixin, BaseEstimator):
+    """``estimator`` fitted on every labeled row and at most ``cap`` unlabeled rows (:func:`fit_rows`); it predicts
+    any row. Fitted attributes of the inner estimator (``auto``'s ``cv_results_``, ``chosen_``...) are read through.
+
+    Parameters
+    ----------
+    estimator : estimator
+        Cloned and fitted on the capped rows.
+    cap : int
+        Unlabeled rows in the fit at most.
+    seed : int
+        Seeds the subsample.
+    """
+
+    def __init__(self, estimator=None, cap: int = FIT_CAP, seed: int = 0):
+        self.estimator, self.cap, self.seed = estimator, cap, seed
+
+    def fit(self, X, y):
+        from sklearn.base import clone
+
+        y = np.asarray(y)
+        rows = fit_rows(y, self.cap, self.seed)
+        self.estimator_ = clone(self.estimator).fit(np.asarray(X)[rows], y[rows])
+        self.classes_ = self.estimator_.classes_
+        self.n_fit_rows_ = int(rows.size)
+        return self
+
+    def predict_proba(self, X):
+        return self.estimator_.predict_proba(X)
+
+    def predict(self, X):
+        return self.estimator_.predict(X)
+
+    def __getattr__(self, name):
+        if name.endswith("_") and not name.startswith("__") and "estimator_" in self.__dict__:
+            return getattr(self.__dict__["estimator_"], name)
+        raise AttributeError(name)
+
+
+def capped(method: str, params: dict | None, context: dict, seed: int):
+    """The method as the pick and accuracy jobs fit it (:class:`CappedFit` at :data:`FIT_CAP`)."""
+    return CappedFit(pipeline.build(method, params, context), FIT_CAP, seed)
 
 
 @dataclass
@@ -69,7 +132,7 @@ def pick_batch(snap: Snapshot, method: str, params: dict | None, size: int, seed
         picked = np.random.default_rng(seed + snap.version).choice(np.flatnonzero(open_rows), budget, replace=False)
         note = "a random batch: fewer than two classes have labels, so no method can be fitted yet"
         return [{"pos": int(i), "predicted": "", "score": 0.0, "reason": "random draw"} for i in picked], note, None
-    estimator = pipeline.build(method, params, snap.context)
+    estimator = capped(method, params, snap.context, seed)
     sel = suggest_arrays(snap.X, snap.y, budget, estimator, None, seed, open_rows, "diverse", snap.keys, None,
                          snap.classes)
     items = [{"pos": int(i), "predicted": snap.classes[int(c)], "score": float(s), "reason": r}
@@ -97,7 +160,7 @@ def accuracy(snap: Snapshot, estimator, method: str, params: dict | None, seed: 
     if np.unique(snap.y[snap.y != UNLABELED]).size < 2:
         return {**result, "detail": "not measured: fewer than two classes have labels"}
     try:
-        labeled, proba, classes, k = out_of_fold_proba(snap.X, snap.y, pipeline.build(method, params, snap.context),
+        labeled, proba, classes, k = out_of_fold_proba(snap.X, snap.y, capped(method, params, snap.context, seed),
                                                        CV_FOLDS, seed, snap.classes)
     except UserError as err:
         return {**result, "detail": f"not measured: {err}"}

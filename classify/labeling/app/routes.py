@@ -6,6 +6,7 @@
 ``GET /api/state``          what the page shows (:meth:`LabelSession.view`): classes, batch, accuracy, busy
 ``POST /api/answer``        ``{"id": ..., "label": ..., "new_class": false}``: saved before the reply
 ``POST /api/skip``          ``{"id": ...}``
+``POST /api/undo``          ``{}``: revert this app's last answer (the answers CSV gets a line saying so)
 ``GET /api/audit``          ``?offset=0&limit=24&refresh=0``: a page of suspected wrong labels
 ``POST /api/keep``          ``{"id": ...}``: keep a suspected label (fixing it is an answer)
 ``GET /thumb/{row}``        the JPEG thumbnail of store row ``row``
@@ -98,6 +99,9 @@ def create_app(session: LabelSession, allowed_hosts: list[str] | None = None) ->
     async def skip(request: Request) -> Response:
         return await post(request, lambda d: session.skip(d.get("id")))
 
+    async def undo(request: Request) -> Response:
+        return await post(request, lambda d: session.undo())
+
     async def keep(request: Request) -> Response:
         return await post(request, lambda d: session.keep(d.get("id")))
 
@@ -126,6 +130,7 @@ def create_app(session: LabelSession, allowed_hosts: list[str] | None = None) ->
 
     routes = [Route("/", index), Route("/api/state", state), Route("/api/answer", answer, methods=["POST"]),
               Route("/api/skip", skip, methods=["POST"]), Route("/api/keep", keep, methods=["POST"]),
+              Route("/api/undo", undo, methods=["POST"]),
               Route("/api/audit", audit), Route("/thumb/{row:int}", thumb),
               Mount("/static", StaticFiles(directory=STATIC), name="static")]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []

@@ -73,6 +73,7 @@ class LabelSession:
         self.audit_result: dict | None = None
         self._picking = False
         self._counted: tuple | None = None
+        self._undo_cache: tuple | None = None
         self._lock = threading.RLock()
         self._replay()
         self._restore_batch()
@@ -128,6 +129,40 @@ class LabelSession:
             self.state.applied = self.log.count
             self.version += 1
             self._mark(image_id, answer=label)
+            self._save()
+            return self.view()
+
+    def undo(self) -> dict:
+        """Revert this app's last answer not undone yet (:func:`store.labels.undo_last`): the answers CSV first gets a
+        line giving the image the label it had before (empty: unlabeled again), so a restart's replay leaves it
+        undone; the image is open again in its batch. A UserError when the store's last change is not an answer
+        given here (another tool's change is undone with ``python -m store label --undo``) or nothing is left."""
+        from store.labels import undo_last, undoable
+
+        with self._lock:
+            entries = undoable(self.data.path)
+            if not entries:
+                raise UserError("nothing to undo: the store's label history has no answer left that is not undone")
+            if entries[0]["source"] != SOURCE or len(entries) != 1:
+                raise UserError(f"the store's last change was made by {entries[0]['source']!r}, not by an answer "
+                                f"here; undo it with `python -m store label --store {self.data.path} --undo`")
+            image_id, old = entries[0]["id"], entries[0]["old"]
+            before = self.log.append(image_id, old, now())
+            try:
+                undo_last(self.data.path)
+            except (UserError, OSError) as err:
+                self.log.truncate(before)
+                if isinstance(err, OSError) and "unable to lock file" in str(err):
+                    err = open_error(self.data.path, err)
+                raise StoreRefused(f"not undone: {one_line(err)}") from None
+            i = self.data.position[image_id]
+            self.data.labels[i] = self.data.classes.index(old) if old else -1
+            self.data.splits[i] = "unlabeled" if entries[0]["old_split"] == "unlabeled" else self.data.splits[i]
+            self.state.applied = self.log.count
+            self.version += 1
+            for item in self.state.batch:
+                if item["id"] == image_id:
+                    item["answer"], item["skipped"] = None, False
             self._save()
             return self.view()
 
@@ -295,7 +330,19 @@ class LabelSession:
                     "labels": int(counts.sum()), "pool": int(pool), "skipped": len(self.state.skipped),
                     "batch": {"number": self.state.batch_number, "note": self.state.batch_note, "items": items},
                     "busy": busy[0] if busy else None, "error": self.error, "accuracy": self.state.accuracy,
-                    "version": self.version}
+                    "version": self.version, "undo": self._undo_preview()}
+
+    def _undo_preview(self) -> dict | None:
+        """The answer the undo button would revert (``id``, ``label``), or None; read from the store's history once
+        per answer or undo (the page asks every second)."""
+        from store.labels import undoable
+
+        if self._undo_cache is None or self._undo_cache[0] != self.version:
+            entries = undoable(self.data.path)
+            preview = ({"id": entries[0]["id"], "label": entries[0]["new"]}
+                       if len(entries) == 1 and entries[0]["source"] == SOURCE else None)
+            self._undo_cache = (self.version, preview)
+        return self._undo_cache[1]
 
     def _summary(self) -> tuple:
         """Labels per class and images left to label: whole-store counts, made again only after a change (the

@@ -68,6 +68,8 @@ function applyView(view) {
     const all = items();
     app.current = Math.max(0, all.findIndex(isOpen));
   }
+  $("undo").disabled = !view.undo;
+  $("undo").title = view.undo ? `revert the last answer: ${view.undo.id} → ${view.undo.label}` : "no answer to undo";
   render();
 }
 
@@ -118,6 +120,19 @@ function skip() {
   const item = items()[app.current];
   if (!item) return;
   send("/api/skip", {id: item.id}, item, {answer: null, skipped: true});
+}
+
+async function undo() {
+  if (app.pending || !app.view || !app.view.undo) return;
+  try {
+    const view = await api("/api/undo", {});
+    const id = app.view.undo.id;
+    app.local.delete(id);
+    showMessage("");
+    applyView(view);
+    const back = items().findIndex((it) => it.id === id);
+    if (back >= 0) { app.current = back; render(); }  // the undone image is on screen again
+  } catch (err) { showMessage(err.message); }
 }
 
 // ------------------------------------------------------------------------------------------------ drawing
@@ -254,6 +269,7 @@ function onKey(event) {
     const k = Number(event.key) - 1;
     if (k < shown.length) { event.preventDefault(); answer(shown[k].name); }
   } else if (event.key === "0") { event.preventDefault(); skip(); }
+  else if (event.key === "Backspace") { event.preventDefault(); undo(); }
   else if (event.key === "ArrowRight" || event.key === "ArrowLeft") {
     event.preventDefault();
     const n = items().length;
@@ -319,6 +335,7 @@ function route() {
 }
 
 $("skip").addEventListener("click", skip);
+$("undo").addEventListener("click", undo);
 $("new-class").addEventListener("click", () => { $("filter").focus(); showMessage(""); });
 $("filter").addEventListener("input", () => { app.highlight = 0; render(); });
 $("audit-prev").addEventListener("click", () => { app.auditOffset = Math.max(0, app.auditOffset - app.auditLimit); loadAudit(); });
