@@ -49,7 +49,7 @@ import numpy as np
 
 from store.atomic import temporary_path
 from store.h5store import ERROR, OK, FeatureStore, display_id, image_list_sha256, open_for_images
-from store.layout import stays_inside
+from store.layout import rows_sha256, stays_inside
 from store.shard_format import (REWRITE, SHARDS_FORMAT, ShardWriter, check_npy, check_same_run, l2_normalize_rows,
                                 read_meta, read_table, shard_rows)
 from store.writers import Batch, StoreWriter, write_batches
@@ -250,7 +250,8 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
         n = int(index.size)
         meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
         fingerprint = fs.fingerprint if keep.all() else image_list_sha256(ids, splits, labels, fs.classes)
-        meta.update(image_list_sha256=fingerprint, classes=fs.classes, display_names=fs.display_names, root=fs.root,
+        meta.update(image_list_sha256=fingerprint, rows_sha256=rows_sha256(ids), classes=fs.classes,
+                    display_names=fs.display_names, root=fs.root,
                     n_images=n, shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),
                     normalized=bool(normalize) or bool(prov["preprocessing"].get("l2_normalized")),
                     dtype="float16" if normalize else str(prov["dtype"]))
