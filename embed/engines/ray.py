@@ -151,14 +151,14 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
         Storage type of the features in the shards (and in the store they are imported into).
     """
     from embed.backbones import load_backbone
-    from embed.templates import DEFAULT_TEMPLATES
+    from embed.templates import default_templates
 
     if shard_size < 1 or batch_size < 1:
         raise UserError("--shard-size and --batch-size must be at least 1")
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype must be float32 or float16, not {dtype!r}")
-    templates = list(templates or DEFAULT_TEMPLATES)
     backbone = load_backbone(spec, image_size=image_size)  # provenance, text side and head: once, on the driver
+    templates = list(templates or (default_templates() if backbone.logit_scale is not None else ()))
     writer = ShardWriter(folder, shard_meta(images, backbone, shard_size, templates, dtype), images.ids,
                          images.splits, images.labels)
     _write_side_arrays(writer, backbone, list(images.display_names), templates)  # prompts read display names
