@@ -1,23 +1,30 @@
 """Prompt templates for CLIP zero-shot text embeddings: format strings with exactly one ``{}`` for the class name."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES
 from store.validation import UserError
 
-__all__ = ["DEFAULT_TEMPLATES", "load_templates", "check_template"]
+__all__ = ["default_templates", "load_templates", "check_template"]
 
 
 def _dedupe(templates) -> list[str]:
     return list(dict.fromkeys(templates))
 
 
-#: 'a photo of a {}.', 'a stylized {}.' and open_clip's SIMPLE_IMAGENET_TEMPLATES (lambdas there, recovered as
-#: format strings by calling each with ``"{}"``), in that order, without duplicates.
-DEFAULT_TEMPLATES: list[str] = _dedupe(
-    ["a photo of a {}.", "a stylized {}."] + [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
-)
+@functools.cache
+def _defaults() -> tuple[str, ...]:
+    from open_clip.zero_shot_metadata import SIMPLE_IMAGENET_TEMPLATES  # imports open_clip: only when asked for
+
+    return tuple(_dedupe(["a photo of a {}.", "a stylized {}."] + [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]))
+
+
+def default_templates() -> list[str]:
+    """'a photo of a {}.', 'a stylized {}.' and open_clip's SIMPLE_IMAGENET_TEMPLATES (lambdas there, recovered as
+    format strings by calling each with ``"{}"``), in that order, without duplicates. Importing open_clip costs
+    seconds, so only a run of a backbone with a text side asks for them."""
+    return list(_defaults())
 
 
 def check_template(template: str) -> str:

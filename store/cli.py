@@ -61,8 +61,9 @@ def label(store: str, labels: str | None = None, add_classes: bool = False, undo
         The feature store (.h5) written by `python -m embed run`.
     labels : str
         A CSV of answers with a header row naming the columns id and label (others are ignored); ids as `store info`
-        and predictions.csv name them, an empty label for unlabeled. Applied as one batch; a bad row (an unknown id
-        or class) changes nothing.
+        and predictions.csv name them, an empty label for unlabeled. An id on several lines takes its last line's
+        label, so the label app's answers CSV (id,label,time; a corrected answer is a later line) reads as it is.
+        Applied as one batch; a bad row (an unknown id or class) changes nothing.
     add_classes : bool
         Add the classes the answers name that the store lacks (without it they are refused).
     undo : bool

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import logging
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from store.layout import SPLITS, display_id, is_validation_id
 from store.structure import MAX_CLASSES, check_id_lengths
 from store.outputs import read_csv
 from store.validation import UserError, close_matches, did_you_mean, one_line
+
+log = logging.getLogger(__name__)
 
 TRAIN, UNLABELED, TEST = (SPLITS.index(s) for s in ("train", "unlabeled", "test"))
 
@@ -185,8 +188,10 @@ def _history(fs: FeatureStore) -> list[dict]:
 
 def read_answers(path: str | Path) -> dict[str, str | None]:
     """Answers from a CSV with a header row naming an ``id`` and a ``label`` column (others are ignored): id -> class
-    name, None where the label is empty. Cells are read as the suite writes them (:func:`store.outputs.read_csv`);
-    an id answered twice with different labels is refused, naming both lines."""
+    name, None where the label is empty. Cells are read as the suite writes them (:func:`store.outputs.read_csv`).
+
+    An id on several lines takes its last line's label: the label app's answers CSV (``id,label,time``) logs a
+    corrected answer as a later line of the same id. How many ids were answered more than once is logged."""
     source = Path(path).expanduser()
     if not source.is_file():
         raise FileNotFoundError(f"--labels file {source} does not exist; pass a CSV with the columns id,label")
@@ -201,19 +206,20 @@ def read_answers(path: str | Path) -> dict[str, str | None]:
                         f"{','.join(rows[0])[:80] if rows else 'empty'!r}); write `id,label` as its first line")
     at, label_at = header.index("id"), header.index("label")
     answers: dict[str, str | None] = {}
-    line_of: dict[str, int] = {}
+    again: set[str] = set()
     for line, cells in enumerate(rows[1:], start=2):
         if not any(cell.strip() for cell in cells):
             continue
         if len(cells) <= max(at, label_at):
             raise UserError(f"--labels file {source} line {line} has {len(cells)} cell(s), fewer than its header")
         image_id, label = cells[at], cells[label_at] or None
-        if image_id in answers and answers[image_id] != label:
-            raise UserError(f"--labels file {source} answers {display_id(image_id)!r} twice, differently (lines "
-                            f"{line_of[image_id]} and {line}); keep one of them")
-        answers[image_id], line_of[image_id] = label, line
+        if image_id in answers:
+            again.add(image_id)
+        answers[image_id] = label
     if not answers:
         raise UserError(f"--labels file {source} lists no answers; expected rows id,label after its header")
+    if again:
+        log.info("%s: %d id(s) answered more than once; the last answer of each is taken", source, len(again))
     return answers
 
 

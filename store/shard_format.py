@@ -6,6 +6,7 @@ looks complete, and a failed write (disk full) removes its temporary file.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Sequence
@@ -30,6 +31,7 @@ META_KEYS = {"spec": str, "weights_sha256": str, "weights_source": str, "preproc
 OPTIONAL_KEYS = {
     "root": (lambda v: isinstance(v, str), "text"),
     "image_list_sha256": (lambda v: isinstance(v, str), "text"),
+    "rows_sha256": (lambda v: isinstance(v, str), "text"),
     "templates": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_TEMPLATES, f"a list of 1 to {MAX_TEMPLATES} strings"),
     "logit_scale": (lambda v: v is None or isinstance(v, (int, float)) and not isinstance(v, bool), "a number or null"),
     "head_classes": (lambda v: list_of_str(v) and 0 < len(v) <= MAX_CLASSES, f"a list of 1 to {MAX_CLASSES} strings"),
@@ -38,8 +40,12 @@ OPTIONAL_KEYS = {
 }
 #: Largest meta.json read (it lists the images left out of a normalised export).
 MAX_META_BYTES = 64 << 20
-# meta.json keys two runs writing into the same folder must agree on.
-RESUME_KEYS = ("spec", "weights_sha256", "preprocessing", "image_list_sha256", "shard_size", "normalized", "dtype")
+# meta.json keys two runs writing into the same folder must agree on: the rows (ids) and the features' origin. Labels
+# are metadata: a run with other labels, splits or classes takes the folder over (:meth:`ShardWriter.relabel`).
+RESUME_KEYS = ("spec", "weights_sha256", "preprocessing", "rows_sha256", "shard_size", "normalized", "dtype")
+# meta.json keys of the label state (what a run with other labels rewrites).
+LABEL_KEYS = ("image_list_sha256", "classes", "display_names", "root")
+log = logging.getLogger(__name__)
 HEX64 = re.compile(r"[0-9a-f]{64}")
 REWRITE = ("rerun the command that wrote the folder (`python -m embed run --engine ray` rewrites shards whose done/N "
            "marker you delete; `python -m store export` rewrites all)")
@@ -110,14 +116,33 @@ class ShardWriter:
         except OSError as err:
             raise UserError(f"cannot create the shard folder {self.folder} ({one_line(err)}); choose a writable "
                              "folder") from err
-        meta_path = self.folder / "meta.json"
-        if meta_path.is_file():
-            check_same_run(self.folder, meta)
-        else:
-            _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
         self.meta = meta
         self._ids, self._splits, self._labels = ids, splits, np.asarray(labels, dtype=np.int64)
         self._pending: dict[int, list[Batch]] = {}
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            _atomic(meta_path, lambda p: p.write_text(json.dumps({"format": SHARDS_FORMAT, **meta}, indent=1)))
+        elif any(check_same_run(self.folder, meta).get(key) != meta.get(key) for key in LABEL_KEYS):
+            self.relabel()
+
+    def relabel(self) -> None:
+        """Give the finished shards this run's splits and labels, then ``meta.json`` its label state (classes,
+        display names, ``image_list_sha256``): the features stay. A run killed in between does it again."""
+        pa, pq = pyarrow_modules()
+        size, n = int(self.meta["shard_size"]), int(self.meta["n_images"])
+        finished = [s for s in range(int(self.meta["n_shards"])) if self.done(s)]
+        for s in finished:
+            path, rows = self.folder / "metadata" / f"metadata_{s}.parquet", shard_rows(s, size, n)
+            read_table(path, rows.size)  # checked first: a damaged table is one line, not a pyarrow trace
+            table = pq.read_table(path)
+            for name, column in (("split", pa.array([str(self._splits[r]) for r in rows])),
+                                 ("label", pa.array(self._labels[rows], type=pa.int64()))):
+                table = table.set_column(table.schema.get_field_index(name), name, column)
+            _atomic(path, lambda p, t=table: pq.write_table(t, p))
+        text = json.dumps({"format": SHARDS_FORMAT, **self.meta}, indent=1)
+        _atomic(self.folder / "meta.json", lambda p: p.write_text(text))
+        log.info("%s: labels changed since its shards were written; relabelled %d finished shard(s)", self.folder,
+                 len(finished))
 
     def done(self, n: int) -> bool:
         """Whether shard ``n`` is complete."""
@@ -177,13 +202,17 @@ class ShardWriter:
         _atomic(self.folder / "done" / str(n), lambda p: p.write_text(""))
 
 
-def check_same_run(folder: Path, meta: dict) -> None:
-    """ValueError unless the shard folder ``folder`` holds shards of the run ``meta`` describes (see RESUME_KEYS)."""
+def check_same_run(folder: Path, meta: dict) -> dict:
+    """The ``meta.json`` of the shard folder ``folder``; ValueError unless it holds shards of the run ``meta``
+    describes (the same rows and features' origin, see RESUME_KEYS). A folder written before ``rows_sha256`` was
+    recorded is compared by its ``image_list_sha256`` (ids with their labels) instead."""
     old = read_meta(folder)
-    for key in RESUME_KEYS:
+    keys = RESUME_KEYS if "rows_sha256" in old else [k.replace("rows_", "image_list_") for k in RESUME_KEYS]
+    for key in keys:
         if old.get(key) != meta.get(key):
             raise UserError(f"{folder} holds shards of another run (different {key}: {old.get(key)!r}); use a new "
                              "folder, or delete this one")
+    return old
 
 
 def read_meta(folder: str | Path) -> dict:

@@ -3,8 +3,9 @@
 Layout of a shard folder::
 
     meta.json                          provenance: format, spec, weights_sha256, weights_source, preprocessing,
-                                       versions, classes, root, image_list_sha256, n_images, shard_size, n_shards, dim,
-                                       normalized, dtype; optional templates + logit_scale, head_classes, prob_classes
+                                       versions, classes, root, image_list_sha256, rows_sha256, n_images, shard_size,
+                                       n_shards, dim, normalized, dtype; optional templates + logit_scale,
+                                       head_classes, prob_classes
     text_emb.npy                       optional CLIP text embeddings (C, T, D) float32
     head_weight.npy, head_bias.npy     optional classifier head of the backbone
     img_emb/img_emb_{N}.npy            (rows of shard N, D) features (zeros for failed images)
@@ -24,7 +25,9 @@ Two kinds of folder, told apart by ``normalized`` in meta.json:
   features, and applied to unit vectors it would give near-uniform probabilities.
 
 Shard N holds store rows ``[N * shard_size, (N + 1) * shard_size)``. Folders of format 1 (before raw features)
-read as normalised.
+read as normalised. A run resumes a folder of the same rows (``rows_sha256``) and features' origin; labels are
+metadata, so a run with other labels, splits or classes rewrites them in the finished shards' metadata and meta.json
+(``image_list_sha256`` names that label state).
 
 File names: ``id`` is a string column (Arrow strings are UTF-8), holding :func:`store.display_id` of each id, so
 names that are not UTF-8 read as ``\\xNN``. Those exact bytes then travel in ``id_bytes``, which the import prefers.
@@ -49,7 +52,7 @@ import numpy as np
 
 from store.atomic import temporary_path
 from store.h5store import ERROR, OK, FeatureStore, display_id, image_list_sha256, open_for_images
-from store.layout import stays_inside
+from store.layout import rows_sha256, stays_inside
 from store.shard_format import (REWRITE, SHARDS_FORMAT, ShardWriter, check_npy, check_same_run, l2_normalize_rows,
                                 read_meta, read_table, shard_rows)
 from store.writers import Batch, StoreWriter, write_batches
@@ -250,7 +253,8 @@ def export_shards(store_path: str | Path, spec: str, folder: str | Path, shard_s
         n = int(index.size)
         meta = {key: prov[key] for key in ("spec", "weights_sha256", "weights_source", "preprocessing", "versions")}
         fingerprint = fs.fingerprint if keep.all() else image_list_sha256(ids, splits, labels, fs.classes)
-        meta.update(image_list_sha256=fingerprint, classes=fs.classes, display_names=fs.display_names, root=fs.root,
+        meta.update(image_list_sha256=fingerprint, rows_sha256=rows_sha256(ids), classes=fs.classes,
+                    display_names=fs.display_names, root=fs.root,
                     n_images=n, shard_size=shard_size, n_shards=-(-n // shard_size), dim=int(prov["dim"]),
                     normalized=bool(normalize) or bool(prov["preprocessing"].get("l2_normalized")),
                     dtype="float16" if normalize else str(prov["dtype"]))

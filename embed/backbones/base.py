@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import abc
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import open_clip
 import timm
 import torch
 import torchvision
@@ -23,7 +23,7 @@ def _versions() -> dict[str, str]:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "timm": timm.__version__,
-        "open_clip": open_clip.__version__,
+        "open_clip": importlib.metadata.version("open_clip_torch"),  # without importing it (seconds, transformers)
     }
 
 

@@ -2,6 +2,9 @@
 
 Image features from ``encode_image``; the text tower gives class-prompt embeddings (``encode_text``) for zero-shot
 methods, and ``logit_scale`` is CLIP's learned temperature.
+
+open_clip (and transformers, which it imports) is imported by the functions that use it, only for ``clip:`` specs:
+the kind is registered when :mod:`embed.backbones` is imported, and a timm run should not pay seconds of imports.
 """
 from __future__ import annotations
 
@@ -14,7 +17,6 @@ from typing import Any, ClassVar
 from urllib.parse import urlparse
 
 import numpy as np
-import open_clip
 import torch
 
 from embed.backbones.base import Backbone, finish
@@ -102,11 +104,15 @@ def _clip_cached_weights(pcfg: dict, cache_dir: str | None = None) -> str | None
 
 def _cache_source(spec: BackboneSpec, offline: bool | None = None) -> WeightsPlan | None:
     """open_clip's local caches: the tag's ``file``, the Hugging Face hub cache, ``~/.cache/clip``."""
+    import open_clip
+
     cached = _clip_cached_weights(open_clip.get_pretrained_cfg(spec.name, spec.tag))
     return None if cached is None else WeightsPlan("cache", cached)
 
 
 def _where(spec: BackboneSpec) -> str:
+    import open_clip
+
     pcfg = open_clip.get_pretrained_cfg(spec.name, spec.tag)
     return pcfg.get("hf_hub") or pcfg.get("url") or "-"
 
@@ -135,6 +141,8 @@ class ClipKind(WeightsResolver):
 
     @staticmethod
     def parse(rest: str, path: str | None) -> BackboneSpec:
+        import open_clip
+
         arch, tag = (rest.split("/", 1) + [None])[:2] if "/" in rest else (rest, None)
         arch = arch.strip()
         if arch not in open_clip.list_models():
@@ -170,6 +178,8 @@ class ClipKind(WeightsResolver):
     def _create_kwargs(spec: BackboneSpec, plan: WeightsPlan, image_size: int | None) -> tuple[str, str, dict]:
         """``pretrained`` for ``open_clip.create_model`` (downloading it first when the plan says so), the
         ``weights_source`` to record, and the other keyword arguments."""
+        import open_clip
+
         kwargs: dict[str, Any] = {"device": "cpu"}
         if image_size is not None:
             kwargs["force_image_size"] = image_size
@@ -194,6 +204,8 @@ class ClipKind(WeightsResolver):
 
     @classmethod
     def load(cls, spec: BackboneSpec, device="cpu", image_size: int | None = None, offline: bool | None = None):
+        import open_clip
+
         pretrained, source, kwargs = cls._create_kwargs(spec, cls.resolve(spec, offline), image_size)
         try:
             model = open_clip.create_model(spec.name, pretrained=pretrained, **kwargs)

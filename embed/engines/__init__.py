@@ -42,7 +42,8 @@ def embed(images: ImageSet, store: str | Path, specs: Sequence[str], *, engine: 
 
         summary = embed_store(images, store, specs, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                               shards=shards, shard_size=shard_size, batch_size=batch_size, image_size=image_size,
-                              templates=templates, views=views, dtype=dtype, progress=progress)
+                              templates=templates, views=views, dtype=dtype, progress=progress,
+                              fresh=bool(synced and synced.rebuilt))
     else:
         from embed.engines.local import embed as embed_locally
 

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from embed.backbones import Backbone, load_backbone, resolve_weights
 from embed.images import DEFAULT_MAX_BYTES, load_image
 from embed.sources import ImageSet
-from embed.templates import DEFAULT_TEMPLATES
+from embed.templates import default_templates
 from store import ERROR, OK, FeatureStore, display_id, open_for_images
 from store.writers import Batch, StoreWriter, write_batches
 from store.validation import UserError
@@ -167,7 +167,7 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
     views : int
         Extra passes with random augmentation (alternating weak / strong), stored as ``views`` (N, V, D).
     templates : list of str, optional
-        Prompt templates for CLIP text embeddings (default :data:`embed.templates.DEFAULT_TEMPLATES`).
+        Prompt templates for CLIP text embeddings (default :func:`embed.templates.default_templates`).
     image_size : int, optional
         Override the backbone's input size (e.g. 112 for small images).
     seed : int
@@ -183,7 +183,7 @@ def embed(images: ImageSet, store_path: str | Path, backbones: Sequence[str], *,
         raise UserError("no backbone given; pass --backbone SPEC (e.g. timm:tf_efficientnet_lite0)")
     torch_device = resolve_device(device)
     workers = default_workers(torch_device) if workers is None else int(workers)
-    templates = list(templates or DEFAULT_TEMPLATES)
+    templates = list(templates or ())  # empty: the defaults, looked up by a backbone with a text side
     summary = RunSummary(store=Path(store_path))
     # Every download before the store exists: a failed one (after huggingface_hub's retries) leaves nothing behind.
     first = load_backbone(backbones[0], device=str(torch_device), image_size=image_size)
@@ -365,6 +365,7 @@ def _decode_worker_init(parent: int, worker_id: int) -> None:
 
 def _ensure_text(store: FeatureStore, backbone: Backbone, templates: list[str]) -> None:
     """CLIP text side: every class × every template, (C, T, D); recomputed only when the templates changed."""
+    templates = templates or default_templates()
     if store.has_text(backbone.spec) and store.text(backbone.spec)[1] == templates:
         return
     with torch.inference_mode():

@@ -17,6 +17,7 @@ bounds the rate at roughly its network bandwidth.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -31,6 +32,7 @@ from tqdm.auto import tqdm
 
 from embed.sources import ImageSet
 from store import display_id, image_list_sha256
+from store.layout import rows_sha256
 from store.shard_format import shard_rows
 from store.shards import ShardWriter
 from store.writers import Batch, write_batches
@@ -75,6 +77,7 @@ def shard_meta(images: ImageSet, backbone, shard_size: int, templates: list[str]
     meta.update(normalized=False, classes=list(images.classes), display_names=list(images.display_names),
                 root=str(images.root),
                 image_list_sha256=image_list_sha256(images.ids, images.splits, images.labels, images.classes),
+                rows_sha256=rows_sha256(images.ids),
                 n_images=len(images), shard_size=shard_size, n_shards=math.ceil(len(images) / shard_size),
                 dim=described["dim"])
     if described["has_text"]:
@@ -148,14 +151,14 @@ def embed_shards(images: ImageSet, spec: str, folder: str | Path, *, address: st
         Storage type of the features in the shards (and in the store they are imported into).
     """
     from embed.backbones import load_backbone
-    from embed.templates import DEFAULT_TEMPLATES
+    from embed.templates import default_templates
 
     if shard_size < 1 or batch_size < 1:
         raise UserError("--shard-size and --batch-size must be at least 1")
     if dtype not in ("float32", "float16"):
         raise UserError(f"--dtype must be float32 or float16, not {dtype!r}")
-    templates = list(templates or DEFAULT_TEMPLATES)
     backbone = load_backbone(spec, image_size=image_size)  # provenance, text side and head: once, on the driver
+    templates = list(templates or (default_templates() if backbone.logit_scale is not None else ()))
     writer = ShardWriter(folder, shard_meta(images, backbone, shard_size, templates, dtype), images.ids,
                          images.splits, images.labels)
     _write_side_arrays(writer, backbone, list(images.display_names), templates)  # prompts read display names
@@ -206,20 +209,35 @@ def embed_store(images: ImageSet, store: str | Path, specs: Sequence[str], *, ad
                 num_cpus: int | None = None, num_gpus: int = 0, shards: str | Path | None = None,
                 shard_size: int = 100_000, batch_size: int = 64, image_size: int | None = None,
                 templates: Sequence[str] | None = None, views: int = 0, dtype: str = "float32",
-                progress: bool = True) -> RunSummary:
+                progress: bool = True, fresh: bool = False) -> RunSummary:
     """Each backbone on Ray into its shard folder (raw features in ``dtype`` and probabilities), then into the store:
     the same store the local engine writes, row for row. ``shards`` names the folder of a single backbone (default:
-    ``<store>.shards/<backbone>``); a killed run resumes from the shards already written."""
+    ``<store>.shards/<backbone>``); a killed run resumes from the shards already written.
+
+    Labels are metadata: the shards carry the store's labels, splits and classes (a store is created from ``images``
+    first), so a run after ``store label`` or a changed list resumes its shard folder. ``fresh``: the store's rows
+    were just matched to the files by content (a rebuilt store), so a backbone that has every row needs no Ray run
+    (its shard folder, of the old rows, is left as it is)."""
+    from embed.backbones import parse_spec
     from embed.engines.local import RunSummary
-    from store import FeatureStore
+    from store import FeatureStore, open_for_images
     from store.shards import import_shards
 
     if views:
         raise UserError("--engine ray stores no augmented views; drop --views or use --engine local")
     summary = RunSummary(store=Path(store))
+    with open_for_images(store, images.ids, images.splits, images.labels, images.classes, root=images.root,
+                         display_names=images.display_names) as fs:
+        labelled = dataclasses.replace(images, splits=[str(s) for s in fs.splits], labels=np.asarray(fs.labels),
+                                       classes=list(fs.classes), display_names=list(fs.display_names))
+        complete = {spec for spec in fs.backbones if fresh and fs.rows_done(spec).all()}
     for spec in specs:
+        if str(parse_spec(spec)) in complete:
+            log.info("%s: every row is already in %s; nothing to embed", spec, store)
+            summary.embedded[str(parse_spec(spec))] = 0
+            continue
         folder = Path(shards) if shards and len(specs) == 1 else Path(f"{store}.shards") / shard_folder_name(spec)
-        result = embed_shards(images, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
+        result = embed_shards(labelled, spec, folder, address=address, num_cpus=num_cpus, num_gpus=num_gpus,
                               batch_size=batch_size, shard_size=shard_size, image_size=image_size,
                               templates=templates, dtype=dtype, progress=progress)
         log.info("%s: %d of %d shards written in this run to %s", spec, result["written"], result["shards"], folder)

@@ -80,12 +80,29 @@ def test_answers_name_files_that_are_not_utf8(tmp_path, capsys):
     assert out.returncode == 0 and "unlabeled/caf\\xe9 \\xff.png: (unlabeled) -> a" in out.stdout, out.stderr
 
 
+def test_the_label_apps_answers_csv_takes_each_ids_last_answer(store_path, tmp_path, capsys, caplog):
+    """The browser's answers CSV (classify/labeling/app/journal.py) logs a corrected answer as a later line of the
+    same id: the last line wins, and the run says how many ids were answered more than once."""
+    answers = write(tmp_path / "s.answers.csv", "id,label,time\n"
+                    "unlabeled/cat/0.png,dog,2026-01-01T10:00:00+00:00\n"
+                    "unlabeled/dog/1.png,dog,2026-01-01T10:00:05+00:00\n"
+                    "unlabeled/cat/0.png,cat,2026-01-01T10:00:09+00:00\n"  # corrected
+                    "unlabeled/fox/2.png,fox,2026-01-01T10:00:12+00:00\n"
+                    "unlabeled/fox/2.png,,2026-01-01T10:00:15+00:00\n"  # taken back: unlabeled
+                    "unlabeled/dog/1.png,dog,2026-01-01T10:00:20+00:00\n")  # the same answer again
+    with caplog.at_level("INFO", logger="store.labels"):
+        assert run("label", "--store", store_path, "--labels", answers, capsys=capsys) == [
+            f"{store_path}: batch 1: 2 label(s) and 2 split(s) changed"]
+    assert labels_of(store_path, "unlabeled/cat/0.png", "unlabeled/dog/1.png", "unlabeled/fox/2.png") == [
+        "cat", "dog", ""]
+    assert "3 id(s) answered more than once" in caplog.text and "the last answer of each is taken" in caplog.text
+
+
 @pytest.mark.parametrize("csv_text, extra, message", [
     ("id,label\nunlabeled/cat/0.png,dog\nunlabeled/cat/99.png,dog\n", [], "unknown id 'unlabeled/cat/99.png'"),
     ("id,label\nunlabeled/cat/0.png,dgo\n", [], "unknown class 'dgo'.*did you mean dog"),
     ("unlabeled/cat/0.png,dog\n", [], "no header row naming the columns id and label"),
     ("id,label\n", [], "lists no answers"),
-    ("id,label\nunlabeled/cat/0.png,dog\nunlabeled/cat/0.png,cat\n", [], "twice, differently \\(lines 2 and 3\\)"),
     ("id,label\nunlabeled/cat/0.png\n", [], "line 2 has 1 cell"),
     ("id,label\nunlabeled/cat/0.png,dog\n", ["--undo"], "pass one of --labels"),
     ("id,label\nunlabeled/cat/0.png,dog\n", ["--json"], "--json goes with --history"),

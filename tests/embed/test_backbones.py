@@ -25,7 +25,7 @@ from embed.backbones import (
     register_backbone,
     weights_sha256,
 )
-from embed.templates import DEFAULT_TEMPLATES, check_template, load_templates
+from embed.templates import check_template, default_templates, load_templates
 
 
 @pytest.fixture
@@ -485,11 +485,12 @@ def test_clip_weights_unavailable_offline(monkeypatch):
 
 # -------------------------------------------------------------------------------------------------------- templates
 def test_default_templates():
-    assert "a photo of a {}." in DEFAULT_TEMPLATES and "a stylized {}." in DEFAULT_TEMPLATES
-    assert "itap of a {}." in DEFAULT_TEMPLATES  # recovered from open_clip's lambdas
-    assert len(DEFAULT_TEMPLATES) == len(set(DEFAULT_TEMPLATES)) == 2 + len(open_clip.SIMPLE_IMAGENET_TEMPLATES)
-    assert all(t.count("{}") == 1 for t in DEFAULT_TEMPLATES)
-    assert [t.format("dog") for t in DEFAULT_TEMPLATES[2:]] == [f("dog") for f in open_clip.SIMPLE_IMAGENET_TEMPLATES]
+    templates = default_templates()
+    assert "a photo of a {}." in templates and "a stylized {}." in templates
+    assert "itap of a {}." in templates  # recovered from open_clip's lambdas
+    assert len(templates) == len(set(templates)) == 2 + len(open_clip.SIMPLE_IMAGENET_TEMPLATES)
+    assert all(t.count("{}") == 1 for t in templates)
+    assert [t.format("dog") for t in templates[2:]] == [f("dog") for f in open_clip.SIMPLE_IMAGENET_TEMPLATES]
 
 
 def test_load_templates(tmp_path):
