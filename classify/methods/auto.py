@@ -38,6 +38,14 @@ on 80 % of the 112 px clip-art draws at 10 labels and lost 2.6 points to self-tr
 1.3 points of the best single method in every column and 0.25 points below ``z=0`` on average, keeping a margin
 against a challenger that wins the CV by luck. On every one of those sets the unlabeled data helped, so the margin
 is a safety choice, not a measured optimum.
+
+The gain is measured in accuracy (``score="accuracy"``). ``score="brier"`` or ``"loglik"`` measure it instead on the
+predicted probabilities (minus the Brier score, or the log-probability of the true label), far less coarse on 100
+labels. On development draws (``benchmarks/results/auto-rule-scores.md``: digits, clip art at 224 and 112 px,
+tuxpaint, Fashion-MNIST, 5 and 10 labels) neither was adopted: at ``z=0.5`` the Brier rule gained 1.4 points on
+tuxpaint at 5 labels and 0.3 on Fashion-MNIST at 10, but kept the better-calibrated probe on 80 % of the 112 px
+clip-art draws at 5 labels and lost 2.4 points there (30.9 vs 33.3 %); the log-likelihood rule lost 1.8 there and
+1.5 on Fashion-MNIST at 10 labels. Both trade a calibration comparison for the accuracy one the benchmark scores.
 """
 from __future__ import annotations
 
@@ -51,12 +59,41 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from classify.methods.base import METHOD, FewShotClassifier, accepts_unlabeled, resolve_estimator
 from classify.methods.features import UNLABELED, checked_labeled_mask
 from classify.methods.registry import register_method
-from store.validation import Int, ListOf, Real, UserError
+from store.validation import Int, ListOf, Options, Real, UserError
 
 log = logging.getLogger(__name__)
 
 #: the default candidates; the first is the baseline that is kept unless another beats it beyond the CV noise
 DEFAULT_METHODS = ("linear", "selftrain", "labelprop")
+#: the per-row scores a paired gain can be measured in (higher is better for each)
+SCORES = ("accuracy", "brier", "loglik")
+#: the probability floor of the log-likelihood score, so that one confident miss costs at most log(1e-4)
+LOGLIK_FLOOR = 1e-4
+
+
+def row_scores(proba: np.ndarray, truth: np.ndarray, hit: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-row scores of out-of-fold predictions, each higher-is-better, keyed by :data:`SCORES`.
+
+    Parameters
+    ----------
+    proba : ndarray of shape (n, n_classes)
+        Predicted class probabilities.
+    truth : ndarray of shape (n,)
+        Column index of each row's true class in ``proba``.
+    hit : ndarray of shape (n,)
+        Whether the predicted label is the true one.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (1 right, 0 wrong), ``brier`` (minus the squared distance of the probabilities to the one-hot
+        truth, in [-2, 0]) and ``loglik`` (log-probability of the true class, floored at :data:`LOGLIK_FLOOR`).
+    """
+    onehot = np.zeros_like(proba)
+    onehot[np.arange(len(truth)), truth] = 1.0
+    p_true = proba[np.arange(len(truth)), truth]
+    return {"accuracy": hit.astype(np.float64), "brier": -((proba - onehot) ** 2).sum(axis=1),
+            "loglik": np.log(np.clip(p_true, LOGLIK_FLOOR, 1.0))}
 
 
 def candidate_names(methods) -> list[str]:
@@ -104,6 +141,9 @@ class AutoSelect(FewShotClassifier):
         keeps the baseline.
     random_state : int, default=0
         Seeds the fold shuffle.
+    score : {"accuracy", "brier", "loglik"}, default="accuracy"
+        The per-row score of the paired gain: right/wrong, minus the Brier score of the predicted probabilities, or
+        the log-probability of the true class (see :func:`row_scores`).
 
     Attributes
     ----------
@@ -113,8 +153,9 @@ class AutoSelect(FewShotClassifier):
         The chosen candidate, fitted on every row.
     cv_results_ : dict
         Per candidate name: ``mean`` (out-of-fold accuracy over the labeled rows), ``std`` (standard deviation of the
-        per-fold accuracies), ``gain`` and ``se`` (mean paired per-row gain over the baseline and its standard
-        error), ``fit_seconds`` (mean per fold), and ``shared_with`` (the candidate whose fitted teacher it was in
+        per-fold accuracies), ``gain`` and ``se`` (mean paired per-row gain over the baseline in ``score`` and its
+        standard error), ``scores`` (per score of :data:`SCORES`: its ``mean``, ``gain`` and ``se``),
+        ``fit_seconds`` (mean per fold), and ``shared_with`` (the candidate whose fitted teacher it was in
         every fold, when it was not fitted on its own). Empty when nothing was cross-validated.
     reason_ : str
         One line: why ``chosen_`` was chosen ("beat linear by 8.5 ± 2.5 points ..." or "no candidate beat its ...").
@@ -127,13 +168,15 @@ class AutoSelect(FewShotClassifier):
     """
 
     _parameter_constraints = {"methods": [ListOf(METHOD)], "folds": [Int(2)], "z": [Real(0)],
-                              "random_state": [Int()]}
+                              "random_state": [Int()], "score": [Options(*SCORES)]}
 
-    def __init__(self, methods=DEFAULT_METHODS, folds: int = 3, z: float = 0.5, random_state: int = 0) -> None:
+    def __init__(self, methods=DEFAULT_METHODS, folds: int = 3, z: float = 0.5, random_state: int = 0,
+                 score: str = "accuracy") -> None:
         self.methods = methods
         self.folds = folds
         self.z = z
         self.random_state = random_state
+        self.score = score
 
     def fit(self, X, y) -> "AutoSelect":
         """Cross-validate every candidate on the labeled rows, choose, and refit the choice on every row.
@@ -168,8 +211,8 @@ class AutoSelect(FewShotClassifier):
             chosen, self.reason_ = 0, "a class has a single labeled row, so the candidates cannot be cross-validated"
         else:
             self.n_splits_ = k
-            correct, fold_acc, seconds, shared_with = self._cross_validate(X, y, labeled, rows, k)
-            chosen = self._decide(names, correct, fold_acc, seconds, shared_with)
+            scores, fold_acc, seconds, shared_with = self._cross_validate(X, y, labeled, rows, k)
+            chosen = self._decide(names, scores, fold_acc, seconds, shared_with)
         self.cv_seconds_ = time.perf_counter() - t0
         self.chosen_ = names[chosen]
         self.estimator_ = fit_candidate(resolve_estimator(self.methods[chosen]), X, y, labeled)
@@ -178,10 +221,10 @@ class AutoSelect(FewShotClassifier):
         return self
 
     def _cross_validate(self, X, y, labeled, rows, k):
-        """Out-of-fold correctness (m, n_l), per-fold accuracy (m, k) and summed fit seconds (m,) of each candidate, and
-        which candidates were another's fitted teacher (:meth:`_shared_fit`)."""
+        """Out-of-fold per-row scores (per score of :data:`SCORES`, (m, n_l)), per-fold accuracy (m, k) and summed fit
+        seconds (m,) of each candidate, and which candidates were another's fitted teacher (:meth:`_shared_fit`)."""
         m, yl = len(self.methods), y[rows]
-        correct = np.zeros((m, rows.size), dtype=bool)
+        scores = {s: np.zeros((m, rows.size)) for s in SCORES}
         fold_acc = np.zeros((m, k))
         seconds = np.zeros(m)
         shared_with: dict[int, int] = {}  # candidate -> the candidate whose fitted teacher it is, in every fold
@@ -202,10 +245,13 @@ class AutoSelect(FewShotClassifier):
                     shared_with[i], estimator = shared
                 fitted[i] = estimator
                 seconds[i] += time.perf_counter() - start
-                hit = np.asarray(estimator.predict(X[rows[held]])) == yl[held]
-                correct[i, held] = hit
+                proba = np.asarray(estimator.predict_proba(X[rows[held]]))  # (n_held, n_classes)
+                column = {c: j for j, c in enumerate(estimator.classes_)}
+                hit = np.asarray(estimator.classes_)[proba.argmax(axis=1)] == yl[held]
+                for s, v in row_scores(proba, np.array([column[c] for c in yl[held]]), hit).items():
+                    scores[s][i, held] = v
                 fold_acc[i, f] = hit.mean()
-        return correct, fold_acc, seconds, shared_with
+        return scores, fold_acc, seconds, shared_with
 
     @staticmethod
     def _shared_fit(estimator, fitted: dict):
@@ -218,30 +264,41 @@ class AutoSelect(FewShotClassifier):
                 return j, teacher
         return None
 
-    def _decide(self, names, correct, fold_acc, seconds, shared_with) -> int:
+    def _decide(self, names, scores, fold_acc, seconds, shared_with) -> int:
         """Index of the chosen candidate; sets ``cv_results_`` and ``reason_``."""
-        n = correct.shape[1]
-        acc = correct.mean(axis=1)  # (m,)
-        d = correct.astype(np.float64) - correct[0]  # (m, n) paired per-row gain over the baseline
-        gain = d.mean(axis=1)
-        se = d.std(axis=1, ddof=1) / np.sqrt(n)
+        n = scores["accuracy"].shape[1]
+        paired = {}
+        for s, v in scores.items():
+            d = v - v[0]  # (m, n) paired per-row gain over the baseline
+            paired[s] = (v.mean(axis=1), d.mean(axis=1), d.std(axis=1, ddof=1) / np.sqrt(n))
+        acc = paired["accuracy"][0]
+        _, gain, se = paired[self.score]
         self.cv_results_ = {name: {"mean": float(acc[i]), "std": float(fold_acc[i].std()), "gain": float(gain[i]),
-                                   "se": float(se[i]), "fit_seconds": float(seconds[i] / fold_acc.shape[1])}
+                                   "se": float(se[i]), "fit_seconds": float(seconds[i] / fold_acc.shape[1]),
+                                   "scores": {s: {"mean": float(m[i]), "gain": float(g[i]), "se": float(e[i])}
+                                              for s, (m, g, e) in paired.items()}}
                             for i, name in enumerate(names)}
         for i, j in shared_with.items():
             self.cv_results_[names[i]]["shared_with"] = names[j]
         passing = [i for i in range(1, len(names)) if gain[i] > self.z * se[i]]
         where = f"{self.n_splits_}-fold CV on {n} labeled rows"
+        sigma = f"{self.z:g} standard error{'s' if self.z != 1 else ''}"
+        if self.score == "accuracy":  # gains in points, as the reasons always read
+            unit, sigma_unit, gain_unit = "points", "", " points"
+            shown = lambda v, sign="": f"{100 * v:{sign}.1f}"  # noqa: E731
+        else:
+            unit = f"in per-row {self.score}"
+            sigma_unit, gain_unit = " " + unit, ""
+            shown = lambda v, sign="": f"{v:{sign}.3f}"  # noqa: E731
         if passing:
-            best = max(passing, key=lambda i: (acc[i], -i))
-            self.reason_ = (f"beat {names[0]} by {100 * gain[best]:.1f} ± {100 * se[best]:.1f} points "
-                            f"({100 * acc[best]:.1f} vs {100 * acc[0]:.1f} % accuracy, {where}), more than {self.z:g} "
-                            f"standard error{'s' if self.z != 1 else ''}")
+            best = max(passing, key=lambda i: (gain[i], -i))  # for accuracy: the highest CV accuracy
+            self.reason_ = (f"beat {names[0]} by {shown(gain[best])} ± {shown(se[best])} {unit} "
+                            f"({100 * acc[best]:.1f} vs {100 * acc[0]:.1f} % accuracy, {where}), more than {sigma}")
             return best
         closest = max(range(1, len(names)), key=lambda i: (gain[i] - self.z * se[i], -i))
-        self.reason_ = (f"no candidate beat its {100 * acc[0]:.1f} % accuracy ({where}) by more than {self.z:g} "
-                        f"standard error{'s' if self.z != 1 else ''}; closest {names[closest]} "
-                        f"{100 * gain[closest]:+.1f} ± {100 * se[closest]:.1f} points")
+        self.reason_ = (f"no candidate beat its {100 * acc[0]:.1f} % accuracy ({where}) by more than {sigma}"
+                        f"{sigma_unit}; closest {names[closest]} {shown(gain[closest], '+')} ± {shown(se[closest])}"
+                        f"{gain_unit}")
         return 0
 
     def predict_proba(self, X) -> np.ndarray:
@@ -251,8 +308,8 @@ class AutoSelect(FewShotClassifier):
         return np.asarray(self.estimator_.predict_proba(X))
 
     def describe(self) -> dict:
-        """What was chosen and why, JSON-able: ``chosen``, ``reason``, ``folds``, ``z``, ``candidates``
+        """What was chosen and why, JSON-able: ``chosen``, ``reason``, ``folds``, ``z``, ``score``, ``candidates``
         (``cv_results_``); the evaluation results and benchmark records carry it under the method's name."""
         check_is_fitted(self)
         return {"chosen": self.chosen_, "reason": self.reason_, "folds": int(self.n_splits_), "z": float(self.z),
-                "candidates": self.cv_results_}
+                "score": self.score, "candidates": self.cv_results_}

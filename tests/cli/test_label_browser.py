@@ -170,3 +170,31 @@ def test_a_store_another_writer_holds_is_one_line_at_start(tmp_path, capsys):
         holder.communicate("")
     assert exit_info.value.code == 2
     assert "in use by another process" in one_error_line(capsys)
+
+
+def test_the_undo_button_and_backspace_revert_the_last_answers(tmp_path, browser):
+    store, truth = make_app_store(tmp_path, n_pool=4)
+    server, url = serve(store)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        first = next_image(page)
+        page.click(f'#classes button[data-class="{truth[first]}"]')
+        page.wait_for_function(f"() => document.getElementById('current-id').textContent !== {first!r}",
+                               timeout=WAIT_MS)
+        second = next_image(page)
+        page.keyboard.press(str(CLASSES.index(truth[second]) + 1))
+        page.wait_for_function(f"() => !document.getElementById('undo').disabled && "
+                               f"document.getElementById('undo').title.includes({second!r})", timeout=WAIT_MS)
+        page.click("#undo")
+        page.wait_for_function(f"() => document.getElementById('current-id').textContent === {second!r}",
+                               timeout=WAIT_MS)  # the undone image is on screen again
+        page.keyboard.press("Backspace")
+        page.wait_for_function("() => document.getElementById('undo').disabled", timeout=WAIT_MS)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait()
+    with FeatureStore(store) as fs:
+        ids = list(fs.ids)
+        assert fs.labels[ids.index(first)] == -1 and fs.labels[ids.index(second)] == -1
+    assert [e["source"] for e in label_history(store)][-2:] == ["undo", "undo"]

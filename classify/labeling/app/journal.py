@@ -2,7 +2,8 @@
 
 - The answers CSV (``id,label,time``; default ``<store>.answers.csv`` beside the store) gets one line per answer,
   appended and forced to disk (fsync) before the store is written, so a killed server loses no answer; a line a kill
-  cut short is dropped when the file is opened again. A changed answer is a later line of the same id.
+  cut short is dropped when the file is opened again. A changed answer is a later line of the same id; so is an undone
+  one (the undo button): its line gives the label the image had before, empty for unlabeled again.
 - The state file (``<store>.labeling/state.json``, beside the thumbnails) holds the current batch, the skipped images,
   the audit decisions, the accuracy after each batch and how many lines of the answers CSV the store has taken; it is
   replaced whole (:func:`store.outputs.write_text`), so a restart continues where the session was.

@@ -5,7 +5,9 @@ import logging
 
 import numpy as np
 import pytest
-from sklearn.base import clone
+from scipy.special import softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.linear_model import LogisticRegression
 
 from classify.cli import main
 from classify.methods.registry import create
@@ -195,3 +197,55 @@ def test_a_fold_fits_label_propagation_once_when_self_training_is_taught_by_it(m
             assert shared.cv_results_[name][key] == unshared.cv_results_[name][key]
     assert shared.chosen_ == unshared.chosen_
     assert "shared_with" not in separate.cv_results_["labelprop(k=10)"]  # other settings: fitted on its own
+
+
+class Tempered(ClassifierMixin, BaseEstimator):
+    """A logistic regression whose logits are divided by ``temperature``: the same predictions at every temperature,
+    probabilities closer to uniform the higher it is."""
+
+    def __init__(self, temperature=1.0):
+        self.temperature = temperature
+
+    def fit(self, X, y):
+        self.model_ = LogisticRegression(C=10.0).fit(X, y)
+        self.classes_ = self.model_.classes_
+        return self
+
+    def predict_proba(self, X):
+        return softmax(self.model_.decision_function(X) / self.temperature, axis=1)
+
+    def predict(self, X):
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+
+def test_a_probability_score_breaks_an_accuracy_tie():
+    """Baseline and challenger predict the same labels on every row (accuracy ties exactly, so the accuracy rule keeps
+    the baseline), but the challenger's probabilities sit much closer to the truth: the Brier and log-likelihood rules
+    take it, and the JSON record carries every score's paired gain."""
+    X, y, y_true, test = skewed_pool(3, shots=10)
+    labeled = y >= 0
+    candidates = [Tempered(temperature=20.0), Tempered(temperature=1.0)]
+    by_accuracy = create("auto", methods=candidates, score="accuracy").fit(X[labeled], y[labeled])
+    assert by_accuracy.chosen_ == "Tempered" and by_accuracy.reason_.startswith("no candidate beat")
+    results = by_accuracy.cv_results_["Tempered#2"]
+    assert results["gain"] == 0 and results["scores"]["accuracy"]["gain"] == 0
+    assert results["mean"] == by_accuracy.cv_results_["Tempered"]["mean"] > 0.8
+    for score in ("brier", "loglik"):
+        assert results["scores"][score]["gain"] > 3 * results["scores"][score]["se"] > 0
+        model = create("auto", methods=candidates, score=score).fit(X[labeled], y[labeled])
+        assert model.chosen_ == "Tempered#2" and model.reason_.startswith("beat Tempered by ")
+        assert f"in per-row {score}" in model.reason_ and model.describe()["score"] == score
+        assert model.cv_results_["Tempered#2"]["gain"] == results["scores"][score]["gain"]
+
+
+def test_the_score_is_a_cli_flag_checked_before_reading(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("classify.methods.linear.DEFAULT_CS", PROBE["Cs"])
+    path, _ = make_store(tmp_path / "s.h5")
+    with pytest.raises(SystemExit) as exit_:
+        main(["evaluate", "--store", str(path), "--backbone", A, "--score", "f1"])
+    assert exit_.value.code == 2
+    assert "--score must be one of 'accuracy', 'brier', 'loglik' for method 'auto', got 'f1'" in capsys.readouterr().err
+    out = run(capsys, "evaluate", "--store", path, "--backbone", A, "--score", "brier", "--json")
+    result = json.loads(out.splitlines()[-1])["auto"]
+    assert result["score"] == "brier" and set(result["candidates"]["selftrain"]["scores"]) == {
+        "accuracy", "brier", "loglik"}
