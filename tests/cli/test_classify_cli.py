@@ -39,7 +39,7 @@ def test_fit_predict_roundtrip(store, tmp_path, capsys):
 
 def test_model_refuses_another_store(store, tmp_path, capsys):
     path, _ = store
-    other, _ = make_store(tmp_path / "other.h5", labeled_test=False)  # other labels: another image list
+    other, _ = make_store(tmp_path / "other.h5", suffix="b")  # other files (other labels alone are the same rows)
     model = tmp_path / "m.joblib"
     run(capsys, "fit", "--store", path, "--backbone", A, "--method", "knn", "--out", model)
     with pytest.raises(SystemExit) as exit_info:

@@ -7,18 +7,20 @@ CLASSES = ["cat", "dog", "fox"]
 A, B = "timm:a", "clip:b/tag"
 
 
-def make_store(path, labeled_test=True, seed=0, root=None, failed_class=None, classes=CLASSES):
+def make_store(path, labeled_test=True, seed=0, root=None, failed_class=None, classes=CLASSES, suffix=""):
     """Three Gaussian classes in two 'backbones'; B also has CLIP-like text embeddings pointing at the means.
 
     ``root`` is the data folder the ids are relative to; every train image of class ``failed_class`` (a name) is
-    recorded as failed to decode; ``classes`` renames the three classes (the ids keep the default names)."""
+    recorded as failed to decode; ``classes`` renames the three classes (the ids keep the default names); ``suffix``
+    ends every file name (another image list)."""
     rng = np.random.default_rng(seed)
     n_train, n_unlabeled, n_test = 5, 40, 20
     ids, splits, labels, truth = [], [], [], []
     for split, per_class in (("train", n_train), ("unlabeled", n_unlabeled), ("test", n_test)):
         for c, name in enumerate(CLASSES):
             for k in range(per_class):
-                ids.append(f"{split}/{name}/{k}.png" if split != "unlabeled" else f"unlabeled/{name}{k}.png")
+                ids.append(f"{split}/{name}/{k}{suffix}.png" if split != "unlabeled"
+                           else f"unlabeled/{name}{k}{suffix}.png")
                 splits.append(split)
                 labels.append(c if split == "train" or (split == "test" and labeled_test) else -1)
                 truth.append(c)
