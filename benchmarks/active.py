@@ -24,7 +24,6 @@ import numpy as np
 from classify.labeling import STRATEGIES
 from store.clitools import as_list
 from store import FeatureStore
-from store.atomic import atomic_write
 from store.outputs import check_output, write_text
 from store.validation import NONE, Int, UserError, check_flags
 
@@ -176,31 +175,11 @@ def markdown(records: list[dict], setup: dict) -> str:
 
 def plot(records: list[dict], path: Path) -> None:
     """Accuracy vs labels added, one line per strategy (mean ± std), one panel per dataset."""
-    import matplotlib
+    from benchmarks.plots import strategy_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarise(records)
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for strategy in dict.fromkeys(r["strategy"] for r in records if r["dataset"] == dataset):
-            pts = sorted((k[2], v) for k, v in summary.items() if k[:2] == (dataset, strategy))
-            xs = [p[0] for p in pts]
-            mean = np.array([p[1]["mean"] for p in pts]) * 100
-            std = np.array([p[1]["std"] for p in pts]) * 100
-            ax.errorbar(xs, mean, yerr=std, marker="o", capsize=3, label=strategy,
-                        linestyle="--" if strategy == "random" else "-")
-        ax.set_xlabel("labels added")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    strategies = {d: list(dict.fromkeys(r["strategy"] for r in records if r["dataset"] == d)) for d in datasets}
+    strategy_curves(summarise(records), strategies, path, "labels added")
 
 
 def active(datasets: str | None = None, seeds: int = 3, start: int = 3, rounds: int = 6, per_round: int | None = None,

@@ -27,7 +27,6 @@ import numpy as np
 
 from benchmarks.active import BACKBONE, cache_folder, default_datasets
 from store import FeatureStore
-from store.atomic import atomic_write
 from store.clitools import as_list
 from store.outputs import check_output, write_text
 from store.validation import Int, check_flags
@@ -209,29 +208,10 @@ def markdown(records: list[dict], setup: dict) -> str:
 
 def plot(records: list[dict], path: Path) -> None:
     """Test accuracy vs answers, app and random (mean ± std over seeds), one panel per dataset."""
-    import matplotlib
+    from benchmarks.plots import strategy_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarise(records)
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.2), squeeze=False)
-    for ax, dataset in zip(axes[0], datasets):
-        for strategy, style in (("app", "-"), ("random", "--")):
-            pts = sorted((k[2], v) for k, v in summary.items() if k[:2] == (dataset, strategy))
-            mean = np.array([p[1]["mean"] for p in pts]) * 100
-            std = np.array([p[1]["std"] for p in pts]) * 100
-            ax.errorbar([p[0] for p in pts], mean, yerr=std, marker="o", capsize=3, label=strategy, linestyle=style)
-        ax.set_xlabel("answers")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(dataset)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    strategy_curves(summarise(records), {d: ["app", "random"] for d in datasets}, path, "answers")
 
 
 def label_loop(datasets: str | None = None, seeds: int = 3, batch: int = 10, answers: int = 100,

@@ -88,3 +88,30 @@ def _bars(ax, summary: dict, panel: tuple, methods: list, colour: dict, handles:
     ax.set_yticks(range(len(shown)), [m for m, _ in shown], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%)")
+
+
+def strategy_curves(summary: dict, strategies: dict[str, list[str]], path: Path, xlabel: str) -> None:
+    """Accuracy curves of labeling strategies, one panel per dataset: ``summary[(dataset, strategy, x)]`` holds the
+    ``mean`` and ``std`` over seeds; ``strategies`` maps each dataset to its strategies (random dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(strategies), figsize=(5.5 * len(strategies), 4.2), squeeze=False)
+    for ax, (dataset, names) in zip(axes[0], strategies.items()):
+        for strategy in names:
+            pts = sorted((k[2], v) for k, v in summary.items() if k[:2] == (dataset, strategy))
+            mean = np.array([p[1]["mean"] for p in pts]) * 100
+            std = np.array([p[1]["std"] for p in pts]) * 100
+            ax.errorbar([p[0] for p in pts], mean, yerr=std, marker="o", capsize=3, label=strategy,
+                        linestyle="--" if strategy == "random" else "-")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(dataset)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
