@@ -11,6 +11,9 @@ its cache (rows aligned by image id):
   (flip + crop) of every row, labeled, unlabeled and test rows alike (a store embedded with ``--views K``).
 - ``multiscale``: the features of the same backbone at its own resolution and at 112 px, each block L2-normalised
   and joined.
+- ``layers``: the plain features joined to the global-average-pooled last stages of the same backbone before its
+  head (:mod:`benchmarks.layer_features`, computed from the dataset's images once and cached beside the store), each
+  block L2-normalised; ``layersonly``: the pooled stages without the plain features.
 
 Each (dataset, shots, seed) draw takes labels from the train rows as ``python -m benchmarks run`` does, with
 development seeds (default 100-104; the tables use 0, 1, 2); every other row, test rows included, is passed
@@ -18,7 +21,7 @@ unlabeled, and every method is scored on the hidden train rows (the pool).
 
 Example::
 
-    python -m benchmarks.levers --datasets clipart,tuxpaint --levers plain,probs,views,multiscale \\
+    python -m benchmarks.levers --datasets clipart,tuxpaint --levers plain,probs,views,multiscale,layers \\
         --cache benchmarks/cache --out levers
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.layer_features import layer_features
 from benchmarks.run import RESULTS, load_task
 from classify import pipeline
 from classify.evaluation import draw_labels
@@ -41,7 +45,7 @@ from store.validation import UserError
 
 log = logging.getLogger("benchmarks.levers")
 
-LEVERS = ("plain", "probs", "views", "multiscale")
+LEVERS = ("plain", "probs", "views", "multiscale", "layers", "layersonly")
 BACKBONE = "timm:tf_efficientnet_lite0"
 
 
@@ -86,6 +90,9 @@ def variant(lever: str, task, cache: Path, dataset: str, size: int | None, backb
         with FeatureStore(_store(cache, dataset, 112)) as fs:
             small = pipeline.load_data(fs, [backbone])
         return np.hstack([l2_normalize(data.X), l2_normalize(_aligned(data.ids, small.ids, small.X))])
+    if lever in ("layers", "layersonly"):
+        stages = [l2_normalize(b) for b in layer_features(_store(cache, dataset, size), backbone, size)]
+        return np.hstack(stages if lever == "layersonly" else [l2_normalize(data.X)] + stages)
     raise UserError(f"unknown lever {lever!r}: use {', '.join(LEVERS)}")
 
 
