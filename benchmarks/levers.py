@@ -13,7 +13,8 @@ its cache (rows aligned by image id):
   and joined.
 - ``layers``: the plain features joined to the global-average-pooled last stages of the same backbone before its
   head (:mod:`benchmarks.layer_features`, computed from the dataset's images once and cached beside the store), each
-  block L2-normalised; ``layersonly``: the pooled stages without the plain features.
+  block L2-normalised; ``layers2``: the same with the last 2 stages only; ``layersonly``: the pooled stages without
+  the plain features.
 
 Each (dataset, shots, seed) draw takes labels from the train rows as ``python -m benchmarks run`` does, with
 development seeds (default 100-104; the tables use 0, 1, 2); every other row, test rows included, is passed
@@ -45,7 +46,7 @@ from store.validation import UserError
 
 log = logging.getLogger("benchmarks.levers")
 
-LEVERS = ("plain", "probs", "views", "multiscale", "layers", "layersonly")
+LEVERS = ("plain", "probs", "views", "multiscale", "layers", "layers2", "layersonly")
 BACKBONE = "timm:tf_efficientnet_lite0"
 
 
@@ -90,8 +91,9 @@ def variant(lever: str, task, cache: Path, dataset: str, size: int | None, backb
         with FeatureStore(_store(cache, dataset, 112)) as fs:
             small = pipeline.load_data(fs, [backbone])
         return np.hstack([l2_normalize(data.X), l2_normalize(_aligned(data.ids, small.ids, small.X))])
-    if lever in ("layers", "layersonly"):
+    if lever in ("layers", "layers2", "layersonly"):
         stages = [l2_normalize(b) for b in layer_features(_store(cache, dataset, size), backbone, size)]
+        stages = stages[-2:] if lever == "layers2" else stages
         return np.hstack(stages if lever == "layersonly" else [l2_normalize(data.X)] + stages)
     raise UserError(f"unknown lever {lever!r}: use {', '.join(LEVERS)}")
 

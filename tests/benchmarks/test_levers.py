@@ -127,6 +127,8 @@ def test_layers_joins_the_pooled_last_stages_and_caches_them(image_cache, monkey
     np.testing.assert_array_equal(levers.variant("layers", task, folder, "toy", 32, backbone=spec), joined)
     np.testing.assert_array_equal(levers.variant("layersonly", task, folder, "toy", 32, backbone=spec),
                                   joined[:, dim:])
+    np.testing.assert_array_equal(levers.variant("layers2", task, folder, "toy", 32, backbone=spec),
+                                  np.hstack([joined[:, :dim], joined[:, dim + 32:]]))  # without the earliest stage
 
 
 def test_layers_refuses_a_store_of_other_weights(image_cache):
