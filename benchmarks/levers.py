@@ -115,8 +115,8 @@ def score_draws(task, X: np.ndarray, methods: list[str], shots: int, seeds: list
 
 
 def table(records: list[dict]) -> str:
-    """Markdown: pool accuracy % (mean ± std over draws) of each method on each lever, and its mean paired change
-    against the same method on the plain features."""
+    """Markdown: pool accuracy % (mean ± std over draws) of each method on each lever, and its paired change against
+    the same method on the plain features (mean ± std over the same draws)."""
     columns = list(dict.fromkeys((r["dataset"], r["shots"]) for r in records))
     rows = list(dict.fromkeys((r["method"], r["lever"]) for r in records))
     by = {(r["dataset"], r["shots"], r["method"], r["lever"]): np.array(r["pool"]) for r in records}
@@ -129,7 +129,8 @@ def table(records: list[dict]) -> str:
             if acc is None:
                 cells.append("")
                 continue
-            change = "" if lever == "plain" or plain is None else f" ({100 * np.mean(acc - plain):+.1f})"
+            gain = None if lever == "plain" or plain is None else 100 * (acc - plain)  # paired, per draw
+            change = "" if gain is None else f" ({gain.mean():+.1f} ± {gain.std():.1f})"
             cells.append(f"{100 * acc.mean():.1f} ± {100 * acc.std():.1f}{change}")
         lines.append(f"| {method} | {lever} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -164,8 +165,8 @@ def main(argv: list[str] | None = None) -> None:
                          {m: round(float(np.mean(a)), 3) for m, a in pool.items()})
     command = "python -m benchmarks.levers " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"Produced by `{command}`.\n\nLevers on the features ({BACKBONE}, development seeds {args.seeds}): "
-            "accuracy % on the hidden train rows (never test rows), mean ± std over the draws; in brackets the mean "
-            f"change against the same method on the plain features\n\n{table(records)}\n")
+            "accuracy % on the hidden train rows (never test rows), mean ± std over the draws; in brackets the change "
+            f"against the same method on the plain features on the same draws (mean ± std)\n\n{table(records)}\n")
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / f"{args.out}.md", text)

@@ -1,4 +1,6 @@
 """The lever benchmark: feature variants built from the cached stores, aligned by image id, scored on dev draws."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -62,7 +64,7 @@ def test_the_table_scores_dev_draws_on_hidden_train_rows(cache, tmp_path, capsys
                  str(folder), "--shots", "2", "--seeds", "100,101", "--results", str(tmp_path / "out"), "--out", "t"])
     text = (tmp_path / "out" / "t.md").read_text()
     assert "| linear | plain | " in text and "| knn | multiscale | " in text and "toy 2-shot" in text
-    assert "(+" in text or "(-" in text  # the change against the plain features
+    assert re.search(r"\([+-]\d+\.\d ± \d+\.\d\)", text)  # the paired change against the plain features
     with pytest.raises(ValueError, match="toy-224px.h5 is missing"):
         levers._store(folder, "toy", 224)
 
