@@ -1,11 +1,12 @@
 """Pooled intermediate-stage features of a timm backbone for the rows of a benchmark store (the ``layers`` lever of
 :mod:`benchmarks.levers`), computed once and cached next to the store.
 
-The stages are the last :data:`STAGES` feature stages of the network before its head, as timm's
-``forward_intermediates(x, indices=STAGES)`` gives them (for ``tf_efficientnet_lite0``: blocks 2, 4 and 6, with 40,
-112 and 320 channels at strides 8, 16 and 32); each is global-average-pooled. The same pass also gives the plain
-pooled features, which are checked against the store's own rows: a store embedded with other weights or another
-preprocessing is refused rather than joined to features of another model.
+The stages are the last :data:`~embed.backbones.stages_kind.STAGES` feature stages of the network before its head,
+as timm's ``forward_intermediates(x, indices=STAGES)`` gives them (for ``tf_efficientnet_lite0``: blocks 2, 4 and
+6, with 40, 112 and 320 channels at strides 8, 16 and 32); each is global-average-pooled. The same pass also gives the
+plain pooled features, which are checked against the store's own rows: a store embedded with other weights or another
+preprocessing is refused rather than joined to features of another model. The same features, joined, are what
+``embed run --backbone stages:<name>`` stores (:mod:`embed.backbones.stages_kind`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from embed.backbones import load_backbone
+from embed.backbones.stages_kind import STAGES, pooled_stages
 from embed.engines.local import ImageRows, collate
 from store import FeatureStore
 from store.atomic import atomic_write
@@ -24,8 +26,6 @@ from store.validation import UserError
 
 log = logging.getLogger(__name__)
 
-#: How many of the last feature stages before the head are pooled.
-STAGES = 3
 #: Smallest cosine between the recomputed plain features and the store's rows that counts as the same model.
 SAME_MODEL_COSINE = 0.999
 
@@ -33,14 +33,6 @@ SAME_MODEL_COSINE = 0.999
 def cache_path(store_path: Path) -> Path:
     """Where the layer features of ``store_path`` are cached: ``<store>-layers<STAGES>.npz`` beside it."""
     return store_path.with_name(f"{store_path.stem}-layers{STAGES}.npz")
-
-
-def pooled_stages(model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The plain pooled features (B, D) and the pooled last :data:`STAGES` stages [(B, C_s)] of a timm model."""
-    with torch.inference_mode():
-        final, stages = model.forward_intermediates(x, indices=STAGES)  # (B, C, h, w), [(B, C_s, h_s, w_s)]
-        head = model.forward_head(final, pre_logits=True)  # (B, D)
-    return head.float(), [s.float().mean(dim=(2, 3)) for s in stages]
 
 
 def _embed(paths: list[Path], spec: str, image_size: int | None, batch_size: int) -> tuple[np.ndarray, list]:
@@ -52,7 +44,8 @@ def _embed(paths: list[Path], spec: str, image_size: int | None, batch_size: int
         if not ok.all():
             bad = int(np.flatnonzero(~ok)[0])
             raise UserError(f"{paths[rows[bad]]} cannot be decoded ({errors[bad]}); re-embed the store")
-        head, stages = pooled_stages(backbone.model, x)
+        with torch.inference_mode():
+            head, stages, _ = pooled_stages(backbone.model, x)
         heads.append(head.numpy())
         blocks.append([s.numpy() for s in stages])
         log.info("layer features: %d / %d images", rows[-1] + 1, len(paths))

@@ -72,7 +72,8 @@ def run(data: str | None = None, csv: str | None = None, backbone=None, store: s
         headerless rows path,label[,split]. Paths are relative to the CSV's folder and must lie inside it (see
         --allow-outside).
     backbone : str
-        Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>.
+        Spec(s), comma-separated: timm:<name>, timm:<name>@<ckpt>, clip:<arch>/<tag>, clip:<arch>@<ckpt>;
+        stages:<name> gives the timm model's features joined to its pooled last 3 stages (a backbone of its own).
     store : str
         The .h5 store to create or extend (default: ./features.h5, or ./demo.h5 for the demo).
     batch_size : int

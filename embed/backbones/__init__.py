@@ -7,6 +7,8 @@ Spec strings (names are exactly timm's / open_clip's):
 - ``timm:<name>@<checkpoint>``     a timm state_dict file (plain, or under ``"state_dict"`` / ``"model"``), strict load.
 - ``clip:<arch>/<pretrained-tag>`` open_clip pretrained weights, e.g. ``clip:ViT-B-32/openai``.
 - ``clip:<arch>@<checkpoint>``     open_clip's own ``pretrained=<path>`` loading.
+- ``stages:<name>[@<checkpoint>]`` the timm model's pooled features joined to its pooled last 3 feature stages
+                                   (:mod:`~embed.backbones.stages_kind`).
 
 Where the weights come from, first match wins (:func:`resolve_weights` tells without loading anything):
 
@@ -40,12 +42,15 @@ from embed.backbones.clip_kind import ClipBackbone, ClipKind
 from embed.backbones.preprocess import STRONG_AUGMENT, ClipPreprocessConfig, PreprocessConfig, TimmPreprocessConfig
 from embed.backbones.spec import BackboneSpec, available_kinds, parse_spec, register_backbone
 from embed.backbones.timm_kind import TimmBackbone, TimmKind
+from embed.backbones.stages_kind import StagesBackbone, StagesKind
 from embed.backbones.weights import WeightsPlan, WeightsUnavailableError, downloads_off, offline_env
 
 __all__ = [
     "IMAGE_SIZE",
     "MAX_IMAGE_SIZE",
     "STRONG_AUGMENT",
+    "StagesBackbone",
+    "StagesKind",
     "Backbone",
     "BackboneSpec",
     "ClipBackbone",

@@ -92,7 +92,8 @@ def did_you_mean(word: str, choices, n: int = 5, cutoff: float = 0.6) -> str:
 
 
 _SPEC_HELP = (
-    "expected 'timm:<name>', 'timm:<name>@<checkpoint>', 'clip:<arch>/<pretrained-tag>' or 'clip:<arch>@<checkpoint>'"
+    "expected 'timm:<name>', 'timm:<name>@<checkpoint>', 'clip:<arch>/<pretrained-tag>', 'clip:<arch>@<checkpoint>' "
+    "or 'stages:<timm name>'"
 )
 
 

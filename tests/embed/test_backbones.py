@@ -47,7 +47,7 @@ def clip_backbone(tiny_clip_ckpt):
 
 # ---------------------------------------------------------------------------------------------------------- parsing
 def test_registry_kinds_and_duplicates():
-    assert available_kinds() == ["clip", "timm"]
+    assert available_kinds() == ["clip", "stages", "timm"]
     # re-registering the same class is a no-op, another class under a taken kind raises
     register_backbone("timm")(bb.TimmKind)
     with pytest.raises(ValueError, match="already registered"):
