@@ -131,9 +131,10 @@ def draws_table(dataset: str, backbone: str, image_size, draws: list[dict], sett
     shot_values = sorted({d["shots"] for d in draws})
     methods = list(draws[0]["after"])
     head = " | ".join(f"{s}-shot frozen | {s}-shot fine-tuned" for s in shot_values)
+    counts = "/".join(str(sum(d["shots"] == s for d in draws)) for s in shot_values)
     start = "a linear probe on the drawn labels" if draws[0].get("init", True) else "LP-FT"
     lines = [f"#### {dataset} — {backbone} @ {image_size or 'native'} px, fine-tuned {settings} from {start} (test "
-             f"accuracy %, mean ± std over {len(draws) // len(shot_values)} draws)", "",
+             f"accuracy %, mean ± std over {counts} draws)", "",
              f"| method | {head} |", "|---" * (1 + 2 * len(shot_values)) + "|"]
     for m in methods:
         cells = []
@@ -148,6 +149,20 @@ def draws_table(dataset: str, backbone: str, image_size, draws: list[dict], sett
               f"{d['alpha']:.2f} ({d['alpha_by']}) | {d['reembed_s']:.0f} | {d['finetune_peak_mb']:.0f} |"
               for d in draws]
     return "\n".join(lines) + "\n"
+
+
+def _write_report(results: Path, name: str, label: str, backbone: str, size, draws: list[dict], settings: dict,
+                  store_path: Path, complete: bool) -> dict:
+    """Write ``<name>.md`` and ``<name>.json`` (each whole) for the draws done so far."""
+    table = draws_table(label, backbone, size, draws, settings)
+    command = "python -m benchmarks finetune " + " ".join(sys.argv[2:])
+    report = {"command": command, "complete": complete, "draws": draws, "settings": settings, "table": table,
+              "store": str(store_path), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+              "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "cores": os.cpu_count()}}
+    status = "" if complete else " (interrupted: the draws done so far)"
+    write_text(results / f"{name}.md", f"Produced by `{command}` on {report['date']}{status}.\n\n{table}")
+    write_text(results / f"{name}.json", json.dumps(report, indent=1, default=str))
+    return report
 
 
 def finetune_dataset(dataset: str, shots: list[int], seeds: int, backbone: str = "timm:tf_efficientnet_lite0",
@@ -197,17 +212,14 @@ def finetune_dataset(dataset: str, shots: list[int], seeds: int, backbone: str =
     work = cache_dir / f"finetune-{label}"
     work.mkdir(parents=True, exist_ok=True)
     settings = {**DATASET_CPU, **options}
-    draws = [run_draw(root, store_path, work, backbone, s, seed, as_list(methods), size, torch_device, settings,
-                     init)
-             for s in shots for seed in range(seeds)]
-    table = draws_table(label, backbone, size, draws, settings)
-    command = "python -m benchmarks finetune " + " ".join(sys.argv[2:])
-    report = {"command": command, "draws": draws, "settings": settings, "table": table, "store": str(store_path),
-              "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                          "cores": os.cpu_count()}, "date": time.strftime("%Y-%m-%d %H:%M %Z")}
     results = Path(out) if out else RESULTS
     results.mkdir(parents=True, exist_ok=True)
     name = name or f"finetune-{label}"
-    write_text(results / f"{name}.md", f"Produced by `{command}` on {report['date']}.\n\n{table}")
-    write_text(results / f"{name}.json", json.dumps(report, indent=1, default=str))
+    draws: list[dict] = []
+    for s in shots:
+        for seed in range(seeds):  # the results are rewritten after each draw: an interrupted run keeps those done
+            draws.append(run_draw(root, store_path, work, backbone, s, seed, as_list(methods), size, torch_device,
+                                  settings, init))
+            report = _write_report(results, name, label, backbone, size, draws, settings, store_path,
+                                   complete=len(draws) == len(shots) * seeds)
     return report

@@ -58,6 +58,7 @@ def test_each_draw_fine_tunes_on_the_labels_benchmarks_run_draws(report, dataset
 def test_table_has_frozen_and_fine_tuned_rows_per_method(report):
     _, _, out, result = report
     table = (out / "finetune-toy.md").read_text()
+    assert result["complete"] and "mean ± std over 2/2 draws" in table
     assert "| method | 2-shot frozen | 2-shot fine-tuned | 3-shot frozen | 3-shot fine-tuned |" in table
     for method in ("linear", "labelprop", "fine-tuned head"):
         assert f"| {method} | " in table
