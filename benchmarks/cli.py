@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 from store.clitools import as_list, run_cli
 from store.outputs import check_output
@@ -129,7 +130,6 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
         Also fit the linear probe on every train label (the oracle) and show each method's share of the probe-to-oracle
         gap closed.
     """
-    from pathlib import Path
 
     check_flags(dict(seeds=seeds, quick=quick, anchors=anchors, views=views), FLAGS)
     check_flags(dict(image_size=image_size), {"image_size": IMAGE_SIZE})
@@ -170,39 +170,60 @@ def run(datasets="digits,fashion-mnist", backbones="timm:tf_efficientnet_lite0",
     print(f"wrote {result['dir']}/{name}.md, {name}.json, {name}.png")
 
 
-def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", image_size: int | None = 112,
-             shots: int = 15, device: str = "auto", init: bool = True, out: str | None = None,
-             cache: str | None = None, **options) -> None:
-    """Accuracy of cached-feature methods before / after fine-tuning the backbone (digits), and of the head.
+def finetune(quick: bool = False, backbone: str = "timm:tf_efficientnet_lite0", image_size: int | str | None = "auto",
+             shots=None, device: str = "auto", init: bool = True, out: str | None = None,
+             cache: str | None = None, dataset: str = "digits", seeds: int = 3, **options) -> None:
+    """Accuracy of cached-feature methods before / after fine-tuning the backbone, and of the fine-tuned head.
 
     Parameters
     ----------
     quick : bool
-        The CPU setting (a few epochs, the last layers unfrozen); else the full recipe.
+        digits: the CPU setting (a few epochs); else the full recipe.
     backbone : str
         The backbone to fine-tune (its pretrained weights must be available offline).
-    image_size : int
-        Input side in pixels (112 suits the 8-px digits).
-    shots : int
-        Labeled training images per class; the other training images form the unlabeled pool.
+    image_size : int, "auto" or None
+        Input side in pixels; "auto": the dataset's benchmark size (112 px for digits, clipart's native 224).
+    shots : int or str
+        digits: labeled training images per class (default 15). Another dataset: label counts of the draws
+        (default 5,10).
     device : str
         auto, cpu or cuda.
     init : bool
-        Start the head from the first method's model fitted on every labeled image; else from a probe fitted on the
-        fine-tuning split (LP-FT).
+        digits: start the head from the first method's model fitted on every labeled image; else from a probe fitted
+        on the fine-tuning split (LP-FT). Another dataset always starts from the linear probe of the draw.
     out : str
-        Results folder (default ./benchmarks-results): finetune.md and finetune.json.
+        Results folder (default ./benchmarks-results): finetune.md and finetune.json (another dataset:
+        finetune-<dataset>.md / .json).
     cache : str
-        Folder of the digits images, stores and checkpoints (default ~/.cache/fewshot-suite/benchmarks).
+        Folder of the images, stores and checkpoints (default ~/.cache/fewshot-suite/benchmarks); another dataset
+        reuses the plain store of `benchmarks run` there.
+    dataset : str
+        digits (the demo split, one run), or a dataset of `benchmarks run` (clipart, tuxpaint, fashion-mnist, a
+        folder): fine-tuned once per label draw of `benchmarks run --shots S --seeds N` (the same drawn images).
+    seeds : int
+        Another dataset: draws per label count, seeds 0 .. seeds-1 (as `benchmarks run --seeds`).
     **options
         Any further option of `python -m classify finetune` (e.g. --epochs 10, --methods linear,labelprop).
     """
     from benchmarks.finetune import RESULTS, finetune as run_finetune
 
-    check_flags(dict(quick=quick, shots=shots, init=init), FLAGS)
-    check_output(RESULTS if out is None else out, "--out", folder=True)
-    print(run_finetune(quick=quick, backbone=backbone, image_size=image_size, shots=shots, device=device, init=init,
-                       out=out, cache=cache, **options)["table"])
+    check_flags(dict(quick=quick, init=init, seeds=seeds), FLAGS)
+    check_flags(dict(image_size=image_size), {"image_size": IMAGE_SIZE})
+    if dataset == "digits":
+        shots = 15 if shots is None else shots
+        check_flags(dict(shots=shots), FLAGS)
+        check_output(RESULTS if out is None else out, "--out", folder=True)
+        size = 112 if image_size == "auto" else image_size
+        print(run_finetune(quick=quick, backbone=backbone, image_size=size, shots=shots, device=device, init=init,
+                           out=out, cache=cache, **options)["table"])
+        return
+    from benchmarks.finetune_draws import finetune_dataset
+
+    shot_values = shot_list("5,10" if shots is None else shots)
+    name = options.pop("name", None) or f"finetune-{Path(dataset).name}"
+    results_folder(out, [f"{name}.md", f"{name}.json"])
+    print(finetune_dataset(dataset, shot_values, seeds, backbone=backbone, image_size=image_size, device=device,
+                           init=init, cache=cache, out=out, name=name, **options)["table"])
 
 
 def labelprop_scale(n: int = 1_000_000, dim: int = 512, classes: int = 20, shots: int = 10, k: int = 20,

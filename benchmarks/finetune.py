@@ -5,8 +5,9 @@ split, the rest unlabeled), embed it, fit a linear probe (accuracy *before*), fi
 that probe (``classify.finetune``, FixMatch on the unlabeled pool), re-embed the same store with the fine-tuned spec
 (a new backbone group) and fit the same methods again (accuracy *after*), plus the fine-tuned head itself.
 
-``python -m benchmarks finetune --quick`` (once wired into ``benchmarks/cli.py``) is the CPU check: a few minutes on
-2 cores. ``benchmarks/gpu_finetune.sh`` runs the full setting on a GPU.
+``python -m benchmarks finetune --quick`` is the CPU check: a few minutes on 2 cores. ``benchmarks/gpu_finetune.sh``
+runs the full setting on a GPU. ``--dataset clipart`` (:mod:`benchmarks.finetune_draws`) fine-tunes once per label
+draw of ``python -m benchmarks run`` instead.
 """
 from __future__ import annotations
 
