@@ -347,6 +347,14 @@ def test_threshold_outside_zero_one_is_refused(capsys, data_dir, timm_spec, tmp_
             finetune(data_dir, timm_spec, tmp_path / "o.pth", **{flag[2:].replace("-", "_"): 2.0})
 
 
+def test_a_stages_backbone_is_refused_in_one_line(capsys, data_dir, timm_spec, tmp_path):
+    """stages:<name> joins pooled stages to the pre-logits: there is no single head to fine-tune under it."""
+    spec = timm_spec.replace("timm:", "stages:", 1)
+    err = _cli_error(capsys, "--data", data_dir, "--backbone", spec, "--out", tmp_path / "o.pth", "--epochs", 1)
+    assert err.startswith("error: cannot fine-tune a StagesBackbone") and "timm:" in err
+    assert not (tmp_path / "o.pth").exists()
+
+
 class _RunsShell:
     def __init__(self, command):
         self.command = command
