@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -36,12 +35,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.layer_features import layer_features
-from benchmarks.run import RESULTS, load_task
+from benchmarks.run import RESULTS, load_task, write_dev_results
 from classify import pipeline
 from classify.evaluation import draw_labels
 from classify.methods.features import UNLABELED, l2_normalize
 from store import FeatureStore
-from store.outputs import write_text
 from store.validation import UserError
 
 log = logging.getLogger("benchmarks.levers")
@@ -167,10 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     text = (f"Produced by `{command}`.\n\nLevers on the features ({BACKBONE}, development seeds {args.seeds}): "
             "accuracy % on the hidden train rows (never test rows), mean ± std over the draws; in brackets the change "
             f"against the same method on the plain features on the same draws (mean ± std)\n\n{table(records)}\n")
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / f"{args.out}.md", text)
-    write_text(out / f"{args.out}.json", json.dumps(records, indent=1))
+    write_dev_results(Path(args.results), args.out, text, records)
     print(text)
 
 

@@ -373,6 +373,14 @@ def write_results(records: list[dict], tasks: Sequence[Task], out: Path, command
     return {"tables": tables, "dir": out}
 
 
+def write_dev_results(out: Path, name: str, text: str, records: list) -> None:
+    """``<name>.md`` (the markdown ``text``) and ``<name>.json`` (the raw ``records``) in ``out`` (created), each
+    replaced whole or not at all: the result files of the development-draw scripts (levers, sweep)."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / f"{name}.md", text)
+    write_text(out / f"{name}.json", json.dumps(records, indent=1))
+
+
 def _cores() -> int:
     return os.cpu_count() or 1
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import time
 from pathlib import Path
@@ -27,12 +26,11 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from benchmarks.run import RESULTS, load_task
+from benchmarks.run import RESULTS, load_task, write_dev_results
 from classify import pipeline
 from store.clitools import as_list
 from classify.evaluation import draw_labels
 from classify.methods.features import UNLABELED
-from store.outputs import write_text
 
 log = logging.getLogger("benchmarks.sweep")
 
@@ -129,10 +127,7 @@ def main(argv: list[str] | None = None) -> None:
                     [int(s) for s in args.seeds.split(",")], args.folds)
     text = (f"Sweep on {args.dataset} — {args.backbone}, dev seeds {args.seeds} (cv: nested CV on the drawn labels, "
             f"the selection score; pool: the hidden train rows; never test rows)\n\n{table(records)}\n")
-    name = args.out or f"sweep-{args.dataset}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    write_text(RESULTS / f"{name}.md", text)
-    write_text(RESULTS / f"{name}.json", json.dumps(records, indent=1))
+    write_dev_results(RESULTS, args.out or f"sweep-{args.dataset}", text, records)
     print(text)
 
 
